@@ -1,0 +1,135 @@
+"""Typed contracts shared by the domain, the handlers, the embedded runner and the API.
+
+Everything that crosses a step boundary (a Lambda payload, a Step Functions state, a CLI row) is one
+of these models, so the local runner and the state machine pass exactly the same JSON.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Status(StrEnum):
+    """Lifecycle of one uploaded object. The last five are terminal: every upload ends in exactly one."""
+
+    RECEIVED = "RECEIVED"
+    PROCESSING = "PROCESSING"
+    CLASSIFIED = "CLASSIFIED"
+    NEEDS_REVIEW = "NEEDS_REVIEW"
+    REJECTED = "REJECTED"
+    DUPLICATE = "DUPLICATE"
+    FAILED = "FAILED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset(
+    {Status.CLASSIFIED, Status.NEEDS_REVIEW, Status.REJECTED, Status.DUPLICATE, Status.FAILED}
+)
+
+
+class MediaType(StrEnum):
+    PDF = "application/pdf"
+    PNG = "image/png"
+    JPEG = "image/jpeg"
+    TIFF = "image/tiff"
+    WEBP = "image/webp"
+    BMP = "image/bmp"
+
+
+class RejectionCode(StrEnum):
+    """Machine-readable reasons a document is refused before any text extraction."""
+
+    EMPTY = "EMPTY"
+    TOO_LARGE = "TOO_LARGE"
+    UNSUPPORTED_TYPE = "UNSUPPORTED_TYPE"
+    CORRUPT = "CORRUPT"
+    ENCRYPTED = "ENCRYPTED"
+    TOO_MANY_PAGES = "TOO_MANY_PAGES"
+    TOO_MANY_PIXELS = "TOO_MANY_PIXELS"
+    BAD_DIMENSIONS = "BAD_DIMENSIONS"
+
+
+class ValidationLimits(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    max_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
+    max_pages: int = Field(default=500, gt=0)
+    # Decompression-bomb guard, checked from headers before any pixel is decoded.
+    max_pixels_per_page: int = Field(default=100_000_000, gt=0)
+    max_dimension: int = Field(default=20_000, gt=0)
+    min_dimension: int = Field(default=16, gt=0)
+
+
+class ValidationReport(BaseModel):
+    """What validation learned about the bytes. `accepted` is False iff `code` is set."""
+
+    document_id: str  # sha256 hex of the content
+    size_bytes: int
+    media_type: MediaType | None = None
+    pages: int | None = None
+    accepted: bool
+    code: RejectionCode | None = None
+    reason: str | None = None
+
+
+TextSource = Literal["pdf_text", "ocr"]
+
+
+class OcrOptions(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    languages: str = "eng"  # tesseract syntax, e.g. "eng+rus"
+    psm: int = 3
+    # Scans below this height (≈ 100 dpi letter pages) are upscaled before OCR.
+    upscale_below_height: int = 1800
+    upscale_factor: float = 2.0
+    render_dpi: int = 200  # PDF pages without a text layer are rendered at this resolution
+    min_text_layer_chars: int = 20  # fewer real characters than this on a PDF page: treat as scanned
+    timeout_seconds: float = 120.0  # per page
+
+
+class PageText(BaseModel):
+    page: int  # 1-based
+    text: str
+    source: TextSource
+    confidence: float | None = None  # mean word confidence 0..100 (OCR only)
+    words: int
+    seconds: float
+
+
+class ExtractionResult(BaseModel):
+    pages: list[PageText]
+
+    @property
+    def text(self) -> str:
+        return "\n\n".join(p.text for p in self.pages)
+
+    @property
+    def text_source(self) -> str:
+        sources = {p.source for p in self.pages}
+        return sources.pop() if len(sources) == 1 else ("mixed" if sources else "none")
+
+    @property
+    def mean_confidence(self) -> float | None:
+        confs = [p.confidence for p in self.pages if p.confidence is not None]
+        return sum(confs) / len(confs) if confs else None
+
+
+class Prediction(BaseModel):
+    predicted_class: str
+    confidence: float
+    scores: dict[str, float]
+    model_name: str
+    model_version: str
+    seconds: float = 0.0

@@ -1,0 +1,69 @@
+"""The small interfaces the domain talks to. Each has an AWS and a local implementation in adapters/."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+
+from docflow.records import DocumentRecord, PredictionRecord, UploadRecord
+
+
+class BlobNotFoundError(KeyError):
+    """The object does not exist in the blob store."""
+
+
+class BlobStore(ABC):
+    """Objects by key: the documents bucket on AWS, a directory locally."""
+
+    @abstractmethod
+    def put(self, key: str, data: bytes, content_type: str | None = None) -> None: ...
+
+    @abstractmethod
+    def get(self, key: str) -> bytes:
+        """Raise BlobNotFoundError when absent."""
+
+    @abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> Iterator[str]: ...
+
+    @abstractmethod
+    def describe(self) -> str:
+        """Where the objects live (bucket name, directory) for messages."""
+
+
+class RecordStore(ABC):
+    """Document records, upload records and prediction history: DynamoDB on AWS, SQLite locally.
+
+    Keyed by document_id (sha256 of content). Writes that decide ownership are conditional, so the
+    same event delivered twice cannot create two records.
+    """
+
+    @abstractmethod
+    def create_document(self, record: DocumentRecord) -> DocumentRecord | None:
+        """Insert if absent. Return None when inserted, else the existing record (nothing written)."""
+
+    @abstractmethod
+    def put_document(self, record: DocumentRecord) -> None:
+        """Insert or replace."""
+
+    @abstractmethod
+    def get_document(self, document_id: str) -> DocumentRecord | None: ...
+
+    @abstractmethod
+    def list_documents(
+        self, status: str | None = None, limit: int = 50, cursor: str | None = None
+    ) -> tuple[list[DocumentRecord], str | None]: ...
+
+    @abstractmethod
+    def put_upload(self, upload: UploadRecord) -> None: ...
+
+    @abstractmethod
+    def list_uploads(self, document_id: str) -> list[UploadRecord]: ...
+
+    @abstractmethod
+    def add_prediction(self, prediction: PredictionRecord) -> None: ...
+
+    @abstractmethod
+    def list_predictions(self, document_id: str) -> list[PredictionRecord]: ...

@@ -1,0 +1,83 @@
+"""One settings model, read from the environment (prefix DOCFLOW_) once at start.
+
+Domain code never reads os.environ: it receives these values as arguments. A bad value fails loudly
+here, once, with pydantic's message naming the variable.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from docflow.models import OcrOptions, ValidationLimits
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+# Built by set-up (`make model`) from the labelled corpus; what a fresh DOCFLOW_HOME classifies with.
+DEFAULT_MODEL_DIR = PACKAGE_DIR / "default_model"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DOCFLOW_", extra="ignore", frozen=True)
+
+    # Where it runs: "local" = directory + SQLite under `home`; "aws" = S3 + DynamoDB.
+    backend: Literal["local", "aws"] = "local"
+    home: Path = Field(default_factory=lambda: Path.home() / ".docflow")
+
+    # AWS backend
+    documents_bucket: str | None = None
+    model_bucket: str | None = None
+    table_name: str | None = None
+
+    # Model: an explicit directory wins; otherwise the published champion, else the set-up default.
+    model_dir: Path | None = None
+    review_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+
+    # Validation limits
+    max_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
+    max_pages: int = Field(default=500, gt=0)
+    max_pixels_per_page: int = Field(default=100_000_000, gt=0)
+    max_dimension: int = Field(default=20_000, gt=0)
+
+    # OCR
+    ocr_languages: str = "eng"
+    ocr_render_dpi: int = Field(default=200, ge=50, le=600)
+    ocr_upscale_below_height: int = Field(default=1800, ge=0)
+    ocr_page_timeout: float = Field(default=120.0, gt=0)
+
+    @field_validator("ocr_languages")
+    @classmethod
+    def _languages(cls, value: str) -> str:
+        parts = [p for p in value.replace(",", "+").split("+") if p]
+        if not parts or not all(p.isalnum() or "_" in p for p in parts):
+            raise ValueError(f"expected tesseract language codes like 'eng' or 'eng+rus', got {value!r}")
+        return "+".join(parts)
+
+    @property
+    def limits(self) -> ValidationLimits:
+        return ValidationLimits(
+            max_bytes=self.max_bytes,
+            max_pages=self.max_pages,
+            max_pixels_per_page=self.max_pixels_per_page,
+            max_dimension=self.max_dimension,
+        )
+
+    @property
+    def ocr(self) -> OcrOptions:
+        return OcrOptions(
+            languages=self.ocr_languages,
+            render_dpi=self.ocr_render_dpi,
+            upscale_below_height=self.ocr_upscale_below_height,
+            timeout_seconds=self.ocr_page_timeout,
+        )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    # Tesseract's OpenMP threads make it ~3.7x slower on small machines; parallelism is across pages.
+    os.environ.setdefault("OMP_THREAD_LIMIT", "1")
+    return Settings()
