@@ -69,6 +69,8 @@ class ValidationLimits(BaseModel):
     max_pixels_per_page: int = Field(default=100_000_000, gt=0)
     max_dimension: int = Field(default=20_000, gt=0)
     min_dimension: int = Field(default=16, gt=0)
+    # PDF pages are checked against the two limits above at the resolution they will be rendered at for OCR.
+    render_dpi: int = Field(default=200, gt=0)
 
 
 class ValidationReport(BaseModel):

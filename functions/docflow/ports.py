@@ -26,6 +26,14 @@ class BlobStore(ABC):
     def exists(self, key: str) -> bool: ...
 
     @abstractmethod
+    def size(self, key: str) -> int:
+        """Bytes in the object, without reading it. Raise BlobNotFoundError when absent."""
+
+    @abstractmethod
+    def iter_chunks(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        """Stream the object (hash a file too big to hold in memory)."""
+
+    @abstractmethod
     def list(self, prefix: str = "") -> Iterator[str]: ...
 
     @abstractmethod

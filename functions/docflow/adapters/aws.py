@@ -1,0 +1,233 @@
+"""S3 and DynamoDB behind the store interfaces. Clients are created on first use, never at import
+(so moto can patch them in tests and a cold start pays only for what it touches)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from decimal import Decimal
+from functools import cached_property
+from typing import Any
+
+import boto3
+from boto3.dynamodb.conditions import Key
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from docflow.errors import ConfigurationError, TransientError
+from docflow.ports import BlobNotFoundError, BlobStore, RecordStore
+from docflow.records import DocumentRecord, PredictionRecord, UploadRecord
+
+# botocore's own retries (adaptive, with backoff) absorb most throttling before we see it.
+_BOTO_CONFIG = Config(retries={"max_attempts": 5, "mode": "adaptive"}, connect_timeout=5, read_timeout=30)
+
+_TRANSIENT_CODES = {
+    "ThrottlingException",
+    "ProvisionedThroughputExceededException",
+    "RequestLimitExceeded",
+    "InternalServerError",
+    "ServiceUnavailable",
+    "SlowDown",
+    "RequestTimeout",
+    "TransactionConflictException",
+}
+_CONFIG_CODES = {"NoSuchBucket", "ResourceNotFoundException", "AccessDenied", "AccessDeniedException"}
+
+
+def _translate(exc: Exception, what: str) -> Exception:
+    """Map an AWS failure to the pipeline's error contract (retry vs fail)."""
+    if isinstance(exc, ClientError):
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code in _TRANSIENT_CODES:
+            return TransientError(f"{what}: {code}")
+        if code in _CONFIG_CODES:
+            return ConfigurationError(f"{what}: {code}: {exc.response.get('Error', {}).get('Message', '')}")
+        return exc
+    if isinstance(exc, BotoCoreError):  # connection reset, endpoint timeout
+        return TransientError(f"{what}: {exc}")
+    return exc
+
+
+class S3BlobStore(BlobStore):
+    def __init__(self, bucket: str) -> None:
+        if not bucket:
+            raise ConfigurationError("the S3 blob store needs a bucket name (DOCFLOW_DOCUMENTS_BUCKET)")
+        self.bucket = bucket
+
+    @cached_property
+    def _s3(self) -> Any:
+        return boto3.client("s3", config=_BOTO_CONFIG)
+
+    def put(self, key: str, data: bytes, content_type: str | None = None) -> None:
+        extra = {"ContentType": content_type} if content_type else {}
+        try:
+            self._s3.put_object(Bucket=self.bucket, Key=key, Body=data, **extra)
+        except (ClientError, BotoCoreError) as exc:
+            raise _translate(exc, f"put s3://{self.bucket}/{key}") from exc
+
+    def get(self, key: str) -> bytes:
+        try:
+            body: bytes = self._s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            return body
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                raise BlobNotFoundError(key) from None
+            raise _translate(exc, f"get s3://{self.bucket}/{key}") from exc
+        except BotoCoreError as exc:
+            raise _translate(exc, f"get s3://{self.bucket}/{key}") from exc
+
+    def exists(self, key: str) -> bool:
+        try:
+            self._s3.head_object(Bucket=self.bucket, Key=key)
+            return True
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+                return False
+            raise _translate(exc, f"head s3://{self.bucket}/{key}") from exc
+
+    def size(self, key: str) -> int:
+        try:
+            return int(self._s3.head_object(Bucket=self.bucket, Key=key)["ContentLength"])
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+                raise BlobNotFoundError(key) from None
+            raise _translate(exc, f"head s3://{self.bucket}/{key}") from exc
+
+    def iter_chunks(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        try:
+            body = self._s3.get_object(Bucket=self.bucket, Key=key)["Body"]
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                raise BlobNotFoundError(key) from None
+            raise _translate(exc, f"get s3://{self.bucket}/{key}") from exc
+        yield from body.iter_chunks(chunk_size)
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        paginator = self._s3.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                yield obj["Key"]
+
+    def describe(self) -> str:
+        return f"s3://{self.bucket}"
+
+
+# Single-table layout: pk = document_id; sk = DOCUMENT | UPLOAD#<source> | PREDICTION#<iso time>.
+# Document items also carry gsi1pk/gsi1sk (status, updated_at) — a sparse index for listing by status.
+DOCUMENT_SK = "DOCUMENT"
+UPLOAD_PREFIX = "UPLOAD#"
+PREDICTION_PREFIX = "PREDICTION#"
+STATUS_INDEX = "by-status"
+
+
+def _to_item(model: Any) -> dict[str, Any]:
+    # DynamoDB wants Decimal, not float; a JSON round trip converts nested values too.
+    item: dict[str, Any] = json.loads(model.model_dump_json(exclude_none=True), parse_float=Decimal)
+    return item
+
+
+class DynamoRecordStore(RecordStore):
+    def __init__(self, table_name: str) -> None:
+        if not table_name:
+            raise ConfigurationError("the DynamoDB record store needs a table name (DOCFLOW_TABLE_NAME)")
+        self.table_name = table_name
+
+    @cached_property
+    def _table(self) -> Any:
+        return boto3.resource("dynamodb", config=_BOTO_CONFIG).Table(self.table_name)
+
+    def _call(self, what: str, fn: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(**kwargs)
+        except (ClientError, BotoCoreError) as exc:
+            if isinstance(exc, ClientError) and exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                raise
+            raise _translate(exc, f"{what} on table {self.table_name}") from exc
+
+    def _document_item(self, record: DocumentRecord) -> dict[str, Any]:
+        item = _to_item(record)
+        item.update(
+            pk=record.document_id,
+            sk=DOCUMENT_SK,
+            gsi1pk=str(record.status),
+            gsi1sk=f"{record.updated_at.isoformat()}#{record.document_id}",
+        )
+        return item
+
+    def create_document(self, record: DocumentRecord) -> DocumentRecord | None:
+        try:
+            self._call(
+                "create document",
+                self._table.put_item,
+                Item=self._document_item(record),
+                ConditionExpression="attribute_not_exists(pk)",
+            )
+            return None
+        except ClientError:  # ConditionalCheckFailed: somebody owns this content already
+            return self.get_document(record.document_id)
+
+    def put_document(self, record: DocumentRecord) -> None:
+        self._call("put document", self._table.put_item, Item=self._document_item(record))
+
+    def get_document(self, document_id: str) -> DocumentRecord | None:
+        resp = self._call(
+            "get document",
+            self._table.get_item,
+            Key={"pk": document_id, "sk": DOCUMENT_SK},
+            ConsistentRead=True,
+        )
+        item = resp.get("Item")
+        return DocumentRecord.model_validate(item) if item else None
+
+    def list_documents(
+        self, status: str | None = None, limit: int = 50, cursor: str | None = None
+    ) -> tuple[list[DocumentRecord], str | None]:
+        start = json.loads(cursor) if cursor else None
+        if status:
+            kwargs: dict[str, Any] = {
+                "IndexName": STATUS_INDEX,
+                "KeyConditionExpression": Key("gsi1pk").eq(status),
+                "ScanIndexForward": False,
+                "Limit": limit,
+            }
+            if start:
+                kwargs["ExclusiveStartKey"] = start
+            resp = self._call("list documents", self._table.query, **kwargs)
+        else:
+            kwargs = {"FilterExpression": Key("sk").eq(DOCUMENT_SK), "Limit": limit}
+            if start:
+                kwargs["ExclusiveStartKey"] = start
+            resp = self._call("scan documents", self._table.scan, **kwargs)
+        records = [DocumentRecord.model_validate(i) for i in resp.get("Items", [])]
+        last = resp.get("LastEvaluatedKey")
+        return records, (json.dumps(last, default=str) if last else None)
+
+    def put_upload(self, upload: UploadRecord) -> None:
+        item = _to_item(upload)
+        item.update(pk=upload.document_id, sk=f"{UPLOAD_PREFIX}{upload.source}")
+        self._call("put upload", self._table.put_item, Item=item)
+
+    def _query_prefix(self, document_id: str, prefix: str) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {
+            "KeyConditionExpression": Key("pk").eq(document_id) & Key("sk").begins_with(prefix),
+            "ConsistentRead": True,
+        }
+        while True:
+            resp = self._call("query", self._table.query, **kwargs)
+            items += resp.get("Items", [])
+            if "LastEvaluatedKey" not in resp:
+                return items
+            kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+
+    def list_uploads(self, document_id: str) -> list[UploadRecord]:
+        items = self._query_prefix(document_id, UPLOAD_PREFIX)
+        return sorted((UploadRecord.model_validate(i) for i in items), key=lambda u: u.received_at)
+
+    def add_prediction(self, prediction: PredictionRecord) -> None:
+        item = _to_item(prediction)
+        item.update(pk=prediction.document_id, sk=f"{PREDICTION_PREFIX}{prediction.created_at.isoformat()}")
+        self._call("add prediction", self._table.put_item, Item=item)
+
+    def list_predictions(self, document_id: str) -> list[PredictionRecord]:
+        return [PredictionRecord.model_validate(i) for i in self._query_prefix(document_id, PREDICTION_PREFIX)]

@@ -1,0 +1,206 @@
+"""The embedded default's stores: a directory of blobs and a SQLite file, both under DOCFLOW_HOME."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+
+from docflow.errors import ConfigurationError
+from docflow.ports import BlobNotFoundError, BlobStore, RecordStore
+from docflow.records import DocumentRecord, PredictionRecord, UploadRecord
+
+
+class LocalBlobStore(BlobStore):
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        # Keys come from users (file names, S3 keys): never let one escape the root.
+        parts = PurePosixPath(key).parts
+        if not key or key.startswith("/") or any(p in ("..", "") for p in parts):
+            raise ValueError(f"invalid blob key {key!r}")
+        return self.root.joinpath(*parts)
+
+    def put(self, key: str, data: bytes, content_type: str | None = None) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Write then rename: a reader never sees half a file, a crash never leaves one.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            raise BlobNotFoundError(key) from None
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def size(self, key: str) -> int:
+        try:
+            return self._path(key).stat().st_size
+        except FileNotFoundError:
+            raise BlobNotFoundError(key) from None
+
+    def iter_chunks(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        try:
+            with self._path(key).open("rb") as fh:
+                while chunk := fh.read(chunk_size):
+                    yield chunk
+        except FileNotFoundError:
+            raise BlobNotFoundError(key) from None
+
+    def put_file(self, key: str, source: Path) -> None:
+        """Copy a local file in without loading it into memory (the CLI's ingest)."""
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        os.close(fd)
+        try:
+            shutil.copyfile(source, tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        for path in sorted(self.root.rglob("*")):
+            if path.is_file() and not path.name.startswith(".tmp-"):
+                key = path.relative_to(self.root).as_posix()
+                if key.startswith(prefix):
+                    yield key
+
+    def describe(self) -> str:
+        return str(self.root)
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS documents (
+    document_id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS documents_by_status ON documents (status, updated_at);
+CREATE TABLE IF NOT EXISTS uploads (
+    document_id TEXT NOT NULL,
+    source TEXT NOT NULL,
+    status TEXT NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (document_id, source)
+);
+CREATE TABLE IF NOT EXISTS predictions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    document_id TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS predictions_by_document ON predictions (document_id, id);
+"""
+
+
+class SqliteRecordStore(RecordStore):
+    """SQLite in WAL mode: many worker processes may write; each process opens its own connection."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        with self._connect() as conn:
+            conn.executescript(_SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None or getattr(self._local, "pid", None) != os.getpid():
+            try:
+                conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            except sqlite3.OperationalError as exc:
+                raise ConfigurationError(f"cannot open record store {self.path}: {exc}") from exc
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._local.conn, self._local.pid = conn, os.getpid()
+        return conn
+
+    def create_document(self, record: DocumentRecord) -> DocumentRecord | None:
+        conn = self._connect()
+        cur = conn.execute(
+            "INSERT OR IGNORE INTO documents (document_id, status, updated_at, data) VALUES (?, ?, ?, ?)",
+            (record.document_id, record.status, record.updated_at.isoformat(), record.model_dump_json()),
+        )
+        return None if cur.rowcount == 1 else self.get_document(record.document_id)
+
+    def put_document(self, record: DocumentRecord) -> None:
+        self._connect().execute(
+            "INSERT OR REPLACE INTO documents (document_id, status, updated_at, data) VALUES (?, ?, ?, ?)",
+            (record.document_id, record.status, record.updated_at.isoformat(), record.model_dump_json()),
+        )
+
+    def get_document(self, document_id: str) -> DocumentRecord | None:
+        row = self._connect().execute("SELECT data FROM documents WHERE document_id = ?", (document_id,)).fetchone()
+        return DocumentRecord.model_validate_json(row[0]) if row else None
+
+    def list_documents(
+        self, status: str | None = None, limit: int = 50, cursor: str | None = None
+    ) -> tuple[list[DocumentRecord], str | None]:
+        # Cursor = the last (updated_at, document_id) seen, newest first.
+        where, args = [], []
+        if status:
+            where.append("status = ?")
+            args.append(status)
+        if cursor:
+            updated_at, _, document_id = cursor.partition("|")
+            where.append("(updated_at, document_id) < (?, ?)")
+            args += [updated_at, document_id]
+        sql = "SELECT data, updated_at, document_id FROM documents"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY updated_at DESC, document_id DESC LIMIT ?"
+        rows = self._connect().execute(sql, [*args, limit + 1]).fetchall()
+        records = [DocumentRecord.model_validate_json(r[0]) for r in rows[:limit]]
+        next_cursor = f"{rows[limit - 1][1]}|{rows[limit - 1][2]}" if len(rows) > limit else None
+        return records, next_cursor
+
+    def put_upload(self, upload: UploadRecord) -> None:
+        self._connect().execute(
+            "INSERT OR REPLACE INTO uploads (document_id, source, status, data) VALUES (?, ?, ?, ?)",
+            (upload.document_id, upload.source, upload.status, upload.model_dump_json()),
+        )
+
+    def list_uploads(self, document_id: str) -> list[UploadRecord]:
+        rows = (
+            self._connect()
+            .execute("SELECT data FROM uploads WHERE document_id = ? ORDER BY rowid", (document_id,))
+            .fetchall()
+        )
+        return [UploadRecord.model_validate_json(r[0]) for r in rows]
+
+    def add_prediction(self, prediction: PredictionRecord) -> None:
+        self._connect().execute(
+            "INSERT INTO predictions (document_id, created_at, data) VALUES (?, ?, ?)",
+            (prediction.document_id, prediction.created_at.isoformat(), prediction.model_dump_json()),
+        )
+
+    def list_predictions(self, document_id: str) -> list[PredictionRecord]:
+        rows = (
+            self._connect()
+            .execute("SELECT data FROM predictions WHERE document_id = ? ORDER BY id", (document_id,))
+            .fetchall()
+        )
+        return [PredictionRecord.model_validate_json(r[0]) for r in rows]
+
+    def count_uploads_by_status(self) -> dict[str, int]:
+        rows = self._connect().execute("SELECT status, COUNT(*) FROM uploads GROUP BY status").fetchall()
+        return {status: n for status, n in rows}

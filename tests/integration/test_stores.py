@@ -1,0 +1,130 @@
+"""One contract, two implementations: the local stores and the AWS ones (under moto) behave alike."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from moto import mock_aws
+
+from docflow.adapters.aws import DynamoRecordStore, S3BlobStore
+from docflow.adapters.local import LocalBlobStore, SqliteRecordStore
+from docflow.models import Status, utcnow
+from docflow.ports import BlobNotFoundError, BlobStore, RecordStore
+from docflow.records import DocumentRecord, PredictionRecord, UploadRecord
+from tests.aws_fixtures import BUCKET, TABLE, create_resources
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(params=["local", "aws"])
+def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[BlobStore, RecordStore]]:
+    if request.param == "local":
+        yield LocalBlobStore(tmp_path / "blobs"), SqliteRecordStore(tmp_path / "records.sqlite3")
+    else:
+        with mock_aws():
+            create_resources()
+            yield S3BlobStore(BUCKET), DynamoRecordStore(TABLE)
+
+
+def _doc(doc_id: str, status: Status = Status.PROCESSING, minutes: int = 0) -> DocumentRecord:
+    when = utcnow() + timedelta(minutes=minutes)
+    return DocumentRecord(document_id=doc_id, status=status, source=f"in/{doc_id}.pdf", created_at=when, updated_at=when)
+
+
+def test_blob_round_trip(stores: tuple[BlobStore, RecordStore]) -> None:
+    blobs, _ = stores
+    # Given an object written under a nested key
+    blobs.put("incoming/a/scan 1.png", b"\x89PNG data")
+    # Then it reads back whole, with its size, and is listed under its prefix only
+    assert blobs.get("incoming/a/scan 1.png") == b"\x89PNG data"
+    assert blobs.size("incoming/a/scan 1.png") == 9
+    assert b"".join(blobs.iter_chunks("incoming/a/scan 1.png", chunk_size=4)) == b"\x89PNG data"
+    assert blobs.exists("incoming/a/scan 1.png")
+    assert list(blobs.list("incoming/")) == ["incoming/a/scan 1.png"]
+    assert list(blobs.list("results/")) == []
+
+
+def test_missing_blob_is_a_clear_error(stores: tuple[BlobStore, RecordStore]) -> None:
+    blobs, _ = stores
+    assert not blobs.exists("nope")
+    with pytest.raises(BlobNotFoundError):
+        blobs.get("nope")
+    with pytest.raises(BlobNotFoundError):
+        blobs.size("nope")
+
+
+def test_create_document_is_conditional(stores: tuple[BlobStore, RecordStore]) -> None:
+    _, records = stores
+    # Given a document created once
+    assert records.create_document(_doc("d1")) is None
+    # When the same content is created again (a duplicate, or the same event delivered twice)
+    existing = records.create_document(_doc("d1", Status.CLASSIFIED))
+    # Then nothing is overwritten and the first record comes back
+    assert existing is not None and existing.status == Status.PROCESSING
+    assert records.get_document("d1").status == Status.PROCESSING  # type: ignore[union-attr]
+
+
+def test_put_document_replaces_and_floats_survive(stores: tuple[BlobStore, RecordStore]) -> None:
+    _, records = stores
+    records.put_document(_doc("d2"))
+    done = _doc("d2", Status.CLASSIFIED).model_copy(
+        update={"confidence": 0.8123, "scores": {"memo": 0.8123, "letter": 0.1877}, "timings": {"ocr": 1.5}}
+    )
+    records.put_document(done)
+    got = records.get_document("d2")
+    assert got is not None
+    assert got.status == Status.CLASSIFIED
+    assert got.confidence == pytest.approx(0.8123)
+    assert got.scores == pytest.approx({"memo": 0.8123, "letter": 0.1877})
+    assert records.get_document("absent") is None
+
+
+def test_list_documents_by_status_paginates(stores: tuple[BlobStore, RecordStore]) -> None:
+    _, records = stores
+    for i in range(5):
+        records.put_document(_doc(f"c{i}", Status.CLASSIFIED, minutes=i))
+    records.put_document(_doc("r0", Status.REJECTED))
+    page1, cursor = records.list_documents(status="CLASSIFIED", limit=3)
+    assert [r.document_id for r in page1] == ["c4", "c3", "c2"]  # newest first
+    assert cursor is not None
+    page2, cursor2 = records.list_documents(status="CLASSIFIED", limit=3, cursor=cursor)
+    assert [r.document_id for r in page2] == ["c1", "c0"]
+    assert cursor2 is None or records.list_documents(status="CLASSIFIED", limit=3, cursor=cursor2)[0] == []
+    rejected, _ = records.list_documents(status="REJECTED")
+    assert [r.document_id for r in rejected] == ["r0"]
+
+
+def test_uploads_and_prediction_history(stores: tuple[BlobStore, RecordStore]) -> None:
+    _, records = stores
+    records.put_upload(UploadRecord(document_id="d3", source="a.pdf", status=Status.CLASSIFIED))
+    records.put_upload(UploadRecord(document_id="d3", source="b.pdf", status=Status.DUPLICATE, duplicate_of="d3"))
+    # The same upload recorded twice stays one upload
+    records.put_upload(UploadRecord(document_id="d3", source="a.pdf", status=Status.CLASSIFIED))
+    assert sorted((u.source, u.status) for u in records.list_uploads("d3")) == [
+        ("a.pdf", Status.CLASSIFIED),
+        ("b.pdf", Status.DUPLICATE),
+    ]
+    for version, cls in (("1", "memo"), ("2", "letter")):
+        records.add_prediction(
+            PredictionRecord(
+                document_id="d3",
+                predicted_class=cls,
+                confidence=0.9,
+                scores={cls: 0.9},
+                model_name="docflow-classifier",
+                model_version=version,
+            )
+        )
+    history = records.list_predictions("d3")
+    assert [(p.model_version, p.predicted_class) for p in history] == [("1", "memo"), ("2", "letter")]
+
+
+def test_local_blob_keys_cannot_escape_the_root(tmp_path: Path) -> None:
+    blobs = LocalBlobStore(tmp_path / "blobs")
+    for key in ("../evil", "a/../../evil", "/etc/passwd", ""):
+        with pytest.raises(ValueError):
+            blobs.put(key, b"x")
+    assert not (tmp_path / "evil").exists()
