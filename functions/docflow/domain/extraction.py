@@ -1,0 +1,279 @@
+"""ExtractText: text of a PDF or image, page by page — the PDF text layer where there is one, OCR otherwise.
+
+One page image is in memory at a time: PDF pages are rendered one by one and closed, image frames are
+decoded one by one. A PDF page with a real text layer is never rendered nor OCR'd.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Iterator
+from contextlib import suppress
+from functools import lru_cache
+
+import numpy as np
+import pypdfium2 as pdfium
+from PIL import Image, ImageOps
+
+from docflow.domain.ocr import OcrEngine, OcrPage, TesseractEngine
+from docflow.models import ExtractionResult, MediaType, OcrOptions, PageText
+
+__all__ = [
+    "MAX_RENDER_PIXELS",
+    "DocumentReadError",
+    "ExtractionError",
+    "PageRangeError",
+    "default_engine",
+    "extract_text",
+    "has_text_layer",
+    "meaningful_chars",
+    "prepare_for_ocr",
+    "resolve_page_range",
+    "to_ocr_mode",
+    "upscale_factor",
+]
+
+# A PDF page whose render at render_dpi would exceed this is rendered at a lower resolution
+# (a 200-dpi A4/letter page is ~3.7 Mpx; this lets an A0 poster through at ~100 dpi).
+MAX_RENDER_PIXELS = 40_000_000
+
+
+class ExtractionError(ValueError):
+    """The document cannot be extracted as asked (the input is at fault, retrying will not help)."""
+
+
+class PageRangeError(ExtractionError):
+    """first_page/last_page do not describe pages of this document."""
+
+
+class DocumentReadError(ExtractionError):
+    """The bytes could not be opened as the declared media type."""
+
+
+@lru_cache(maxsize=1)
+def default_engine() -> OcrEngine:
+    return TesseractEngine()
+
+
+def extract_text(
+    data: bytes,
+    media_type: MediaType,
+    options: OcrOptions,
+    engine: OcrEngine | None = None,
+    first_page: int = 1,
+    last_page: int | None = None,
+) -> ExtractionResult:
+    """Text of pages first_page..last_page (1-based, inclusive; None = to the end) of a PDF or image.
+
+    PDF pages with at least `options.min_text_layer_chars` meaningful characters in their text layer
+    use it (source "pdf_text"); other pages are rendered at `options.render_dpi` and OCR'd (source "ocr").
+    Every frame of an image (multi-page TIFF, ...) is OCR'd, upscaled first when it is a low-resolution
+    scan (height < `options.upscale_below_height`).
+
+    Raises PageRangeError, DocumentReadError, and docflow.domain.ocr.OcrError from the engine.
+    """
+    media_type = MediaType(media_type)
+    if media_type is MediaType.PDF:
+        pages = list(_pdf_pages(data, options, engine, first_page, last_page))
+    else:
+        pages = list(_image_pages(data, media_type, options, engine, first_page, last_page))
+    return ExtractionResult(pages=pages)
+
+
+# -- pure decisions (unit-tested without Tesseract) -----------------------------------------------------
+
+
+def resolve_page_range(first_page: int, last_page: int | None, page_count: int) -> range:
+    """0-based indices for the 1-based inclusive range [first_page, last_page]; PageRangeError if invalid."""
+    if isinstance(first_page, bool) or not isinstance(first_page, int):
+        raise PageRangeError(f"first_page must be an int, got {first_page!r}")
+    if last_page is not None and (isinstance(last_page, bool) or not isinstance(last_page, int)):
+        raise PageRangeError(f"last_page must be an int or None, got {last_page!r}")
+    if page_count < 1:
+        raise PageRangeError("the document has no pages")
+    last = page_count if last_page is None else last_page
+    if first_page < 1:
+        raise PageRangeError(f"first_page must be >= 1, got {first_page}")
+    if last < first_page:
+        raise PageRangeError(f"last_page {last} is before first_page {first_page}")
+    if last > page_count:
+        raise PageRangeError(f"page range {first_page}-{last} exceeds the document's {page_count} pages")
+    return range(first_page - 1, last)
+
+
+def meaningful_chars(text: str) -> int:
+    """Characters that carry text: not whitespace, not control characters, not U+FFFD (unmapped glyphs)."""
+    return sum(1 for ch in text if not ch.isspace() and ch.isprintable() and ch != "\ufffd")
+
+
+def has_text_layer(text: str, min_chars: int) -> bool:
+    return meaningful_chars(text) >= max(min_chars, 1)
+
+
+def upscale_factor(height: int, options: OcrOptions) -> float:
+    """How much to enlarge an image of this height before OCR (1.0 = leave it).
+
+    Tesseract reads text best with capital letters ~30 px high (about 300 dpi); ~100-dpi scans such as
+    RVL-CDIP and FUNSD (1000 px for a letter page) gain a lot from a 2x Lanczos upscale.
+    """
+    if options.upscale_factor > 1.0 and 0 < height < options.upscale_below_height:
+        return options.upscale_factor
+    return 1.0
+
+
+def to_ocr_mode(image: Image.Image) -> Image.Image:
+    """An 8-bit "L" or "RGB" image from any PIL mode (the same object when it already is one);
+    transparency is flattened onto white.
+
+    Gray stays gray (1-bit becomes L so it can be resampled); colour stays RGB, since Tesseract picks
+    the best channel when thresholding. 16/32-bit integer and float images are stretched min..max to 0..255.
+    """
+    mode = image.mode
+    if mode in ("L", "RGB"):
+        return image
+    if mode == "1":
+        return image.convert("L")
+    if mode == "P":
+        has_alpha = "transparency" in image.info or (image.palette is not None and image.palette.mode == "RGBA")
+        return _flatten(image.convert("RGBA")) if has_alpha else image.convert("RGB")
+    if mode in ("LA", "La", "PA", "RGBA", "RGBa"):
+        flat = _flatten(image.convert("RGBA"))
+        return flat.convert("L") if mode in ("LA", "La") else flat
+    if mode.startswith("I") or mode == "F":
+        arr = np.asarray(image, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        if hi <= lo:
+            scaled = np.full(arr.shape, 255, dtype=np.uint8)
+        else:
+            scaled = np.round((arr - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+        return Image.fromarray(scaled)
+    # CMYK, YCbCr, LAB, HSV, RGBX, ...
+    return image.convert("RGB")
+
+
+def _flatten(rgba: Image.Image) -> Image.Image:
+    background = Image.new("RGB", rgba.size, (255, 255, 255))
+    background.paste(rgba, mask=rgba.getchannel("A"))
+    return background
+
+
+def prepare_for_ocr(image: Image.Image, options: OcrOptions, *, allow_upscale: bool = True) -> Image.Image:
+    """Mode conversion, then the low-resolution upscale (Lanczos) when the options ask for it."""
+    image = to_ocr_mode(image)
+    factor = upscale_factor(image.height, options) if allow_upscale else 1.0
+    if factor != 1.0:
+        size = (max(1, round(image.width * factor)), max(1, round(image.height * factor)))
+        image = image.resize(size, Image.Resampling.LANCZOS)
+    return image
+
+
+# -- PDF ------------------------------------------------------------------------------------------------
+
+
+def _pdf_pages(
+    data: bytes, options: OcrOptions, engine: OcrEngine | None, first_page: int, last_page: int | None
+) -> Iterator[PageText]:
+    try:
+        pdf = pdfium.PdfDocument(data)
+    except pdfium.PdfiumError as exc:
+        raise DocumentReadError(f"cannot open the PDF: {exc}") from exc
+    try:
+        for index in resolve_page_range(first_page, last_page, len(pdf)):
+            started = time.perf_counter()
+            page = pdf[index]
+            try:
+                textpage = page.get_textpage()
+                try:
+                    layer = textpage.get_text_range()
+                finally:
+                    textpage.close()
+                if has_text_layer(layer, options.min_text_layer_chars):
+                    text = _clean_layer_text(layer)
+                    yield PageText(
+                        page=index + 1,
+                        text=text,
+                        source="pdf_text",
+                        confidence=None,
+                        words=len(text.split()),
+                        seconds=time.perf_counter() - started,
+                    )
+                    continue
+                ocr = _ocr_pdf_page(page, options, engine or default_engine())
+            finally:
+                page.close()
+            yield PageText(
+                page=index + 1,
+                text=ocr.text,
+                source="ocr",
+                confidence=ocr.confidence,
+                words=ocr.words,
+                seconds=time.perf_counter() - started,
+            )
+    finally:
+        pdf.close()
+
+
+def _clean_layer_text(text: str) -> str:
+    text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\x00", "")
+    return "\n".join(line.rstrip() for line in text.split("\n")).strip()
+
+
+def _ocr_pdf_page(page: pdfium.PdfPage, options: OcrOptions, engine: OcrEngine) -> OcrPage:
+    width_pt, height_pt = page.get_size()
+    scale = options.render_dpi / 72.0
+    pixels = width_pt * height_pt * scale * scale
+    if pixels > MAX_RENDER_PIXELS:
+        scale *= (MAX_RENDER_PIXELS / pixels) ** 0.5
+    bitmap = page.render(scale=scale)
+    try:  # the PIL image may share the bitmap's buffer: keep the bitmap open until OCR is done
+        # Rendered at a known resolution: no upscale (page height says nothing about dpi here).
+        image = prepare_for_ocr(bitmap.to_pil(), options, allow_upscale=False)
+        return engine.recognize(image, options)
+    finally:
+        bitmap.close()
+
+
+# -- images ---------------------------------------------------------------------------------------------
+
+
+_PIL_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+def _image_pages(
+    data: bytes,
+    media_type: MediaType,
+    options: OcrOptions,
+    engine: OcrEngine | None,
+    first_page: int,
+    last_page: int | None,
+) -> Iterator[PageText]:
+    try:
+        source = Image.open(io.BytesIO(data))
+    except _PIL_ERRORS as exc:  # PIL raises UnidentifiedImageError (an OSError) for unknown bytes
+        raise DocumentReadError(f"cannot open the image: {exc}") from exc
+    with source:
+        # A JPEG's extra frames (MPO: previews, depth maps from phone cameras) are not pages.
+        frames = 1 if media_type is MediaType.JPEG else getattr(source, "n_frames", 1)
+        for index in resolve_page_range(first_page, last_page, frames):
+            started = time.perf_counter()
+            try:
+                source.seek(index)
+                frame = ImageOps.exif_transpose(source)  # a copy of this frame, upright for phone photos
+                image = prepare_for_ocr(frame, options)
+            except _PIL_ERRORS as exc:
+                raise DocumentReadError(f"cannot decode frame {index + 1}: {exc}") from exc
+            try:
+                ocr = (engine or default_engine()).recognize(image, options)
+            finally:
+                image.close()
+                with suppress(Exception):
+                    frame.close()
+            yield PageText(
+                page=index + 1,
+                text=ocr.text,
+                source="ocr",
+                confidence=ocr.confidence,
+                words=ocr.words,
+                seconds=time.perf_counter() - started,
+            )
