@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     max_pixels_per_page: int = Field(default=100_000_000, gt=0)
     max_dimension: int = Field(default=20_000, gt=0)
 
+    # Long PDFs are split into page ranges extracted in parallel (a Map on AWS).
+    large_pdf_pages: int = Field(default=20, ge=1)
+    pages_per_chunk: int = Field(default=10, ge=1)
+
     # OCR
     ocr_languages: str = "eng"
     ocr_render_dpi: int = Field(default=200, ge=50, le=600)

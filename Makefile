@@ -1,0 +1,93 @@
+# Docflow — every target a user needs; `make run` and `make test` work on a fresh machine.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+# The labelled corpus and dev scans live beside the checkout; override with DOCFLOW_DATA_DIR.
+DOCFLOW_DATA_DIR ?= $(abspath ../shared/data)
+export DOCFLOW_DATA_DIR
+SAMPLES_DIR ?= $(VENV)/samples
+MODEL_DIR := functions/docflow/default_model
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_PACKAGES := tesseract-ocr tesseract-ocr-eng tesseract-ocr-rus fonts-dejavu-core
+
+CDK_BIN := infra_cdk/node_modules/.bin
+export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 1
+
+.PHONY: help install system-deps model samples run test test-unit lint typecheck bench clean \
+	layers synth localstack-install localstack-up localstack-down deploy-local
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+system-deps: ## Debian packages: Tesseract with English and Russian, a font for the samples
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "Installing $$missing"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+$(BIN)/.installed: pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: set PYTHON=python3.x (>= 3.11)"; exit 1; }
+	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[training,dev]'
+	touch $@
+
+$(CDK_BIN)/cdk: infra_cdk/package.json infra_cdk/package-lock.json
+	cd infra_cdk && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+install: system-deps $(BIN)/.installed $(CDK_BIN)/cdk ## Set up everything: apt packages, .venv, CDK CLI
+
+$(MODEL_DIR)/model.onnx: $(BIN)/.installed $(wildcard training/docflow_training/*.py) functions/docflow/domain/text.py
+	@[ -d "$(DOCFLOW_DATA_DIR)/tobacco3482" ] || { echo "Corpus not found at $(DOCFLOW_DATA_DIR)/tobacco3482: set DOCFLOW_DATA_DIR"; exit 1; }
+	$(BIN)/docflow train --data "$(DOCFLOW_DATA_DIR)/tobacco3482" --out $(MODEL_DIR)
+
+model: install $(MODEL_DIR)/model.onnx ## Train the default model from the corpus (once)
+
+samples: install ## Make the sample documents `make run` processes
+	$(BIN)/docflow samples $(SAMPLES_DIR)
+
+run: model samples ## Set up, then classify the sample documents and print the results
+	DOCFLOW_HOME=$${DOCFLOW_HOME:-$(VENV)/run-home} $(BIN)/docflow process $(SAMPLES_DIR)
+
+test: model layers localstack-install ## Set up, then run every test (unit, integration, infra, e2e incl. LocalStack)
+	$(BIN)/pytest -q
+
+test-unit: install ## Fast tests only (no network)
+	$(BIN)/pytest -q tests/unit
+
+lint: install ## ruff lint + format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install ## mypy
+	$(BIN)/mypy
+
+bench: model ## Benchmarks: OCR accuracy and throughput, classifier latency
+	$(BIN)/python bench/ocr_cer.py
+	$(BIN)/python bench/throughput.py
+
+layers: install ## Build the Lambda layers from manylinux wheels (no Docker)
+	$(BIN)/python layers/build.py
+
+synth: model layers ## cdk synth: the CloudFormation template and assets into cdk.out/
+	$(CDK_BIN)/cdk synth --quiet
+
+localstack-install: install ## Install LocalStack's host-mode runtime (no Docker) under .localstack/
+	bash localstack/install.sh
+
+localstack-up: localstack-install ## Start LocalStack on 127.0.0.1:4566
+	bash localstack/start.sh
+
+localstack-down: ## Stop LocalStack and the functions it started
+	bash localstack/stop.sh
+
+deploy-local: model localstack-up ## Deploy the CDK stack to LocalStack; outputs in cdk-outputs.json
+	bash localstack/deploy.sh
+
+clean: ## Remove the venv and generated files
+	rm -rf $(VENV) $(MODEL_DIR) layers/build cdk.out .localstack infra_cdk/node_modules .pytest_cache .mypy_cache .ruff_cache

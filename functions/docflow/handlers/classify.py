@@ -1,0 +1,19 @@
+"""Lambda: the pipeline's classify step."""
+
+from typing import Any
+
+from aws_lambda_powertools.utilities.parser import event_parser
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from docflow.handlers._step import run_step
+from docflow.observability import logger, metrics, tracer
+from docflow.pipeline.state import PipelineState
+from docflow.pipeline.steps import classify_step
+
+
+@metrics.log_metrics(capture_cold_start_metric=True)
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+@event_parser(model=PipelineState)
+def handler(event: PipelineState, context: LambdaContext) -> dict[str, Any]:
+    return run_step(classify_step, event)

@@ -1,0 +1,161 @@
+"""The embedded default: documents from local paths through the pipeline on local stores, in parallel.
+
+Each worker process builds its own StepContext (its own SQLite connection, ONNX session and Tesseract
+subprocesses); documents, not pages, are the unit of parallelism.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from docflow.context import StepContext, build_context
+from docflow.models import Status
+from docflow.pipeline.runner import Runner
+from docflow.pipeline.state import DocumentRef, PipelineState
+from docflow.settings import Settings
+
+
+class DocumentResult(BaseModel):
+    """One row of `docflow process`: what happened to one input file."""
+
+    source: str
+    document_id: str | None
+    status: Status
+    predicted_class: str | None = None
+    confidence: float | None = None
+    scores: dict[str, float] | None = None
+    reason: str | None = None
+    code: str | None = None
+    duplicate_of: str | None = None
+    pages: int | None = None
+    text_source: str | None = None
+    model_version: str | None = None
+    seconds: float
+
+    @classmethod
+    def from_state(cls, state: PipelineState, seconds: float, ctx: StepContext) -> DocumentResult:
+        prediction = state.prediction
+        if state.replay and state.document_id:
+            # A redelivery reports the outcome already on record.
+            record = ctx.records.get_document(state.document_id)
+            if record is not None:
+                return cls(
+                    source=state.ref.source,
+                    document_id=record.document_id,
+                    status=record.status,
+                    predicted_class=record.predicted_class,
+                    confidence=record.confidence,
+                    scores=record.scores,
+                    reason=record.reason,
+                    code=record.code,
+                    pages=record.pages,
+                    text_source=record.text_source,
+                    model_version=record.model_version,
+                    seconds=seconds,
+                )
+        return cls(
+            source=state.ref.source,
+            document_id=state.document_id,
+            status=state.status,
+            predicted_class=prediction.predicted_class if prediction else None,
+            confidence=prediction.confidence if prediction else None,
+            scores=prediction.scores if prediction else None,
+            reason=state.reason,
+            code=state.code,
+            duplicate_of=state.duplicate_of,
+            pages=state.pages,
+            text_source=state.text_source,
+            model_version=prediction.model_version if prediction else None,
+            seconds=seconds,
+        )
+
+
+def discover(paths: Iterable[Path]) -> Iterator[Path]:
+    """Files named directly, and every file under a named folder (recursively, sorted; dotfiles skipped)."""
+    for path in paths:
+        if path.is_dir():
+            for child in sorted(path.rglob("*")):
+                if child.is_file() and not any(part.startswith(".") for part in child.relative_to(path).parts):
+                    yield child
+        else:
+            yield path
+
+
+def ingest_key(path: Path) -> str:
+    """Where a local file is kept in the blob store: stable per absolute path, readable name."""
+    digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
+    return f"incoming/{digest}/{path.name}"
+
+
+def process_file(path: Path, source: str, ctx: StepContext, languages: str | None = None) -> DocumentResult:
+    started = time.perf_counter()
+    key = ingest_key(path)
+    put_file = getattr(ctx.blobs, "put_file", None)
+    if put_file is not None:
+        put_file(key, path)
+    else:
+        ctx.blobs.put(key, path.read_bytes())
+    state = Runner(ctx).run(DocumentRef(key=key, source=source), languages=languages)
+    return DocumentResult.from_state(state, round(time.perf_counter() - started, 3), ctx)
+
+
+_worker_ctx: StepContext | None = None
+
+
+def _init_worker(settings: Settings) -> None:
+    global _worker_ctx
+    os.environ["OMP_THREAD_LIMIT"] = "1"
+    _worker_ctx = build_context(settings)
+
+
+def _work(path: str, source: str, languages: str | None) -> DocumentResult:
+    assert _worker_ctx is not None, "worker not initialised"
+    return process_file(Path(path), source, _worker_ctx, languages)
+
+
+def process_paths(
+    files: list[tuple[Path, str]],
+    settings: Settings,
+    workers: int,
+    on_result: Callable[[DocumentResult], None] | None = None,
+    languages: str | None = None,
+) -> list[DocumentResult]:
+    """Run every (path, source) through the pipeline; results come back in input order."""
+    results: list[DocumentResult | None] = [None] * len(files)
+
+    def done(i: int, result: DocumentResult) -> None:
+        results[i] = result
+        if on_result:
+            on_result(result)
+
+    if workers <= 1 or len(files) <= 1:
+        _init_worker(settings)
+        for i, (path, source) in enumerate(files):
+            done(i, _work(str(path), source, languages))
+    else:
+        with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(settings,)) as pool:
+            futures: dict[Future[DocumentResult], int] = {
+                pool.submit(_work, str(path), source, languages): i for i, (path, source) in enumerate(files)
+            }
+            for future in as_completed(futures):
+                i = futures[future]
+                try:
+                    result = future.result()
+                except Exception as exc:  # a worker died (killed, out of memory): still one row
+                    result = DocumentResult(
+                        source=files[i][1],
+                        document_id=None,
+                        status=Status.FAILED,
+                        code=type(exc).__name__,
+                        reason=f"the worker processing this document stopped: {exc}",
+                        seconds=0.0,
+                    )
+                done(i, result)
+    return [r for r in results if r is not None]

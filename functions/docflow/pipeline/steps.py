@@ -1,0 +1,346 @@
+"""The pipeline's steps: one function each, PipelineState in, PipelineState out.
+
+A Lambda handler wraps exactly one of these; the embedded runner calls them in the order the state
+machine does. They know the stores only through the StepContext's interfaces.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+
+from docflow.context import StepContext
+from docflow.domain.extraction import extract_text
+from docflow.domain.validation import validate_document
+from docflow.errors import PermanentError
+from docflow.models import ExtractionResult, MediaType, RejectionCode, Status, utcnow
+from docflow.pipeline.state import PagePart, PageRange, PageRangeTask, PipelineState
+from docflow.ports import BlobNotFoundError
+from docflow.records import DocumentRecord, PredictionRecord, UploadRecord
+
+
+def text_key(document_id: str) -> str:
+    return f"text/{document_id}.json"
+
+
+def result_key(document_id: str) -> str:
+    return f"results/{document_id}.json"
+
+
+def _elapsed(state: PipelineState, step: str, started: float) -> dict[str, float]:
+    return {**state.timings, step: round(time.perf_counter() - started, 4)}
+
+
+def _read_blob(ctx: StepContext, key: str) -> bytes:
+    try:
+        return ctx.blobs.get(key)
+    except BlobNotFoundError:
+        raise PermanentError(f"object {key!r} not found in {ctx.blobs.describe()}") from None
+
+
+def validate_step(state: PipelineState, ctx: StepContext) -> PipelineState:
+    """Check the bytes; decide whether this upload is new work, a duplicate, or a redelivery."""
+    started = time.perf_counter()
+    limits = ctx.settings.limits
+    try:
+        size = ctx.blobs.size(state.ref.key)
+    except BlobNotFoundError:
+        raise PermanentError(f"object {state.ref.key!r} not found in {ctx.blobs.describe()}") from None
+
+    if size > limits.max_bytes:
+        # Hash by streaming: never hold an oversized upload in memory.
+        digest = hashlib.sha256()
+        for chunk in ctx.blobs.iter_chunks(state.ref.key):
+            digest.update(chunk)
+        return state.model_copy(
+            update={
+                "document_id": digest.hexdigest(),
+                "size_bytes": size,
+                "status": Status.REJECTED,
+                "code": RejectionCode.TOO_LARGE,
+                "reason": f"the file is {size:,} bytes; the limit is {limits.max_bytes:,} bytes",
+                "timings": _elapsed(state, "validate", started),
+            }
+        )
+
+    report = validate_document(_read_blob(ctx, state.ref.key), limits)
+    base = state.model_copy(
+        update={
+            "document_id": report.document_id,
+            "size_bytes": report.size_bytes,
+            "media_type": report.media_type,
+            "pages": report.pages,
+        }
+    )
+    if not report.accepted:
+        return base.model_copy(
+            update={
+                "status": Status.REJECTED,
+                "code": report.code,
+                "reason": report.reason,
+                "timings": _elapsed(state, "validate", started),
+            }
+        )
+
+    now = utcnow()
+    fresh = DocumentRecord(
+        document_id=report.document_id,
+        status=Status.PROCESSING,
+        source=state.ref.source,
+        blob_key=state.ref.key,
+        media_type=report.media_type,
+        size_bytes=report.size_bytes,
+        pages=report.pages,
+        created_at=now,
+        updated_at=now,
+    )
+    existing = ctx.records.create_document(fresh)
+    update: dict[str, object] = {"timings": _elapsed(state, "validate", started)}
+    ranges = page_ranges(report.pages or 1, ctx.settings.pages_per_chunk)
+    if report.media_type == MediaType.PDF and (report.pages or 0) > ctx.settings.large_pdf_pages:
+        update["page_ranges"] = ranges
+    if existing is None:
+        update.update(status=Status.PROCESSING, proceed=True)
+    elif existing.status == Status.FAILED:
+        # A failed document may be sent again: that is the user's retry.
+        ctx.records.put_document(fresh)
+        update.update(status=Status.PROCESSING, proceed=True)
+    elif existing.source == state.ref.source:
+        # The same upload delivered again (at-least-once events, or the CLI run twice): report the
+        # outcome we already have; never process or count it twice.
+        update.update(status=existing.status, replay=True, reason=existing.reason, code=existing.code)
+    else:
+        update.update(
+            status=Status.DUPLICATE,
+            duplicate_of=existing.document_id,
+            reason=f"same content as {existing.source} (document {existing.document_id[:12]}…)",
+        )
+    return base.model_copy(update=update)
+
+
+def page_ranges(pages: int, per_chunk: int) -> list[PageRange]:
+    """Consecutive ranges of at most per_chunk pages covering 1..pages."""
+    return [
+        PageRange(first_page=first, last_page=min(first + per_chunk - 1, pages))
+        for first in range(1, pages + 1, per_chunk)
+    ]
+
+
+def record_outcome_step(state: PipelineState, ctx: StepContext) -> PipelineState:
+    """Record an upload that ends at validation: REJECTED, DUPLICATE, or a redelivery."""
+    if state.document_id is None:
+        raise PermanentError("record outcome needs a validated document")
+    if state.replay:
+        return state  # its upload record was written when it was first processed
+    if state.status == Status.REJECTED:
+        now = utcnow()
+        ctx.records.put_document(
+            DocumentRecord(
+                document_id=state.document_id,
+                status=Status.REJECTED,
+                source=state.ref.source,
+                blob_key=state.ref.key,
+                media_type=state.media_type,
+                size_bytes=state.size_bytes,
+                pages=state.pages,
+                code=state.code,
+                reason=state.reason,
+                timings=state.timings,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+    elif state.status != Status.DUPLICATE:
+        raise PermanentError(f"record outcome cannot record status {state.status}")
+    ctx.records.put_upload(
+        UploadRecord(
+            document_id=state.document_id,
+            source=state.ref.source,
+            status=state.status,
+            duplicate_of=state.duplicate_of,
+        )
+    )
+    return state
+
+
+def extract_step(state: PipelineState, ctx: StepContext) -> PipelineState:
+    """Text per page: the PDF's own text layer where it has one, Tesseract otherwise."""
+    started = time.perf_counter()
+    if state.document_id is None or state.media_type is None:
+        raise PermanentError("extract text needs a validated document")
+    options = ctx.settings.ocr
+    if state.languages:
+        options = options.model_copy(update={"languages": state.languages})
+    result = extract_text(_read_blob(ctx, state.ref.key), MediaType(state.media_type), options, ctx.ocr_engine)
+    key = text_key(state.document_id)
+    # The text goes to the blob store, not the state: Step Functions caps a state at 256 KB.
+    ctx.blobs.put(key, result.model_dump_json().encode(), content_type="application/json")
+    return state.model_copy(
+        update={
+            "text_key": key,
+            "text_source": result.text_source,
+            "ocr_confidence": result.mean_confidence,
+            "pages": len(result.pages),
+            "timings": _elapsed(state, "extract", started),
+        }
+    )
+
+
+def extract_pages_step(task: PageRangeTask, ctx: StepContext) -> PagePart:
+    """One page range of a long PDF (a Map iteration): extract and park the text in the blob store."""
+    state = task.state
+    if state.document_id is None or state.media_type is None:
+        raise PermanentError("extract pages needs a validated document")
+    options = ctx.settings.ocr
+    if state.languages:
+        options = options.model_copy(update={"languages": state.languages})
+    result = extract_text(
+        _read_blob(ctx, state.ref.key),
+        MediaType(state.media_type),
+        options,
+        ctx.ocr_engine,
+        first_page=task.first_page,
+        last_page=task.last_page,
+    )
+    key = f"text/{state.document_id}/pages-{task.first_page:05d}-{task.last_page:05d}.json"
+    ctx.blobs.put(key, result.model_dump_json().encode(), content_type="application/json")
+    return PagePart(first_page=task.first_page, last_page=task.last_page, key=key)
+
+
+def merge_text_step(state: PipelineState, ctx: StepContext) -> PipelineState:
+    """Join the page ranges, in page order, into the document's text."""
+    started = time.perf_counter()
+    if state.document_id is None or not state.parts:
+        raise PermanentError("merge text needs the extracted page ranges")
+    pages = []
+    for part in sorted(state.parts, key=lambda p: p.first_page):
+        pages += ExtractionResult.model_validate_json(_read_blob(ctx, part.key)).pages
+    result = ExtractionResult(pages=pages)
+    key = text_key(state.document_id)
+    ctx.blobs.put(key, result.model_dump_json().encode(), content_type="application/json")
+    return state.model_copy(
+        update={
+            "text_key": key,
+            "text_source": result.text_source,
+            "ocr_confidence": result.mean_confidence,
+            "pages": len(result.pages),
+            "parts": None,  # keep the state small: the parts are merged
+            "timings": _elapsed(state, "extract", started),
+        }
+    )
+
+
+def classify_step(state: PipelineState, ctx: StepContext) -> PipelineState:
+    """Name the document's type; below the review threshold it needs a person."""
+    started = time.perf_counter()
+    if state.document_id is None or state.text_key is None:
+        raise PermanentError("classify needs extracted text")
+    extraction = ExtractionResult.model_validate_json(_read_blob(ctx, state.text_key))
+    text = extraction.text
+    prediction = ctx.classifier().predict(text)
+    threshold = ctx.settings.review_threshold
+    if not text.strip():
+        status, reason = Status.NEEDS_REVIEW, "no text could be extracted from the document"
+    elif prediction.confidence < threshold:
+        status = Status.NEEDS_REVIEW
+        reason = (
+            f"confidence {prediction.confidence:.2f} in {prediction.predicted_class!r} "
+            f"is below the review threshold {threshold:.2f}"
+        )
+    else:
+        status, reason = Status.CLASSIFIED, None
+    timings = _elapsed(state, "classify", started)
+    classified = state.model_copy(
+        update={
+            "status": status,
+            "reason": reason,
+            "prediction": prediction,
+            "result_key": result_key(state.document_id),
+            "timings": timings,
+        }
+    )
+    _record_classification(classified, ctx)
+    return classified
+
+
+def _record_classification(state: PipelineState, ctx: StepContext) -> None:
+    assert state.document_id and state.prediction and state.result_key
+    prediction = state.prediction
+    existing = ctx.records.get_document(state.document_id)
+    now = utcnow()
+    record = DocumentRecord(
+        document_id=state.document_id,
+        status=state.status,
+        source=state.ref.source,
+        blob_key=state.ref.key,
+        media_type=state.media_type,
+        size_bytes=state.size_bytes,
+        pages=state.pages,
+        text_source=state.text_source,
+        ocr_confidence=state.ocr_confidence,
+        predicted_class=prediction.predicted_class,
+        confidence=prediction.confidence,
+        scores=prediction.scores,
+        model_version=prediction.model_version,
+        reason=state.reason,
+        label=existing.label if existing else None,
+        timings=state.timings,
+        created_at=existing.created_at if existing else now,
+        updated_at=now,
+    )
+    # Result file first, record last: a reader who sees the status can always fetch the result.
+    ctx.blobs.put(
+        state.result_key,
+        json.dumps(
+            {"document": record.model_dump(mode="json"), "prediction": prediction.model_dump(mode="json")},
+            indent=2,
+        ).encode(),
+        content_type="application/json",
+    )
+    ctx.records.add_prediction(
+        PredictionRecord(
+            document_id=state.document_id,
+            predicted_class=prediction.predicted_class,
+            confidence=prediction.confidence,
+            scores=prediction.scores,
+            model_name=prediction.model_name,
+            model_version=prediction.model_version,
+        )
+    )
+    ctx.records.put_document(record)
+    ctx.records.put_upload(UploadRecord(document_id=state.document_id, source=state.ref.source, status=state.status))
+
+
+def record_failure_step(state: PipelineState, ctx: StepContext) -> PipelineState:
+    """The Catch target: the document ends FAILED with the error and its cause. Its blob is kept."""
+    error = state.error
+    code = error.Error if error else "UnknownError"
+    reason = error.message if error else "the pipeline failed without an error description"
+    # Before validation there is no content hash; key the failure by the upload so it is not lost.
+    document_id = state.document_id or hashlib.sha256(f"upload:{state.ref.source}".encode()).hexdigest()
+    now = utcnow()
+    existing = ctx.records.get_document(document_id)
+    # Only the upload that owns the processing may mark the document failed: a duplicate's failure
+    # must not overwrite the original's outcome.
+    if existing is None or state.proceed:
+        ctx.records.put_document(
+            DocumentRecord(
+                document_id=document_id,
+                status=Status.FAILED,
+                source=state.ref.source,
+                blob_key=state.ref.key,
+                media_type=state.media_type,
+                size_bytes=state.size_bytes,
+                pages=state.pages,
+                code=code,
+                reason=reason,
+                timings=state.timings,
+                created_at=existing.created_at if existing else now,
+                updated_at=now,
+            )
+        )
+    ctx.records.put_upload(UploadRecord(document_id=document_id, source=state.ref.source, status=Status.FAILED))
+    return state.model_copy(
+        update={"document_id": document_id, "status": Status.FAILED, "code": code, "reason": reason}
+    )
