@@ -16,7 +16,7 @@ import numpy as np
 import pypdfium2 as pdfium
 from PIL import Image, ImageOps
 
-from docflow.domain.ocr import OcrEngine, OcrPage, TesseractEngine
+from docflow.domain.ocr import OcrEngine, OcrPage, TesseractEngine, TesserocrEngine
 from docflow.models import ExtractionResult, MediaType, OcrOptions, PageText
 
 __all__ = [
@@ -53,7 +53,12 @@ class DocumentReadError(ExtractionError):
 
 @lru_cache(maxsize=1)
 def default_engine() -> OcrEngine:
-    return TesseractEngine()
+    """In-process libtesseract (tesserocr) when installed, else the tesseract command line."""
+    try:
+        import tesserocr  # noqa: F401
+    except ImportError:
+        return TesseractEngine()
+    return TesserocrEngine()
 
 
 def extract_text(

@@ -18,10 +18,13 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -166,6 +169,94 @@ class TesseractEngine(OcrEngine):
                 raise OcrLanguageError(f"Tesseract could not load {options.languages!r}: {err}")
             raise OcrError(f"tesseract exited with {proc.returncode}: {err[-500:]}")
         return parse_tsv(proc.stdout.decode("utf-8", "replace"))
+
+
+TESSDATA_DIRS = (
+    Path("/usr/share/tesseract-ocr/5/tessdata"),
+    Path("/usr/share/tesseract-ocr/4.00/tessdata"),
+    Path("/usr/share/tessdata"),
+)
+
+
+def find_tessdata(env: Mapping[str, str] | None = None) -> Path:
+    """TESSDATA_PREFIX if set (the OCR layer sets /opt/tessdata), else the distribution's folder."""
+    environ = os.environ if env is None else env
+    candidates = [Path(environ["TESSDATA_PREFIX"])] if environ.get("TESSDATA_PREFIX") else []
+    for path in (*candidates, *TESSDATA_DIRS):
+        if any(path.glob("*.traineddata")):
+            return path
+    raise OcrLanguageError(
+        "no Tesseract language data found (looked in TESSDATA_PREFIX and "
+        f"{', '.join(map(str, TESSDATA_DIRS))}): apt-get install tesseract-ocr-eng, or set TESSDATA_PREFIX"
+    )
+
+
+class TesserocrEngine(OcrEngine):
+    """Tesseract in-process through tesserocr, whose wheel bundles libtesseract 5.5 (no binary needed: this
+    is what runs on Lambda). Measured on 8 RVL-CDIP pages: same words and confidences as the CLI engine
+    in 53 % of its time (no process start, no model reload, no image encoding per page).
+    One API object per (languages, psm), reused across pages; a process-wide lock,
+    as a TessBaseAPI is not safe to share between threads.
+
+    OMP_THREAD_LIMIT must be 1 before libtesseract loads (set by the worker initialiser, the Lambda
+    environment and get_settings()); the import is deferred to the first page for that reason.
+    """
+
+    def __init__(self, tessdata: Path | None = None) -> None:
+        self._tessdata = tessdata
+        self._apis: dict[tuple[str, int], Any] = {}
+        self._lock = threading.Lock()
+
+    @cached_property
+    def tessdata(self) -> Path:
+        return self._tessdata or find_tessdata()
+
+    @cached_property
+    def available_languages(self) -> frozenset[str]:
+        return frozenset(p.stem for p in self.tessdata.glob("*.traineddata"))
+
+    def check_languages(self, languages: str) -> None:
+        if not _LANG_RE.match(languages):
+            raise OcrLanguageError(f"bad tesseract language spec {languages!r}; expected e.g. 'eng' or 'eng+rus'")
+        missing = [lang for lang in languages.split("+") if lang not in self.available_languages]
+        if missing:
+            packages = " ".join(f"tesseract-ocr-{m.lower().replace('_', '-')}" for m in missing)
+            raise OcrLanguageError(
+                f"Tesseract language data missing for {'+'.join(missing)} in {self.tessdata}; installed: "
+                f"{', '.join(sorted(self.available_languages)) or 'none'}. Install it (Debian/Ubuntu: "
+                f"apt-get install {packages}) or put <lang>.traineddata in TESSDATA_PREFIX."
+            )
+
+    def _api(self, options: OcrOptions) -> Any:
+        key = (options.languages, options.psm)
+        if key not in self._apis:
+            import tesserocr
+
+            self._apis[key] = tesserocr.PyTessBaseAPI(
+                path=f"{self.tessdata}/", lang=options.languages, psm=options.psm, oem=tesserocr.OEM.LSTM_ONLY
+            )
+        return self._apis[key]
+
+    def recognize(self, image: Image.Image, options: OcrOptions) -> OcrPage:
+        self.check_languages(options.languages)
+        if image.mode not in ("L", "RGB"):
+            image = image.convert("L" if image.mode in ("1", "LA", "I", "I;16", "F") else "RGB")
+        channels = 1 if image.mode == "L" else 3
+        with self._lock:
+            api = self._api(options)
+            # Raw pixels, no DPI: like the CLI fed PNM, Tesseract estimates the resolution from the text
+            # itself (scans that claim 72 dpi otherwise come out empty), and no encode/decode round trip.
+            api.SetImageBytes(image.tobytes(), image.width, image.height, channels, image.width * channels)
+            if not api.Recognize(timeout=int(options.timeout_seconds * 1000)):
+                raise OcrTimeoutError(
+                    f"Tesseract took more than {options.timeout_seconds:g} s on one page "
+                    f"({image.width}x{image.height} px); raise the OCR page timeout or lower the resolution"
+                )
+            tsv = api.GetTSVText(0)
+        return parse_tsv(_TSV_HEADER + tsv)
+
+
+_TSV_HEADER = "level\tpage_num\tblock_num\tpar_num\tline_num\tword_num\tleft\ttop\twidth\theight\tconf\ttext\n"
 
 
 def encode_for_tesseract(image: Image.Image) -> bytes:
