@@ -1,6 +1,7 @@
-"""OCR behind one small interface, with a Tesseract implementation.
+"""OCR behind one small interface (`OcrEngine`), with two Tesseract implementations.
 
-`TesseractEngine` runs the `tesseract` binary (the one pytesseract would run) once per page, feeding the
+`TesserocrEngine` (the default) calls libtesseract in-process through tesserocr, whose wheel bundles the
+library: no binary is needed, which is what Lambda gets. `TesseractEngine` (the fallback) runs the `tesseract` binary (the one pytesseract would run) once per page, feeding the
 image on stdin and reading TSV on stdout: one process gives words, confidences and the layout needed to
 rebuild the text with its line breaks, so a page never costs two OCR runs, and no temporary files are
 written (Lambda's /tmp stays free).
