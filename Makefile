@@ -42,7 +42,7 @@ $(CDK_BIN)/cdk: infra_cdk/package.json infra_cdk/package-lock.json
 
 install: system-deps $(BIN)/.installed $(CDK_BIN)/cdk ## Set up everything: apt packages, .venv, CDK CLI
 
-$(MODEL_DIR)/model.onnx: $(BIN)/.installed $(wildcard training/docflow_training/*.py) functions/docflow/domain/text.py
+$(MODEL_DIR)/model.onnx: $(BIN)/.installed $(wildcard training/docflow_training/*.py) functions/docflow/domain/text.py functions/docflow/domain/classifier.py
 	@[ -d "$(DOCFLOW_DATA_DIR)/tobacco3482" ] || { echo "Corpus not found at $(DOCFLOW_DATA_DIR)/tobacco3482: set DOCFLOW_DATA_DIR"; exit 1; }
 	$(BIN)/docflow train --data "$(DOCFLOW_DATA_DIR)/tobacco3482" --out $(MODEL_DIR)
 

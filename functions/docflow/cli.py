@@ -123,7 +123,7 @@ def train(
     out: Annotated[
         Path | None, typer.Option(help="Model directory to write (default: the set-up default model).")
     ] = None,
-    seed: Annotated[int, typer.Option(help="Random seed (training is deterministic for a seed).")] = 13,
+    seed: Annotated[int, typer.Option(help="Random seed (training is deterministic for a seed).")] = 0,
 ) -> None:
     """Train a classifier on a labelled text corpus and write a model directory (ONNX + tokenizer)."""
     try:

@@ -53,7 +53,7 @@ def test_process_samples_every_outcome(samples: Path, docflow_home: Path) -> Non
             "text_source",
             "seconds",
         } <= row.keys()
-    assert got["memo.pdf"]["text_source"] == "pdf_text"
+    assert got["memo.pdf"]["text_source"] == "pdf_text", got["memo.pdf"]
     assert got["memo.pdf"]["status"] in ("CLASSIFIED", "NEEDS_REVIEW")
     assert got["memo.pdf"]["scores"] and abs(sum(got["memo.pdf"]["scores"].values()) - 1) < 1e-3
     assert got["report-scanned.pdf"]["text_source"] == "ocr"

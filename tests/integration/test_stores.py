@@ -31,7 +31,9 @@ def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Blo
 
 def _doc(doc_id: str, status: Status = Status.PROCESSING, minutes: int = 0) -> DocumentRecord:
     when = utcnow() + timedelta(minutes=minutes)
-    return DocumentRecord(document_id=doc_id, status=status, source=f"in/{doc_id}.pdf", created_at=when, updated_at=when)
+    return DocumentRecord(
+        document_id=doc_id, status=status, source=f"in/{doc_id}.pdf", created_at=when, updated_at=when
+    )
 
 
 def test_blob_round_trip(stores: tuple[BlobStore, RecordStore]) -> None:
@@ -128,3 +130,22 @@ def test_local_blob_keys_cannot_escape_the_root(tmp_path: Path) -> None:
         with pytest.raises(ValueError):
             blobs.put(key, b"x")
     assert not (tmp_path / "evil").exists()
+
+
+def _write_uploads(args: tuple[str, int]) -> int:
+    path, worker = args
+    store = SqliteRecordStore(Path(path))
+    for i in range(20):
+        store.put_upload(UploadRecord(document_id=f"d{worker}", source=f"s{i}", status=Status.CLASSIFIED))
+    return worker
+
+
+def test_sqlite_store_opened_by_many_processes_at_once(tmp_path: Path) -> None:
+    # Given several worker processes creating the same new database together (docflow process --workers)
+    import multiprocessing
+
+    path = str(tmp_path / "fresh.sqlite3")
+    with multiprocessing.get_context("fork").Pool(4) as pool:
+        assert sorted(pool.map(_write_uploads, [(path, w) for w in range(8)])) == list(range(8))
+    # Then nobody failed on the schema or journal-mode switch, and every write landed
+    assert SqliteRecordStore(Path(path)).count_uploads_by_status() == {"CLASSIFIED": 160}

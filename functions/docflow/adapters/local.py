@@ -7,6 +7,7 @@ import shutil
 import sqlite3
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
@@ -112,6 +113,20 @@ CREATE INDEX IF NOT EXISTS predictions_by_document ON predictions (document_id, 
 """
 
 
+def _enable_wal(conn: sqlite3.Connection, attempts: int = 100) -> None:
+    """SQLite answers a contended journal-mode switch with "locked" at once (no busy wait): retry."""
+    for _ in range(attempts):
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+                return
+            conn.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc):
+                raise
+        time.sleep(0.02)
+    raise ConfigurationError("could not switch the record store to WAL mode: the database stays locked")
+
+
 class SqliteRecordStore(RecordStore):
     """SQLite in WAL mode: many worker processes may write; each process opens its own connection."""
 
@@ -129,7 +144,9 @@ class SqliteRecordStore(RecordStore):
                 conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             except sqlite3.OperationalError as exc:
                 raise ConfigurationError(f"cannot open record store {self.path}: {exc}") from exc
-            conn.execute("PRAGMA journal_mode=WAL")
+            # WAL is a property of the file: set once; switching needs an exclusive lock, which races
+            # when several worker processes open a new database together.
+            _enable_wal(conn)
             conn.execute("PRAGMA synchronous=NORMAL")
             self._local.conn, self._local.pid = conn, os.getpid()
         return conn

@@ -1,10 +1,9 @@
 """OCR behind one small interface (`OcrEngine`), with two Tesseract implementations.
 
 `TesserocrEngine` (the default) calls libtesseract in-process through tesserocr, whose wheel bundles the
-library: no binary is needed, which is what Lambda gets. `TesseractEngine` (the fallback) runs the `tesseract` binary (the one pytesseract would run) once per page, feeding the
-image on stdin and reading TSV on stdout: one process gives words, confidences and the layout needed to
-rebuild the text with its line breaks, so a page never costs two OCR runs, and no temporary files are
-written (Lambda's /tmp stays free).
+library: no binary is needed, which is what Lambda gets. `TesseractEngine` (the fallback) runs the
+`tesseract` binary once per page, feeding the image on stdin and reading TSV on stdout. Both read TSV:
+words, confidences and the layout needed to rebuild the text with its line breaks, in one OCR run.
 
 The child process always gets ``OMP_THREAD_LIMIT=1`` through an explicit ``env=`` on the subprocess,
 whatever the caller's environment says and without touching ``os.environ``: Tesseract's own OpenMP

@@ -135,6 +135,8 @@ def process_paths(
         if on_result:
             on_result(result)
 
+    # Create the stores (SQLite schema, WAL) once here, before workers open them concurrently.
+    build_context(settings)
     if workers <= 1 or len(files) <= 1:
         _init_worker(settings)
         for i, (path, source) in enumerate(files):

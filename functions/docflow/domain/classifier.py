@@ -1,0 +1,226 @@
+"""Classifier runtime: a model directory served with onnxruntime + tokenizers + numpy only.
+
+A model directory holds
+    model.onnx      inputs ``input_ids`` and ``attention_mask`` (int64 [batch, seq]),
+                    output ``probabilities`` (float32 [batch, n_classes], rows sum to 1)
+    tokenizer.json  a HuggingFace ``tokenizers`` tokenizer
+    labels.json     the class names, in the order of the output columns
+    config.json     name, version, max_length, max_chars, pad_token_id, normalizer_version, …
+    metrics.json    the held-out evaluation (read if present; not needed to predict)
+
+The graph contract is the same for the TF-IDF model trained today and for a transformer later, so
+this module does not know which it serves. Text goes through ``normalize_text`` (shared with
+training), is cut to ``max_chars`` characters, tokenized without special tokens, and cut to
+``max_length`` tokens. A bag-of-tokens model needs no truncation to be correct; the caps only
+bound memory and time on huge inputs (a 500-page PDF is classified by its first ``max_chars``
+characters) and are applied identically when training.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from pydantic import BaseModel, ConfigDict, Field
+from tokenizers import Tokenizer
+
+from docflow.domain.text import NORMALIZER_VERSION, normalize_text
+from docflow.models import Prediction
+
+logger = logging.getLogger(__name__)
+
+MODEL_FILE = "model.onnx"
+TOKENIZER_FILE = "tokenizer.json"
+LABELS_FILE = "labels.json"
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.json"
+REQUIRED_FILES = (MODEL_FILE, TOKENIZER_FILE, LABELS_FILE, CONFIG_FILE)
+
+INPUT_IDS = "input_ids"
+ATTENTION_MASK = "attention_mask"
+PROBABILITIES = "probabilities"
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """The model directory, or one of the files the runtime needs, is missing."""
+
+
+class ModelIncompatibleError(ValueError):
+    """The model directory exists but cannot be served by this runtime as is."""
+
+
+class ModelConfig(BaseModel):
+    """config.json. Unknown keys (training details) are kept, not rejected."""
+
+    model_config = ConfigDict(frozen=True, extra="allow", protected_namespaces=())
+
+    name: str
+    version: str
+    max_length: int = Field(gt=0)  # tokens kept per document
+    max_chars: int = Field(gt=0)  # characters of raw text kept per document, before tokenizing
+    pad_token_id: int = Field(default=0, ge=0)
+    normalizer_version: str = NORMALIZER_VERSION
+    created_at: datetime | None = None
+
+
+def encode_texts(tokenizer: Tokenizer, texts: Sequence[str], max_length: int, max_chars: int) -> list[list[int]]:
+    """Token ids per text, exactly as the model saw them in training: cut to ``max_chars``,
+    normalized, tokenized without special tokens, cut to ``max_length``."""
+    normalized = [normalize_text(text[:max_chars]) for text in texts]
+    return [encoding.ids[:max_length] for encoding in tokenizer.encode_batch(normalized, add_special_tokens=False)]
+
+
+def pad_batch(id_lists: Sequence[Sequence[int]], pad_token_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """(input_ids, attention_mask), int64 [batch, longest]. At least one column wide, so an empty
+    document is a row of padding with a zero mask rather than a zero-width tensor."""
+    width = max(1, *(len(ids) for ids in id_lists)) if id_lists else 1
+    input_ids = np.full((len(id_lists), width), pad_token_id, dtype=np.int64)
+    attention_mask = np.zeros((len(id_lists), width), dtype=np.int64)
+    for row, ids in enumerate(id_lists):
+        input_ids[row, : len(ids)] = ids
+        attention_mask[row, : len(ids)] = 1
+    return input_ids, attention_mask
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelIncompatibleError(f"cannot read {path}: {exc}") from exc
+
+
+class TextClassifier:
+    """One loaded model. Thread-safe: ``predict`` may be called from several threads at once.
+
+    The ONNX session runs single-threaded (intra- and inter-op 1): parallelism is across documents
+    (Lambda instances, or the embedded runner's workers), and a second thread pool per session
+    would only contend with them.
+    """
+
+    def __init__(self, model_dir: Path) -> None:
+        model_dir = Path(model_dir)
+        missing = [name for name in REQUIRED_FILES if not (model_dir / name).is_file()]
+        if missing:
+            where = "does not exist" if not model_dir.is_dir() else f"lacks {', '.join(missing)}"
+            raise ModelNotFoundError(
+                f"No classifier model at {model_dir}: the directory {where}. "
+                "Build the default model with `make model`, or train one with "
+                f"`python -m docflow_training --data <corpus dir> --out {model_dir}`."
+            )
+        self.model_dir = model_dir
+        self.config = ModelConfig.model_validate(_read_json(model_dir / CONFIG_FILE))
+        if self.config.normalizer_version != NORMALIZER_VERSION:
+            raise ModelIncompatibleError(
+                f"{model_dir} was trained with text normalizer v{self.config.normalizer_version}, "
+                f"this runtime normalizes with v{NORMALIZER_VERSION}: retrain the model (`make model`)."
+            )
+        labels = _read_json(model_dir / LABELS_FILE)
+        if not (isinstance(labels, list) and labels and all(isinstance(x, str) for x in labels)):
+            raise ModelIncompatibleError(f"{model_dir / LABELS_FILE} must be a non-empty list of class names")
+        self.labels: tuple[str, ...] = tuple(labels)
+        self.tokenizer = Tokenizer.from_file(str(model_dir / TOKENIZER_FILE))
+        # No padding/truncation configured in the file may change what encode_texts produces.
+        self.tokenizer.no_padding()
+        self.tokenizer.no_truncation()
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(
+            str(model_dir / MODEL_FILE), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        inputs = {i.name for i in self.session.get_inputs()}
+        outputs = {o.name: o for o in self.session.get_outputs()}
+        if inputs != {INPUT_IDS, ATTENTION_MASK} or PROBABILITIES not in outputs:
+            raise ModelIncompatibleError(
+                f"{model_dir / MODEL_FILE} has inputs {sorted(inputs)} and outputs {sorted(outputs)}; "
+                f"expected inputs {INPUT_IDS}, {ATTENTION_MASK} and output {PROBABILITIES}"
+            )
+        n_out = outputs[PROBABILITIES].shape[-1]
+        if isinstance(n_out, int) and n_out != len(self.labels):
+            raise ModelIncompatibleError(
+                f"{model_dir / MODEL_FILE} outputs {n_out} classes but labels.json names {len(self.labels)}"
+            )
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def version(self) -> str:
+        return self.config.version
+
+    @property
+    def metrics(self) -> dict[str, Any] | None:
+        path = self.model_dir / METRICS_FILE
+        return _read_json(path) if path.is_file() else None
+
+    def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The graph inputs for ``texts``: (input_ids, attention_mask)."""
+        ids = encode_texts(self.tokenizer, texts, self.config.max_length, self.config.max_chars)
+        return pad_batch(ids, self.config.pad_token_id)
+
+    def predict_proba(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        """float32 [len(texts), n_classes], columns in ``labels`` order."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        chunks = []
+        for start in range(0, len(texts), batch_size):
+            input_ids, attention_mask = self.encode(texts[start : start + batch_size])
+            (probabilities,) = self.session.run([PROBABILITIES], {INPUT_IDS: input_ids, ATTENTION_MASK: attention_mask})
+            chunks.append(probabilities)
+        if not chunks:
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
+        return np.concatenate(chunks).astype(np.float32, copy=False)
+
+    def predict(self, text: str) -> Prediction:
+        return self.predict_batch([text])[0]
+
+    def predict_batch(self, texts: Sequence[str], batch_size: int = 32) -> list[Prediction]:
+        """One Prediction per text; each one's ``seconds`` is its share of the batch's wall time."""
+        started = time.perf_counter()
+        probabilities = self.predict_proba(texts, batch_size=batch_size)
+        seconds = (time.perf_counter() - started) / max(1, len(texts))
+        predictions = []
+        for row in probabilities:
+            best = int(np.argmax(row))
+            predictions.append(
+                Prediction(
+                    predicted_class=self.labels[best],
+                    confidence=float(row[best]),
+                    scores={label: float(p) for label, p in zip(self.labels, row, strict=True)},
+                    model_name=self.config.name,
+                    model_version=self.config.version,
+                    seconds=seconds,
+                )
+            )
+        return predictions
+
+
+@lru_cache(maxsize=4)
+def load_classifier(model_dir: Path) -> TextClassifier:
+    """The classifier for ``model_dir``, loaded once per process (a Lambda's cold start).
+
+    The cache is keyed on the path as given; a model directory is replaced as a whole (training
+    writes it atomically), and a process that must see a new one calls ``load_classifier.cache_clear()``.
+    """
+    started = time.perf_counter()
+    classifier = TextClassifier(model_dir)
+    logger.info(
+        "loaded classifier %s %s from %s in %.3fs",
+        classifier.name,
+        classifier.version,
+        model_dir,
+        time.perf_counter() - started,
+    )
+    return classifier

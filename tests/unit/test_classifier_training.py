@@ -1,0 +1,258 @@
+"""Training on the tiny fixture corpus, the exported ONNX graph, and the runtime that serves it."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from docflow.domain.classifier import (
+    REQUIRED_FILES,
+    ModelIncompatibleError,
+    ModelNotFoundError,
+    TextClassifier,
+    load_classifier,
+)
+from docflow.domain.text import normalize_text
+from docflow.models import Prediction
+from docflow_training.data import (
+    CorpusError,
+    canonical_label,
+    dataset_digest,
+    load_corpus,
+    stratified_split,
+)
+from docflow_training.train import TrainConfig, TrainingResult, run_training, train_model
+
+pytestmark = pytest.mark.unit
+
+CORPUS = Path(__file__).resolve().parents[1] / "fixtures" / "corpus"
+CONFIG = TrainConfig(seed=7, vocab_size=400, c_grid=(1.0, 10.0), cv_folds=3, holdout_fraction=0.25)
+LABELS = ["email", "news_article", "resume"]
+
+OBVIOUS = {
+    "email": "From: kim@example.com To: lee@example.com Subject: Re: forwarded email, please reply. Attachment",
+    "news_article": "NEW YORK (AP) - The mayor told reporters on Tuesday, officials said, the newspaper reported.",
+    "resume": "Curriculum vitae. Education: B.S. 1975. Experience: analyst. Skills. References upon request.",
+}
+ODD_INPUTS = ["", "   \n\t ", "\x00\x01\x02", "|||| .... ----", "x", "ünïcödé \ufb01le \uff26\uff55\uff4c\uff4c"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainingResult:
+    return run_training(CORPUS, tmp_path_factory.mktemp("model") / "classifier", CONFIG)
+
+
+@pytest.fixture(scope="module")
+def classifier(trained: TrainingResult) -> TextClassifier:
+    return TextClassifier(trained.model_dir)
+
+
+def test_model_directory_holds_the_contract_files(trained: TrainingResult) -> None:
+    files = sorted(p.name for p in trained.model_dir.iterdir())
+    assert files == sorted([*REQUIRED_FILES, "metrics.json"])
+    assert json.loads((trained.model_dir / "labels.json").read_text()) == LABELS
+    config = json.loads((trained.model_dir / "config.json").read_text())
+    assert config["name"] == "docflow-classifier"
+    assert config["version"] and config["max_length"] == CONFIG.max_length
+    assert config["training_data"]["sha256"] == dataset_digest(CORPUS).sha256
+    # Nothing left beside it from the staging directory.
+    assert [p.name for p in trained.model_dir.parent.iterdir()] == ["classifier"]
+
+
+def test_metrics_describe_the_holdout(trained: TrainingResult) -> None:
+    metrics = json.loads((trained.model_dir / "metrics.json").read_text())
+    assert metrics == trained.metrics
+    for key in ("accuracy", "macro_f1", "per_class", "confusion_matrix", "n_train", "n_holdout", "dataset"):
+        assert key in metrics
+    assert metrics["n_train"] + metrics["n_holdout"] == len(load_corpus(CORPUS))
+    assert set(metrics["per_class"]) == set(LABELS)
+    assert sum(c["support"] for c in metrics["per_class"].values()) == metrics["n_holdout"]
+    matrix = np.array(metrics["confusion_matrix"]["matrix"])
+    assert metrics["confusion_matrix"]["labels"] == LABELS
+    assert matrix.shape == (3, 3) and matrix.sum() == metrics["n_holdout"]
+    assert metrics["accuracy"] == pytest.approx(np.trace(matrix) / matrix.sum())
+    assert metrics["dataset"]["sha256"] == dataset_digest(CORPUS).sha256
+    assert metrics["onnx_max_abs_diff"] < 1e-5
+
+
+@pytest.mark.parametrize("expected", sorted(OBVIOUS))
+def test_predicts_the_obvious_class(classifier: TextClassifier, expected: str) -> None:
+    prediction = classifier.predict(OBVIOUS[expected])
+    assert isinstance(prediction, Prediction)
+    assert prediction.predicted_class == expected
+    assert prediction.confidence == max(prediction.scores.values())
+    assert prediction.model_name == "docflow-classifier"
+    assert prediction.model_version == classifier.config.version
+    assert prediction.seconds > 0
+
+
+def test_scores_cover_every_class_and_sum_to_one(classifier: TextClassifier) -> None:
+    for text in OBVIOUS.values():
+        scores = classifier.predict(text).scores
+        assert list(scores) == LABELS
+        assert sum(scores.values()) == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("text", ODD_INPUTS)
+def test_empty_and_junk_text_give_a_valid_prediction(classifier: TextClassifier, text: str) -> None:
+    prediction = classifier.predict(text)
+    assert prediction.predicted_class in LABELS
+    assert all(math.isfinite(p) and 0.0 <= p <= 1.0 for p in prediction.scores.values())
+    assert sum(prediction.scores.values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_empty_text_gets_the_models_prior(trained: TrainingResult, classifier: TextClassifier) -> None:
+    intercept = trained.fitted.classifier.intercept_
+    prior = np.exp(intercept - intercept.max())
+    prior /= prior.sum()
+    np.testing.assert_allclose(classifier.predict_proba([""])[0], prior, atol=1e-6)
+
+
+def test_onnx_graph_matches_sklearn(trained: TrainingResult, classifier: TextClassifier) -> None:
+    texts = [doc.text for doc in trained.holdout_docs + trained.train_docs] + list(OBVIOUS.values()) + ODD_INPUTS
+    onnx_probabilities = classifier.predict_proba(texts, batch_size=5)
+    sklearn_probabilities = trained.fitted.predict_proba(texts)
+    assert onnx_probabilities.dtype == np.float32
+    assert onnx_probabilities.shape == (len(texts), len(LABELS))
+    np.testing.assert_allclose(onnx_probabilities, sklearn_probabilities, rtol=0, atol=1e-5)
+
+
+def test_batching_and_padding_do_not_change_results(classifier: TextClassifier) -> None:
+    texts = ["", OBVIOUS["resume"] * 20, *OBVIOUS.values(), "x"]
+    one_by_one = np.concatenate([classifier.predict_proba([t]) for t in texts])
+    np.testing.assert_allclose(classifier.predict_proba(texts, batch_size=4), one_by_one, atol=1e-6)
+    batch = classifier.predict_batch(texts)
+    assert [p.predicted_class for p in batch] == [classifier.predict(t).predicted_class for t in texts]
+    assert classifier.predict_batch([]) == []
+
+
+def test_long_text_is_capped_at_max_length(classifier: TextClassifier) -> None:
+    huge = "education experience references " * 10_000
+    input_ids, attention_mask = classifier.encode([huge, "education"])
+    assert input_ids.shape == (2, classifier.config.max_length)
+    assert attention_mask[1].sum() >= 1 and attention_mask[0].sum() == classifier.config.max_length
+    assert classifier.predict(huge).predicted_class == "resume"
+
+
+def test_same_seed_gives_identical_model(trained: TrainingResult, tmp_path: Path) -> None:
+    again = run_training(CORPUS, tmp_path / "again", CONFIG)
+    texts = [*OBVIOUS.values(), *ODD_INPUTS, *(doc.text for doc in trained.holdout_docs)]
+    first = TextClassifier(trained.model_dir).predict_proba(texts)
+    second = TextClassifier(again.model_dir).predict_proba(texts)
+    assert np.array_equal(first, second)
+    for name in ("model.onnx", "tokenizer.json", "labels.json"):
+        assert (trained.model_dir / name).read_bytes() == (again.model_dir / name).read_bytes()
+    assert again.metrics["model_version"] == trained.metrics["model_version"]
+
+
+def test_retraining_replaces_the_directory(tmp_path: Path) -> None:
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "stale.txt").write_text("from an older model")
+    metrics = train_model(CORPUS, out, CONFIG)
+    assert not (out / "stale.txt").exists()
+    assert (out / "model.onnx").is_file() and metrics["n_holdout"] > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_failed_training_leaves_no_staging_directory(tmp_path: Path) -> None:
+    (tmp_path / "corpus" / "only_class").mkdir(parents=True)
+    (tmp_path / "corpus" / "only_class" / "a.txt").write_text("one class is not a classification problem")
+    with pytest.raises(CorpusError, match="at least two classes"):
+        train_model(tmp_path / "corpus", tmp_path / "out", CONFIG)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus"]
+
+
+def test_missing_model_directory_says_how_to_build_one(tmp_path: Path) -> None:
+    with pytest.raises(ModelNotFoundError, match="make model") as raised:
+        TextClassifier(tmp_path / "nowhere")
+    assert "does not exist" in str(raised.value)
+    assert isinstance(raised.value, FileNotFoundError)
+
+
+def test_missing_model_file_is_named(trained: TrainingResult, tmp_path: Path) -> None:
+    partial = tmp_path / "partial"
+    shutil.copytree(trained.model_dir, partial)
+    (partial / "tokenizer.json").unlink()
+    with pytest.raises(ModelNotFoundError, match=r"tokenizer\.json.*make model"):
+        load_classifier(partial)
+
+
+def test_model_from_another_normalizer_is_refused(trained: TrainingResult, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    shutil.copytree(trained.model_dir, other)
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "normalizer_version": "0"}))
+    with pytest.raises(ModelIncompatibleError, match="normalizer"):
+        TextClassifier(other)
+
+
+def test_load_classifier_is_cached_per_directory(trained: TrainingResult) -> None:
+    assert load_classifier(trained.model_dir) is load_classifier(trained.model_dir)
+
+
+# --- corpus loading and splitting -------------------------------------------------------------
+
+
+def test_folder_names_map_to_canonical_classes() -> None:
+    assert canonical_label("Report") == "scientific_report"
+    assert canonical_label("Scientific") == "scientific_publication"
+    assert canonical_label("News") == "news_article"
+    assert canonical_label("Memo") == "memo"
+    assert canonical_label("invoice") == "invoice"  # feedback corpora may add classes
+
+
+def test_corpus_decodes_invalid_utf8_and_digest_tracks_content(tmp_path: Path) -> None:
+    for label in ("Memo", "Letter"):
+        (tmp_path / label).mkdir()
+        (tmp_path / label / "a.txt").write_bytes(b"caf\xe9 \xff " + label.encode())
+    docs = load_corpus(tmp_path)
+    assert [d.label for d in docs] == ["letter", "memo"]
+    assert "\ufffd" in docs[0].text
+    before = dataset_digest(tmp_path)
+    assert before.n_documents == 2 and before.n_bytes == 2 * len(b"caf\xe9 \xff ") + len(b"MemoLetter")
+    assert dataset_digest(tmp_path) == before
+    (tmp_path / "Memo" / "a.txt").write_bytes(b"edited")
+    assert dataset_digest(tmp_path).sha256 != before.sha256
+
+
+def test_missing_corpus_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(CorpusError, match="not found"):
+        load_corpus(tmp_path / "absent")
+    with pytest.raises(CorpusError, match="no <class>"):
+        dataset_digest(tmp_path)
+
+
+def test_split_is_stratified_deterministic_and_disjoint() -> None:
+    docs = load_corpus(CORPUS)
+    train, holdout = stratified_split(docs, 0.25, seed=1)
+    assert stratified_split(docs, 0.25, seed=1) == (train, holdout)
+    assert stratified_split(docs, 0.25, seed=2) != (train, holdout)
+    assert {d.path for d in train}.isdisjoint(d.path for d in holdout)
+    assert len(train) + len(holdout) == len(docs)
+    for label in LABELS:
+        assert sum(d.label == label for d in holdout) == 2
+        assert sum(d.label == label for d in train) >= 6
+
+
+# --- the shared normalizer ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "normalized"),
+    [
+        ("Hello\n\n  WORLD\t", "hello world"),
+        ("\ufb01le \uff26\uff55\uff4c\uff4c", "file full"),  # ligature, full-width
+        ("a\x00b\u200bc", "a bc"),
+        ("TOTAL ........ 12", "total . 12"),
+        ("", ""),
+    ],
+)
+def test_normalize_text(raw: str, normalized: str) -> None:
+    assert normalize_text(raw) == normalized
+    assert normalize_text(normalized) == normalized
