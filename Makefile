@@ -33,7 +33,7 @@ $(BIN)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: set PYTHON=python3.x (>= 3.11)"; exit 1; }
 	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[training,dev]'
+	$(BIN)/pip install -q -e '.[training,dev,infra]'
 	touch $@
 
 $(CDK_BIN)/cdk: infra_cdk/package.json infra_cdk/package-lock.json

@@ -1,0 +1,48 @@
+"""Names, sizes and limits of the stack in one place."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+FUNCTIONS_DIR = REPO / "functions"
+LAYERS_BUILD_DIR = REPO / "layers" / "build"
+
+SERVICE = "docflow"
+INCOMING_PREFIX = "incoming/"
+RESULTS_PREFIX = "results/"
+TEXT_PREFIX = "text/"
+STATUS_INDEX = "by-status"
+
+# Incoming uploads are kept for re-drives, then moved to cheaper storage and finally expired.
+INCOMING_TO_IA_DAYS = 30
+INCOMING_EXPIRE_DAYS = 365
+
+# PDFs longer than this are split into page ranges processed by a Map, so no single Lambda invocation
+# OCRs more than PAGES_PER_CHUNK pages (a 300-page scan stays far inside the 15-minute limit).
+LARGE_PDF_PAGES = 20
+PAGES_PER_CHUNK = 10
+MAP_MAX_CONCURRENCY = 10
+
+PYTHON_RUNTIME = "python3.12"
+
+
+class FunctionSpec:
+    """Memory and timeout per function: OCR is CPU-bound (memory buys vCPU), the rest is light."""
+
+    def __init__(self, handler: str, memory_mb: int, timeout_s: int, layers: tuple[str, ...]) -> None:
+        self.handler = handler
+        self.memory_mb = memory_mb
+        self.timeout_s = timeout_s
+        self.layers = layers
+
+
+FUNCTIONS: dict[str, FunctionSpec] = {
+    "Validate": FunctionSpec("docflow.handlers.validate.handler", 1024, 60, ("base", "ocr")),
+    "RecordOutcome": FunctionSpec("docflow.handlers.record_outcome.handler", 256, 30, ("base",)),
+    "ExtractText": FunctionSpec("docflow.handlers.extract_text.handler", 2048, 900, ("base", "ocr")),
+    "ExtractPages": FunctionSpec("docflow.handlers.extract_pages.handler", 2048, 900, ("base", "ocr")),
+    "MergeText": FunctionSpec("docflow.handlers.merge_text.handler", 512, 60, ("base",)),
+    "Classify": FunctionSpec("docflow.handlers.classify.handler", 1024, 60, ("base", "ml")),
+    "RecordFailure": FunctionSpec("docflow.handlers.record_failure.handler", 256, 30, ("base",)),
+}

@@ -1,0 +1,103 @@
+"""The pipeline's Lambda functions and the layers they run on; one role each, grants via grant_*."""
+
+from __future__ import annotations
+
+from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+
+from constructs import Construct
+from infra_cdk import constants as c
+from infra_cdk.constructs.storage import Storage
+
+# Only the runtime package travels: no tests, caches or build leftovers.
+CODE_EXCLUDES = ["**/__pycache__", "**/*.pyc", "*.egg-info", "**/*.egg-info"]
+
+
+class PipelineFunctions(Construct):
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        storage: Storage,
+        removal_policy: RemovalPolicy,
+        host_mode: bool = False,
+    ) -> None:
+        """host_mode: LocalStack without Docker runs the functions as host processes, where /opt (the
+        layers' mount point) does not exist and the host's Tesseract data is used instead."""
+        super().__init__(scope, construct_id)
+        runtime = lambda_.Runtime(c.PYTHON_RUNTIME, lambda_.RuntimeFamily.PYTHON)
+        code = lambda_.Code.from_asset(str(c.FUNCTIONS_DIR), exclude=CODE_EXCLUDES)
+        # In host mode the functions run on the project venv, which already has every dependency.
+        self.layers = {} if host_mode else self._build_layers(runtime, removal_policy)
+        environment = {
+            "DOCFLOW_BACKEND": "aws",
+            "DOCFLOW_DOCUMENTS_BUCKET": storage.documents.bucket_name,
+            "DOCFLOW_MODEL_BUCKET": storage.models.bucket_name,
+            "DOCFLOW_TABLE_NAME": storage.table.table_name,
+            "DOCFLOW_HOME": "/tmp/docflow",
+            "POWERTOOLS_SERVICE_NAME": c.SERVICE,
+            "POWERTOOLS_METRICS_NAMESPACE": "Docflow",
+            # Tesseract's own threads slow it down; Lambda scales out across documents and page ranges.
+            "OMP_THREAD_LIMIT": "1",
+        }
+        if not host_mode:
+            environment["TESSDATA_PREFIX"] = "/opt/tessdata"
+        self.functions: dict[str, lambda_.Function] = {}
+        for name, spec in c.FUNCTIONS.items():
+            log_group = logs.LogGroup(
+                self,
+                f"{name}Logs",
+                retention=logs.RetentionDays.ONE_MONTH,
+                removal_policy=removal_policy,
+            )
+            self.functions[name] = lambda_.Function(
+                self,
+                name,
+                runtime=runtime,
+                architecture=lambda_.Architecture.X86_64,
+                code=code,
+                handler=spec.handler,
+                memory_size=spec.memory_mb,
+                timeout=Duration.seconds(spec.timeout_s),
+                layers=[self.layers[layer] for layer in spec.layers if layer in self.layers],
+                environment=environment,
+                tracing=lambda_.Tracing.ACTIVE,
+                log_group=log_group,
+                description=f"docflow pipeline step: {name}",
+            )
+        self._grant(storage)
+
+    def _build_layers(self, runtime: lambda_.Runtime, removal_policy: RemovalPolicy) -> dict[str, lambda_.LayerVersion]:
+        return {
+            name: lambda_.LayerVersion(
+                self,
+                f"{name.capitalize()}Layer",
+                code=lambda_.Code.from_asset(str(c.LAYERS_BUILD_DIR / name)),
+                compatible_runtimes=[runtime],
+                compatible_architectures=[lambda_.Architecture.X86_64],
+                description=f"docflow {name} dependencies (built by layers/build.py)",
+                removal_policy=removal_policy,
+            )
+            for name in ("base", "ml", "ocr")
+        }
+
+    def _grant(self, storage: Storage) -> None:
+        f = self.functions
+        docs, table = storage.documents, storage.table
+        docs.grant_read(f["Validate"], f"{c.INCOMING_PREFIX}*")
+        docs.grant_read(f["ExtractText"], f"{c.INCOMING_PREFIX}*")
+        docs.grant_read(f["ExtractPages"], f"{c.INCOMING_PREFIX}*")
+        docs.grant_put(f["ExtractText"], f"{c.TEXT_PREFIX}*")
+        docs.grant_put(f["ExtractPages"], f"{c.TEXT_PREFIX}*")
+        docs.grant_read(f["MergeText"], f"{c.TEXT_PREFIX}*")
+        docs.grant_put(f["MergeText"], f"{c.TEXT_PREFIX}*")
+        docs.grant_read(f["Classify"], f"{c.TEXT_PREFIX}*")
+        docs.grant_put(f["Classify"], f"{c.RESULTS_PREFIX}*")
+        storage.models.grant_read(f["Classify"])
+        for name in ("Validate", "RecordOutcome", "Classify", "RecordFailure"):
+            table.grant_read_write_data(f[name])
+
+    def __getitem__(self, name: str) -> lambda_.Function:
+        return self.functions[name]

@@ -1,0 +1,53 @@
+"""The Docflow stack: composes one construct per concern."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_cdk import CfnOutput, RemovalPolicy, Stack
+
+from constructs import Construct
+from infra_cdk import constants as c
+from infra_cdk.constructs.functions import PipelineFunctions
+from infra_cdk.constructs.pipeline import DocumentPipeline
+from infra_cdk.constructs.storage import Storage
+from infra_cdk.constructs.trigger import UploadTrigger
+from infra_cdk.nag import acknowledge
+
+
+class DocflowStack(Stack):
+    def __init__(self, scope: Construct, construct_id: str, *, stage: str = "dev", **kwargs: Any) -> None:
+        super().__init__(scope, construct_id, **kwargs)
+        # Production keeps data when the stack goes; throwaway stages (local, dev) clean up.
+        removal = RemovalPolicy.RETAIN if stage == "prod" else RemovalPolicy.DESTROY
+
+        self.storage = Storage(self, "Storage", removal_policy=removal)
+        self.functions = PipelineFunctions(
+            self, "Functions", storage=self.storage, removal_policy=removal, host_mode=stage == "local"
+        )
+        self.pipeline = DocumentPipeline(self, "Pipeline", functions=self.functions, removal_policy=removal)
+        self.trigger = UploadTrigger(
+            self, "Trigger", bucket=self.storage.documents, state_machine=self.pipeline.state_machine
+        )
+
+        outputs = {
+            "DocumentsBucket": self.storage.documents.bucket_name,
+            "ModelBucket": self.storage.models.bucket_name,
+            "TableName": self.storage.table.table_name,
+            "PipelineStateMachineArn": self.pipeline.state_machine.state_machine_arn,
+            "DeadLetterQueueUrl": self.trigger.dlq.queue_url,
+        }
+        for name, value in outputs.items():
+            CfnOutput(self, name, value=value)
+        docs = self.storage.documents
+        acknowledge(
+            self,
+            object_patterns=[
+                (docs, f"{c.INCOMING_PREFIX}*"),
+                (docs, f"{c.TEXT_PREFIX}*"),
+                (docs, f"{c.RESULTS_PREFIX}*"),
+                (self.storage.models, "*"),
+            ],
+            invoked_functions=self.functions.functions.values(),
+            tables=[self.storage.table],
+        )

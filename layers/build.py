@@ -1,0 +1,132 @@
+#!/usr/bin/env python3
+"""Build the Lambda layers from manylinux wheels — no Docker needed.
+
+Versions come from pyproject.toml's runtime dependencies (one place pins them); this file only says
+which package goes in which layer. Output: layers/build/<layer>/python/… (unzipped, as CDK assets).
+
+    python layers/build.py            # build what is missing or out of date
+    python layers/build.py --force    # rebuild all
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILD = ROOT / "layers" / "build"
+PYTHON_VERSION = "3.12"  # the functions' runtime (python3.12)
+PLATFORMS = ("manylinux2014_x86_64", "manylinux_2_28_x86_64")
+TESSDATA_DIRS = (Path("/usr/share/tesseract-ocr/5/tessdata"), Path("/usr/share/tesseract-ocr/4.00/tessdata"))
+TESSDATA_LANGS = ("eng", "rus", "osd")
+
+LAYERS: dict[str, tuple[str, ...]] = {
+    # Everything every function imports: powertools (logger, tracer, metrics, parser), pydantic, settings.
+    "base": ("aws-lambda-powertools", "pydantic", "pydantic-settings"),
+    # Classify: the ONNX model and its tokenizer.
+    "ml": ("onnxruntime", "tokenizers", "numpy"),
+    # Validate / ExtractText: PDF and image decoding, Tesseract (libtesseract bundled in the tesserocr wheel).
+    "ocr": ("tesserocr", "pypdfium2", "pillow", "numpy"),
+}
+# The python3.12 Lambda runtime already ships the AWS SDK; shipping it again only costs size.
+PROVIDED_BY_RUNTIME = ("boto3", "botocore", "s3transfer", "jmespath", "urllib3", "dateutil", "six")
+
+
+def pinned_requirements() -> dict[str, str]:
+    """name -> requirement line (with extras and ==version) from pyproject's [project].dependencies."""
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    out = {}
+    for dep in deps:
+        name = re.split(r"[\[=<>~! ]", dep, maxsplit=1)[0].lower()
+        out[name] = dep
+    return out
+
+
+def layer_requirements(layer: str) -> list[str]:
+    pins = pinned_requirements()
+    missing = [p for p in LAYERS[layer] if p not in pins]
+    if missing:
+        sys.exit(f"layer {layer}: {missing} not pinned in pyproject.toml dependencies")
+    return [pins[p] for p in LAYERS[layer]]
+
+
+def _fingerprint(layer: str) -> str:
+    payload = json.dumps([layer_requirements(layer), PYTHON_VERSION, PLATFORMS, Path(__file__).read_text()])
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def build_layer(layer: str, force: bool = False) -> Path:
+    target = BUILD / layer
+    stamp = target / ".fingerprint"
+    fingerprint = _fingerprint(layer)
+    if not force and stamp.is_file() and stamp.read_text() == fingerprint:
+        print(f"layer {layer}: up to date")
+        return target
+    shutil.rmtree(target, ignore_errors=True)
+    site = target / "python"
+    site.mkdir(parents=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--target",
+        str(site),
+        "--implementation",
+        "cp",
+        "--python-version",
+        PYTHON_VERSION,
+        "--only-binary=:all:",
+        "--upgrade",
+    ]
+    for platform in PLATFORMS:
+        cmd += ["--platform", platform]
+    cmd += layer_requirements(layer)
+    print(f"layer {layer}: {' '.join(layer_requirements(layer))}")
+    subprocess.run(cmd, check=True)
+    for pattern in PROVIDED_BY_RUNTIME:
+        for path in site.glob(f"{pattern}*"):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    for cache in site.rglob("__pycache__"):
+        shutil.rmtree(cache, ignore_errors=True)
+    if layer == "ocr":
+        _add_tessdata(target / "tessdata")
+    stamp.write_text(fingerprint)
+    print(f"layer {layer}: {size_mb(target):.1f} MB unzipped")
+    return target
+
+
+def _add_tessdata(dest: Path) -> None:
+    """Tesseract's language models (Debian's tesseract-ocr-eng/-rus/-osd); the layer mounts them at /opt/tessdata."""
+    source = next((d for d in TESSDATA_DIRS if (d / "eng.traineddata").is_file()), None)
+    if source is None:
+        sys.exit("tessdata not found: install tesseract-ocr-eng tesseract-ocr-rus (make system-deps)")
+    dest.mkdir(parents=True)
+    for lang in TESSDATA_LANGS:
+        shutil.copy2(source / f"{lang}.traineddata", dest / f"{lang}.traineddata")
+
+
+def size_mb(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--force", action="store_true")
+    parser.add_argument("layers", nargs="*", default=list(LAYERS))
+    args = parser.parse_args()
+    for layer in args.layers:
+        build_layer(layer, force=args.force)
+
+
+if __name__ == "__main__":
+    main()

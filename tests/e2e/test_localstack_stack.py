@@ -1,0 +1,83 @@
+"""The real CDK app deployed to LocalStack (host mode, no Docker): an upload under incoming/ runs the
+whole pipeline — EventBridge → Step Functions → the Lambda handlers → DynamoDB and S3."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import REPO, TIMINGS, run_script
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(1800)]
+
+STACK = "Docflow-local"
+
+
+@pytest.fixture(scope="session")
+def deployed(aws: Callable[[str], Any]) -> dict[str, str]:
+    TIMINGS["deploy_s"] = round(run_script("deploy.sh", timeout=1200), 1)
+    outputs: dict[str, str] = json.loads((REPO / "cdk-outputs.json").read_text())[STACK]
+    return outputs
+
+
+def _run_upload(aws: Callable[[str], Any], outputs: dict[str, str], name: str, body: bytes) -> dict[str, Any]:
+    """Put an object under incoming/ and wait for the execution the upload started."""
+    key = f"incoming/e2e-{uuid.uuid4().hex[:8]}/{name}"
+    started = time.monotonic()
+    aws("s3").put_object(Bucket=outputs["DocumentsBucket"], Key=key, Body=body)
+    sfn = aws("stepfunctions")
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        for execution in sfn.list_executions(stateMachineArn=outputs["PipelineStateMachineArn"])["executions"]:
+            desc = sfn.describe_execution(executionArn=execution["executionArn"])
+            # The key arrives URL-encoded in the event; the unique folder name does not need encoding.
+            if key.split("/")[1] in desc["input"] and desc["status"] != "RUNNING":
+                desc["seconds"] = round(time.monotonic() - started, 2)
+                return desc
+        time.sleep(1)
+    raise AssertionError(f"no finished execution for {key} within 300 s")
+
+
+def _record(aws: Callable[[str], Any], outputs: dict[str, str], document_id: str) -> dict[str, Any]:
+    item = aws("dynamodb").get_item(
+        TableName=outputs["TableName"], Key={"pk": {"S": document_id}, "sk": {"S": "DOCUMENT"}}
+    )["Item"]
+    return {k: next(iter(v.values())) for k, v in item.items()}
+
+
+def test_stack_outputs_name_every_resource(deployed: dict[str, str]) -> None:
+    assert {"DocumentsBucket", "ModelBucket", "TableName", "PipelineStateMachineArn", "DeadLetterQueueUrl"} <= set(
+        deployed
+    )
+
+
+def test_real_scan_is_classified_end_to_end(
+    aws: Callable[[str], Any], deployed: dict[str, str], shared_data: Path
+) -> None:
+    scan = shared_data / "dev" / "rvlcdip_samples_rishidarkdevil" / "letter" / "letter.png"
+    execution = _run_upload(aws, deployed, "letter scan.png", scan.read_bytes())
+    TIMINGS["e2e_scan_s"] = execution["seconds"]
+    assert execution["status"] == "SUCCEEDED", execution
+    output = json.loads(execution["output"])
+    assert output["text_source"] == "ocr"
+    record = _record(aws, deployed, output["document_id"])
+    assert record["status"] == "CLASSIFIED", record
+    assert record["predicted_class"] == output["prediction"]["predicted_class"]
+    result = aws("s3").get_object(Bucket=deployed["DocumentsBucket"], Key=f"results/{output['document_id']}.json")
+    assert json.loads(result["Body"].read())["document"]["status"] == "CLASSIFIED"
+
+
+def test_hostile_file_is_rejected_with_reason(aws: Callable[[str], Any], deployed: dict[str, str]) -> None:
+    execution = _run_upload(aws, deployed, "invoice.pdf", b"#!/bin/sh\nrm -rf / --no-preserve-root\n")
+    assert execution["status"] == "SUCCEEDED", execution
+    output = json.loads(execution["output"])
+    record = _record(aws, deployed, output["document_id"])
+    assert record["status"] == "REJECTED"
+    assert record["code"] == "UNSUPPORTED_TYPE"
+    assert "shell script" in record["reason"]
