@@ -68,6 +68,20 @@ class OcrPage:
     words: int
 
 
+def check_languages(languages: str, available: frozenset[str], where: str = "") -> None:
+    """Raise OcrLanguageError naming the package to install when a requested language is missing."""
+    if not _LANG_RE.match(languages):
+        raise OcrLanguageError(f"bad tesseract language spec {languages!r}; expected e.g. 'eng' or 'eng+rus'")
+    missing = [lang for lang in languages.split("+") if lang not in available]
+    if missing:
+        packages = " ".join(f"tesseract-ocr-{m.lower().replace('_', '-')}" for m in missing)
+        raise OcrLanguageError(
+            f"Tesseract language data missing for {'+'.join(missing)}{where}; installed: "
+            f"{', '.join(sorted(available)) or 'none'}. Install it (Debian/Ubuntu: apt-get install {packages}) "
+            f"or put <lang>.traineddata in TESSDATA_PREFIX."
+        )
+
+
 class OcrEngine(ABC):
     """Turns one page image into text. Implementations must be safe to call from several processes."""
 
@@ -117,17 +131,7 @@ class TesseractEngine(OcrEngine):
 
     def check_languages(self, languages: str) -> None:
         """Raise OcrLanguageError naming what to install when a language is missing."""
-        if not _LANG_RE.match(languages):
-            raise OcrLanguageError(f"bad tesseract language spec {languages!r}; expected e.g. 'eng' or 'eng+rus'")
-        missing = [lang for lang in languages.split("+") if lang not in self.available_languages]
-        if missing:
-            packages = " ".join(f"tesseract-ocr-{m.lower().replace('_', '-')}" for m in missing)
-            raise OcrLanguageError(
-                f"Tesseract language data missing for {'+'.join(missing)}; installed: "
-                f"{', '.join(sorted(self.available_languages)) or 'none'}. "
-                f"Install it (Debian/Ubuntu: apt-get install {packages}) or put <lang>.traineddata in "
-                f"TESSDATA_PREFIX."
-            )
+        check_languages(languages, self.available_languages)
 
     # -- recognition -------------------------------------------------------------------------------
 
@@ -216,16 +220,7 @@ class TesserocrEngine(OcrEngine):
         return frozenset(p.stem for p in self.tessdata.glob("*.traineddata"))
 
     def check_languages(self, languages: str) -> None:
-        if not _LANG_RE.match(languages):
-            raise OcrLanguageError(f"bad tesseract language spec {languages!r}; expected e.g. 'eng' or 'eng+rus'")
-        missing = [lang for lang in languages.split("+") if lang not in self.available_languages]
-        if missing:
-            packages = " ".join(f"tesseract-ocr-{m.lower().replace('_', '-')}" for m in missing)
-            raise OcrLanguageError(
-                f"Tesseract language data missing for {'+'.join(missing)} in {self.tessdata}; installed: "
-                f"{', '.join(sorted(self.available_languages)) or 'none'}. Install it (Debian/Ubuntu: "
-                f"apt-get install {packages}) or put <lang>.traineddata in TESSDATA_PREFIX."
-            )
+        check_languages(languages, self.available_languages, where=f" in {self.tessdata}")
 
     def _api(self, options: OcrOptions) -> Any:
         key = (options.languages, options.psm)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from typing import Any
 
 from docflow.context import StepContext
 from docflow.domain.extraction import extract_text
@@ -30,6 +31,34 @@ def result_key(document_id: str) -> str:
 
 def _elapsed(state: PipelineState, step: str, started: float) -> dict[str, float]:
     return {**state.timings, step: round(time.perf_counter() - started, 4)}
+
+
+def document_record(state: PipelineState, existing: DocumentRecord | None = None, **fields: Any) -> DocumentRecord:
+    """The document's record as this state knows it; `existing` keeps its creation time and user label."""
+    now = utcnow()
+    prediction = state.prediction
+    values: dict[str, Any] = {
+        "document_id": state.document_id,
+        "status": state.status,
+        "source": state.ref.source,
+        "blob_key": state.ref.key,
+        "media_type": state.media_type,
+        "size_bytes": state.size_bytes,
+        "pages": state.pages,
+        "text_source": state.text_source,
+        "ocr_confidence": state.ocr_confidence,
+        "predicted_class": prediction.predicted_class if prediction else None,
+        "confidence": prediction.confidence if prediction else None,
+        "scores": prediction.scores if prediction else None,
+        "model_version": prediction.model_version if prediction else None,
+        "code": state.code,
+        "reason": state.reason,
+        "label": existing.label if existing else None,
+        "timings": state.timings,
+        "created_at": existing.created_at if existing else now,
+        "updated_at": now,
+    }
+    return DocumentRecord(**{**values, **fields})
 
 
 def _read_blob(ctx: StepContext, key: str) -> bytes:
@@ -83,18 +112,7 @@ def validate_step(state: PipelineState, ctx: StepContext) -> PipelineState:
             }
         )
 
-    now = utcnow()
-    fresh = DocumentRecord(
-        document_id=report.document_id,
-        status=Status.PROCESSING,
-        source=state.ref.source,
-        blob_key=state.ref.key,
-        media_type=report.media_type,
-        size_bytes=report.size_bytes,
-        pages=report.pages,
-        created_at=now,
-        updated_at=now,
-    )
+    fresh = document_record(base, status=Status.PROCESSING)
     existing = ctx.records.create_document(fresh)
     update: dict[str, object] = {"timings": _elapsed(state, "validate", started)}
     ranges = page_ranges(report.pages or 1, ctx.settings.pages_per_chunk)
@@ -134,23 +152,7 @@ def record_outcome_step(state: PipelineState, ctx: StepContext) -> PipelineState
     if state.replay:
         return state  # its upload record was written when it was first processed
     if state.status == Status.REJECTED:
-        now = utcnow()
-        ctx.records.put_document(
-            DocumentRecord(
-                document_id=state.document_id,
-                status=Status.REJECTED,
-                source=state.ref.source,
-                blob_key=state.ref.key,
-                media_type=state.media_type,
-                size_bytes=state.size_bytes,
-                pages=state.pages,
-                code=state.code,
-                reason=state.reason,
-                timings=state.timings,
-                created_at=now,
-                updated_at=now,
-            )
-        )
+        ctx.records.put_document(document_record(state))
     elif state.status != Status.DUPLICATE:
         raise PermanentError(f"record outcome cannot record status {state.status}")
     ctx.records.put_upload(
@@ -267,28 +269,7 @@ def classify_step(state: PipelineState, ctx: StepContext) -> PipelineState:
 def _record_classification(state: PipelineState, ctx: StepContext) -> None:
     assert state.document_id and state.prediction and state.result_key
     prediction = state.prediction
-    existing = ctx.records.get_document(state.document_id)
-    now = utcnow()
-    record = DocumentRecord(
-        document_id=state.document_id,
-        status=state.status,
-        source=state.ref.source,
-        blob_key=state.ref.key,
-        media_type=state.media_type,
-        size_bytes=state.size_bytes,
-        pages=state.pages,
-        text_source=state.text_source,
-        ocr_confidence=state.ocr_confidence,
-        predicted_class=prediction.predicted_class,
-        confidence=prediction.confidence,
-        scores=prediction.scores,
-        model_version=prediction.model_version,
-        reason=state.reason,
-        label=existing.label if existing else None,
-        timings=state.timings,
-        created_at=existing.created_at if existing else now,
-        updated_at=now,
-    )
+    record = document_record(state, ctx.records.get_document(state.document_id))
     # Result file first, record last: a reader who sees the status can always fetch the result.
     ctx.blobs.put(
         state.result_key,
@@ -319,28 +300,13 @@ def record_failure_step(state: PipelineState, ctx: StepContext) -> PipelineState
     reason = error.message if error else "the pipeline failed without an error description"
     # Before validation there is no content hash; key the failure by the upload so it is not lost.
     document_id = state.document_id or hashlib.sha256(f"upload:{state.ref.source}".encode()).hexdigest()
-    now = utcnow()
+    failed = state.model_copy(
+        update={"document_id": document_id, "status": Status.FAILED, "code": code, "reason": reason}
+    )
     existing = ctx.records.get_document(document_id)
     # Only the upload that owns the processing may mark the document failed: a duplicate's failure
     # must not overwrite the original's outcome.
     if existing is None or state.proceed:
-        ctx.records.put_document(
-            DocumentRecord(
-                document_id=document_id,
-                status=Status.FAILED,
-                source=state.ref.source,
-                blob_key=state.ref.key,
-                media_type=state.media_type,
-                size_bytes=state.size_bytes,
-                pages=state.pages,
-                code=code,
-                reason=reason,
-                timings=state.timings,
-                created_at=existing.created_at if existing else now,
-                updated_at=now,
-            )
-        )
+        ctx.records.put_document(document_record(failed, existing))
     ctx.records.put_upload(UploadRecord(document_id=document_id, source=state.ref.source, status=Status.FAILED))
-    return state.model_copy(
-        update={"document_id": document_id, "status": Status.FAILED, "code": code, "reason": reason}
-    )
+    return failed
