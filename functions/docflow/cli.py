@@ -95,10 +95,12 @@ def process(
 
 
 def _print_table(results: list) -> None:  # type: ignore[type-arg]
-    out = Console()
+    # Piped into a file or CI log there is no terminal width to respect: keep rows on one line.
+    out = Console() if Console().is_terminal else Console(width=200)
     table = Table(show_lines=False)
-    for column in ("source", "status", "class", "confidence", "pages", "text", "seconds", "reason"):
-        table.add_column(column, overflow="fold")
+    for column in ("source", "status", "class", "confidence", "pages", "text", "seconds"):
+        table.add_column(column, no_wrap=column != "source", overflow="fold")
+    table.add_column("reason", overflow="fold", ratio=1)
     for r in results:
         table.add_row(
             r.source,
