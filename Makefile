@@ -54,7 +54,10 @@ samples: install ## Make the sample documents `make run` processes
 run: model samples ## Set up, then classify the sample documents and print the results
 	DOCFLOW_HOME=$${DOCFLOW_HOME:-$(VENV)/run-home} $(BIN)/docflow process $(SAMPLES_DIR)
 
-test: model layers localstack-install ## Set up, then run every test (unit, integration, infra, e2e incl. LocalStack)
+test: model layers localstack-install ## Set up, then lint, typecheck and run every test (unit … e2e incl. LocalStack)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(BIN)/pytest -q
 
 test-unit: install ## Fast tests only (no network)
