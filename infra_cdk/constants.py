@@ -38,11 +38,11 @@ class FunctionSpec:
 
 
 FUNCTIONS: dict[str, FunctionSpec] = {
-    "Validate": FunctionSpec("docflow.handlers.validate.handler", 1024, 60, ("base", "ocr")),
+    "Validate": FunctionSpec("docflow.handlers.validate.handler", 1024, 60, ("base", "numpy", "ocr")),
     "RecordOutcome": FunctionSpec("docflow.handlers.record_outcome.handler", 256, 30, ("base",)),
-    "ExtractText": FunctionSpec("docflow.handlers.extract_text.handler", 2048, 900, ("base", "ocr")),
-    "ExtractPages": FunctionSpec("docflow.handlers.extract_pages.handler", 2048, 900, ("base", "ocr")),
+    "ExtractText": FunctionSpec("docflow.handlers.extract_text.handler", 2048, 900, ("base", "numpy", "ocr")),
+    "ExtractPages": FunctionSpec("docflow.handlers.extract_pages.handler", 2048, 900, ("base", "numpy", "ocr")),
     "MergeText": FunctionSpec("docflow.handlers.merge_text.handler", 512, 60, ("base",)),
-    "Classify": FunctionSpec("docflow.handlers.classify.handler", 1024, 60, ("base", "ml")),
+    "Classify": FunctionSpec("docflow.handlers.classify.handler", 1024, 60, ("base", "numpy", "ml")),
     "RecordFailure": FunctionSpec("docflow.handlers.record_failure.handler", 256, 30, ("base",)),
 }

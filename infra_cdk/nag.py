@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from aws_cdk import Acknowledgment, CfnResource, Stack, Validations
-
 from constructs import IConstruct
 
 RULES = {

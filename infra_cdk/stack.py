@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from aws_cdk import CfnOutput, RemovalPolicy, Stack
-
 from constructs import Construct
+
 from infra_cdk import constants as c
 from infra_cdk.constructs.functions import PipelineFunctions
 from infra_cdk.constructs.pipeline import DocumentPipeline

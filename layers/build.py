@@ -30,13 +30,22 @@ TESSDATA_LANGS = ("eng", "rus", "osd")
 LAYERS: dict[str, tuple[str, ...]] = {
     # Everything every function imports: powertools (logger, tracer, metrics, parser), pydantic, settings.
     "base": ("aws-lambda-powertools", "pydantic", "pydantic-settings"),
+    # numpy on its own, shared by ml and ocr: a function that needs both (the API) carries it once.
+    "numpy": ("numpy",),
     # Classify: the ONNX model and its tokenizer.
-    "ml": ("onnxruntime", "tokenizers", "numpy"),
+    "ml": ("onnxruntime", "tokenizers"),
     # Validate / ExtractText: PDF and image decoding, Tesseract (libtesseract bundled in the tesserocr wheel).
-    "ocr": ("tesserocr", "pypdfium2", "pillow", "numpy"),
+    "ocr": ("tesserocr", "pypdfium2", "pillow"),
 }
 # The python3.12 Lambda runtime already ships the AWS SDK; shipping it again only costs size.
 PROVIDED_BY_RUNTIME = ("boto3", "botocore", "s3transfer", "jmespath", "urllib3", "dateutil", "six")
+# What a layer's dependencies drag in that another layer provides, or that nothing imports at run time
+# (tokenizers pulls the Hugging Face hub client; we load tokenizer.json from disk). Checked by
+# tests/infra/test_layers.py, which imports each layer on Python 3.12.
+DROP: dict[str, tuple[str, ...]] = {
+    "ml": ("numpy", "hf_xet", "huggingface_hub", "yaml", "_yaml", "pyyaml", "fsspec"),
+    "ocr": ("numpy",),
+}
 
 
 def pinned_requirements() -> dict[str, str]:
@@ -90,14 +99,18 @@ def build_layer(layer: str, force: bool = False) -> Path:
     ]
     for platform in PLATFORMS:
         cmd += ["--platform", platform]
-    cmd += layer_requirements(layer)
+    # Every transitive dependency resolves to the versions pyproject pins (numpy for onnxruntime, …).
+    constraints = target / "constraints.txt"
+    constraints.write_text("\n".join(re.sub(r"\[.*?\]", "", r) for r in pinned_requirements().values()) + "\n")
+    cmd += ["--constraint", str(constraints), *layer_requirements(layer)]
     print(f"layer {layer}: {' '.join(layer_requirements(layer))}")
     subprocess.run(cmd, check=True)
-    for pattern in PROVIDED_BY_RUNTIME:
-        for path in site.glob(f"{pattern}*"):
+    for pattern in (*PROVIDED_BY_RUNTIME, *DROP.get(layer, ())):
+        for path in [*site.glob(pattern), *site.glob(f"{pattern}.libs"), *site.glob(f"{pattern}-*.dist-info")]:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
     for cache in site.rglob("__pycache__"):
         shutil.rmtree(cache, ignore_errors=True)
+    constraints.unlink()
     if layer == "ocr":
         _add_tessdata(target / "tessdata")
     stamp.write_text(fingerprint)

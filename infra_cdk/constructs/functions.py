@@ -5,10 +5,11 @@ from __future__ import annotations
 from aws_cdk import Duration, RemovalPolicy
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
-
 from constructs import Construct
+
 from infra_cdk import constants as c
 from infra_cdk.constructs.storage import Storage
+from layers.build import LAYERS
 
 # Only the runtime package travels: no tests, caches or build leftovers.
 CODE_EXCLUDES = ["**/__pycache__", "**/*.pyc", "*.egg-info", "**/*.egg-info"]
@@ -80,7 +81,7 @@ class PipelineFunctions(Construct):
                 description=f"docflow {name} dependencies (built by layers/build.py)",
                 removal_policy=removal_policy,
             )
-            for name in ("base", "ml", "ocr")
+            for name in LAYERS
         }
 
     def _grant(self, storage: Storage) -> None:

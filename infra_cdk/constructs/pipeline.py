@@ -8,8 +8,8 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk import aws_stepfunctions_tasks as tasks
-
 from constructs import Construct
+
 from docflow.pipeline import policy
 from infra_cdk import constants as c
 from infra_cdk.constructs.functions import PipelineFunctions

@@ -5,8 +5,8 @@ from __future__ import annotations
 from aws_cdk import Duration, RemovalPolicy
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_s3 as s3
-
 from constructs import Construct
+
 from infra_cdk import constants as c
 
 

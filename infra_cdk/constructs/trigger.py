@@ -8,8 +8,8 @@ from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_sqs as sqs
 from aws_cdk import aws_stepfunctions as sfn
-
 from constructs import Construct
+
 from infra_cdk import constants as c
 
 

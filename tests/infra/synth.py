@@ -9,6 +9,7 @@ from __future__ import annotations
 import aws_cdk as cdk
 from aws_cdk.assertions import Template
 from cdk_nag import AwsSolutionsChecks
+
 from infra_cdk.stack import DocflowStack
 
 _cache: dict[str, tuple[DocflowStack, Template]] = {}

@@ -6,6 +6,7 @@ import fnmatch
 from pathlib import Path
 
 import pytest
+
 from infra_cdk import constants as c
 from infra_cdk.constructs.functions import CODE_EXCLUDES
 

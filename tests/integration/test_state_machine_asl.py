@@ -14,11 +14,11 @@ from typing import Any
 
 import boto3
 import pytest
-from infra_cdk import constants as c
 from moto import mock_aws
 from moto.awslambda.models import LambdaFunction
 
 from docflow.samples import MEMO, text_pdf
+from infra_cdk import constants as c
 from tests.aws_fixtures import BUCKET, TABLE, create_resources
 from tests.infra.synth import synth_stack
 from tests.integration.test_handlers import EVENT, FakeLambdaContext

@@ -1,7 +1,9 @@
 """The pipeline's steps: one function each, PipelineState in, PipelineState out.
 
 A Lambda handler wraps exactly one of these; the embedded runner calls them in the order the state
-machine does. They know the stores only through the StepContext's interfaces.
+machine does. They know the stores only through the StepContext's interfaces. Each step imports its
+engine (Pillow/pdfium/Tesseract, onnxruntime) when it runs, so a function carries and loads only its own:
+RecordFailure's layers hold no numpy, Classify's no pdfium (tests/infra/test_layers.py).
 """
 
 from __future__ import annotations
@@ -12,8 +14,6 @@ import time
 from typing import Any
 
 from docflow.context import StepContext
-from docflow.domain.extraction import extract_text
-from docflow.domain.validation import validate_document
 from docflow.errors import PermanentError
 from docflow.models import ExtractionResult, MediaType, RejectionCode, Status, utcnow
 from docflow.pipeline.state import PagePart, PageRange, PageRangeTask, PipelineState
@@ -70,6 +70,8 @@ def _read_blob(ctx: StepContext, key: str) -> bytes:
 
 def validate_step(state: PipelineState, ctx: StepContext) -> PipelineState:
     """Check the bytes; decide whether this upload is new work, a duplicate, or a redelivery."""
+    from docflow.domain.validation import validate_document
+
     started = time.perf_counter()
     limits = ctx.settings.limits
     try:
@@ -168,6 +170,8 @@ def record_outcome_step(state: PipelineState, ctx: StepContext) -> PipelineState
 
 def extract_step(state: PipelineState, ctx: StepContext) -> PipelineState:
     """Text per page: the PDF's own text layer where it has one, Tesseract otherwise."""
+    from docflow.domain.extraction import extract_text
+
     started = time.perf_counter()
     if state.document_id is None or state.media_type is None:
         raise PermanentError("extract text needs a validated document")
@@ -191,6 +195,8 @@ def extract_step(state: PipelineState, ctx: StepContext) -> PipelineState:
 
 def extract_pages_step(task: PageRangeTask, ctx: StepContext) -> PagePart:
     """One page range of a long PDF (a Map iteration): extract and park the text in the blob store."""
+    from docflow.domain.extraction import extract_text
+
     state = task.state
     if state.document_id is None or state.media_type is None:
         raise PermanentError("extract pages needs a validated document")

@@ -27,7 +27,6 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 
 import requests
-from localstack import config
 from localstack.aws.api.lambda_ import PackageType
 from localstack.services.lambda_.invocation.executor_endpoint import (
     ExecutorEndpoint,
@@ -38,6 +37,8 @@ from localstack.services.lambda_.invocation.executor_endpoint import (
 from localstack.services.lambda_.invocation.lambda_models import FunctionVersion, InvocationResult
 from localstack.services.lambda_.invocation.runtime_executor import LambdaRuntimeException, RuntimeExecutor
 from localstack.utils.net import get_free_tcp_port
+
+from localstack import config
 
 LOG = logging.getLogger(__name__)
 
