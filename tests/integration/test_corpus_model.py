@@ -2,8 +2,10 @@
 
 The corpus is read by path, never copied in: ``$DOCFLOW_DATA_DIR/tobacco3482`` (the shared data
 root), by default ``<repo>/../shared/data/tobacco3482``. Measured with the default TrainConfig
-(20% held out, 696 documents): seed 0 accuracy 0.822 / macro-F1 0.791; seeds 1-3 0.845, 0.828,
-0.859. The floors below sit a few points under the worst of those.
+(character n-grams 2-5, one OCR-noised copy of each training document; 20% held out, 696
+documents), seed 0: accuracy 0.846 / macro-F1 0.825; the same held-out split through the OCR-noise
+channel (noise.HEAVY) 0.828 / 0.806. (The previous BPE word model: 0.822 / 0.791, noised 0.734.)
+The floors below sit a few points under those.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ REPO = Path(__file__).resolve().parents[2]
 DATA_ROOT = Path(os.environ.get("DOCFLOW_DATA_DIR") or REPO.parent / "shared" / "data")
 CORPUS = DATA_ROOT / "tobacco3482"
 
-ACCURACY_FLOOR = 0.78
-MACRO_F1_FLOOR = 0.75
+ACCURACY_FLOOR = 0.80
+MACRO_F1_FLOOR = 0.78
+NOISED_ACCURACY_FLOOR = 0.78  # the word model scored 0.73 here: a floor it would fail
 CLASSES = {
     "advertisement",
     "email",
@@ -65,7 +68,17 @@ def test_held_out_quality_clears_the_floor(trained: TrainingResult) -> None:
     assert metrics["per_class"]["resume"]["recall"] >= 0.9
     assert all(c["recall"] >= 0.3 for c in metrics["per_class"].values()), metrics["per_class"]
     assert metrics["onnx_max_abs_diff"] < 1e-5
-    assert metrics["training_seconds"] < 120
+    # `make model` must stay within ~5 minutes on 2 cores: measured 208 s alone, 296 s sharing the
+    # cores with a test run; the bound leaves room for a busy CI machine.
+    assert metrics["training_seconds"] < 360
+
+
+def test_ocr_noised_holdout_clears_the_floor(trained: TrainingResult) -> None:
+    noised = trained.metrics["holdout_ocr_noise"]
+    assert noised["accuracy"] >= NOISED_ACCURACY_FLOOR, noised["accuracy"]
+    # A 95%-precision review threshold exists and leaves at least half the documents automatic.
+    review = noised["review_threshold"]
+    assert review["reached"] and review["coverage"] >= 0.5, review
 
 
 def test_metrics_file_matches_what_training_returned(trained: TrainingResult) -> None:

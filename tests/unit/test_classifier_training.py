@@ -31,7 +31,9 @@ from docflow_training.train import TrainConfig, TrainingResult, run_training, tr
 pytestmark = pytest.mark.unit
 
 CORPUS = Path(__file__).resolve().parents[1] / "fixtures" / "corpus"
-CONFIG = TrainConfig(seed=7, vocab_size=400, c_grid=(1.0, 10.0), cv_folds=3, holdout_fraction=0.25)
+# max_length below what max_chars lets through, so the token cap is exercised.
+CONFIG = TrainConfig(seed=7, vocab_size=400, c_grid=(1.0, 10.0), cv_folds=3, holdout_fraction=0.25, max_length=20_000)
+BPE_CONFIG = CONFIG.model_copy(update={"features": "bpe", "max_length": 2000, "min_frequency": 2})
 LABELS = ["email", "news_article", "resume"]
 
 OBVIOUS = {
@@ -256,3 +258,56 @@ def test_split_is_stratified_deterministic_and_disjoint() -> None:
 def test_normalize_text(raw: str, normalized: str) -> None:
     assert normalize_text(raw) == normalized
     assert normalize_text(normalized) == normalized
+
+
+def test_char_ngrams_pad_each_word() -> None:
+    from docflow.domain.text import char_ngrams
+
+    assert char_ngrams("to be", 2, 3) == [" t", "to", "o ", " to", "to ", " b", "be", "e ", " be", "be "]
+    assert char_ngrams("", 2, 5) == []
+
+
+def test_ocr_noise_is_deterministic_and_degrades() -> None:
+    from docflow_training.noise import HEAVY, LIGHT, ocr_noise
+
+    text = OBVIOUS["news_article"] + "\n" + OBVIOUS["resume"]
+    assert ocr_noise(text, HEAVY, 1) == ocr_noise(text, HEAVY, 1)
+    assert ocr_noise(text, HEAVY, 1) != ocr_noise(text, HEAVY, 2)
+    assert ocr_noise(text, LIGHT, 1) != text
+    assert ocr_noise("", HEAVY, 0) == ""
+
+
+def test_metrics_hold_the_ocr_noised_holdout_and_review_threshold(trained: TrainingResult) -> None:
+    noised = trained.metrics["holdout_ocr_noise"]
+    assert 0.0 <= noised["accuracy"] <= 1.0 and set(noised["per_class"]) == set(LABELS)
+    review = noised["review_threshold"]
+    assert 0.0 <= review["threshold"] < 1.0 and 0.0 < review["coverage"] <= 1.0
+    assert review["reached"] == (review["precision"] >= review["target_precision"])
+    config = json.loads((trained.model_dir / "config.json").read_text())
+    assert config["architecture"] == "char-ngram-tfidf-logistic-regression"
+    assert config["char_ngram_range"] == [CONFIG.char_ngram_min, CONFIG.char_ngram_max]
+
+
+def test_augmentation_adds_seeded_noised_copies(trained: TrainingResult) -> None:
+    from docflow_training.train import augment
+
+    docs = trained.train_docs[:3]
+    first, again = augment(docs, CONFIG), augment(docs, CONFIG)
+    assert len(first) == 3 * (1 + CONFIG.augment_copies) and first == again
+    assert [d.label for d in first[3:6]] == [d.label for d in docs]
+
+
+def test_review_threshold_search() -> None:
+    from docflow_training.train import review_threshold_for
+
+    probabilities = np.array([[0.9, 0.1], [0.8, 0.2], [0.6, 0.4], [0.55, 0.45]])
+    got = review_threshold_for(["a", "a", "b", "a"], probabilities, ["a", "b"], target_precision=0.95)
+    assert got["threshold"] == pytest.approx(0.61) and got["coverage"] == 0.5 and got["precision"] == 1.0
+
+
+def test_bpe_features_still_train_and_serve(tmp_path: Path) -> None:
+    result = run_training(CORPUS, tmp_path / "bpe", BPE_CONFIG)
+    served = TextClassifier(result.model_dir)
+    assert served.config.char_ngram_range is None
+    assert served.predict(OBVIOUS["email"]).predicted_class == "email"
+    assert result.metrics["onnx_max_abs_diff"] < 1e-5

@@ -11,11 +11,14 @@ here is what the exported ONNX graph recomputes from ``input_ids``/``attention_m
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
 import scipy.sparse as sp
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+from docflow.domain.text import char_ngrams
 
 PAD_TOKEN = "[PAD]"
 UNK_TOKEN = "[UNK]"
@@ -50,6 +53,32 @@ def train_tokenizer(normalized_texts: Sequence[str], vocab_size: int, min_freque
     return tokenizer
 
 
+def train_char_ngram_tokenizer(
+    normalized_texts: Sequence[str],
+    ngram_range: tuple[int, int],
+    vocab_size: int,
+    min_df: int,
+) -> Tokenizer:
+    """A WordLevel tokenizer whose vocabulary is the training texts' character n-grams
+    (``char_ngrams``) seen in at least ``min_df`` documents, the ``vocab_size - 2`` most frequent by
+    document frequency (ties by the n-gram, so the file is the same for the same input).
+
+    ``[PAD]`` is id 0, ``[UNK]`` id 1 (an n-gram unseen in training: its idf is set to 0). No
+    pre-tokenizer: the runtime hands it the n-grams pre-tokenized (they contain spaces)."""
+    document_frequency: Counter[str] = Counter()
+    for text in normalized_texts:
+        document_frequency.update(set(char_ngrams(text, *ngram_range)))
+    kept = sorted(
+        (g for g, df in document_frequency.items() if df >= min_df), key=lambda g: (-document_frequency[g], g)
+    )
+    vocab = {PAD_TOKEN: 0, UNK_TOKEN: 1}
+    for gram in kept[: max(0, vocab_size - 2)]:
+        vocab[gram] = len(vocab)
+    tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK_TOKEN))
+    tokenizer.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    return tokenizer
+
+
 def count_matrix(id_lists: Sequence[Sequence[int]], vocab_size: int) -> sp.csr_matrix:
     """float64 [n_docs, vocab_size] token counts."""
     lengths = np.fromiter((len(ids) for ids in id_lists), dtype=np.int64, count=len(id_lists))
@@ -66,12 +95,15 @@ def count_matrix(id_lists: Sequence[Sequence[int]], vocab_size: int) -> sp.csr_m
     return counts
 
 
-def fit_idf(counts: sp.csr_matrix, pad_token_id: int) -> np.ndarray:
-    """Smooth idf from the training split's document frequencies; 0 for the pad token."""
+def fit_idf(counts: sp.csr_matrix, pad_token_id: int, unk_token_id: int | None = None) -> np.ndarray:
+    """Smooth idf from the training split's document frequencies; 0 for the pad token (and for the
+    unknown token when given: out-of-vocabulary n-grams carry no signal)."""
     n_docs = counts.shape[0]
     document_frequency = np.bincount(counts.indices, minlength=counts.shape[1])
     idf = np.log((1.0 + n_docs) / (1.0 + document_frequency)) + 1.0
     idf[pad_token_id] = 0.0
+    if unk_token_id is not None:
+        idf[unk_token_id] = 0.0
     return idf
 
 

@@ -32,7 +32,7 @@ import onnxruntime as ort
 from pydantic import BaseModel, ConfigDict, Field
 from tokenizers import Tokenizer
 
-from docflow.domain.text import NORMALIZER_VERSION, normalize_text
+from docflow.domain.text import NORMALIZER_VERSION, char_ngrams, normalize_text
 from docflow.models import Prediction
 
 logger = logging.getLogger(__name__)
@@ -68,14 +68,29 @@ class ModelConfig(BaseModel):
     max_chars: int = Field(gt=0)  # characters of raw text kept per document, before tokenizing
     pad_token_id: int = Field(default=0, ge=0)
     normalizer_version: str = NORMALIZER_VERSION
+    # Set for character n-gram models: the tokenizer maps [n_min, n_max] character n-grams of each
+    # word (``char_ngrams``) to ids instead of splitting words itself.
+    char_ngram_range: tuple[int, int] | None = None
     created_at: datetime | None = None
 
 
-def encode_texts(tokenizer: Tokenizer, texts: Sequence[str], max_length: int, max_chars: int) -> list[list[int]]:
+def encode_texts(
+    tokenizer: Tokenizer,
+    texts: Sequence[str],
+    max_length: int,
+    max_chars: int,
+    char_ngram_range: tuple[int, int] | None = None,
+) -> list[list[int]]:
     """Token ids per text, exactly as the model saw them in training: cut to ``max_chars``,
-    normalized, tokenized without special tokens, cut to ``max_length``."""
+    normalized, tokenized without special tokens, cut to ``max_length``. With ``char_ngram_range``
+    the tokenizer is given the text's character n-grams as pre-tokenized input."""
     normalized = [normalize_text(text[:max_chars]) for text in texts]
-    return [encoding.ids[:max_length] for encoding in tokenizer.encode_batch(normalized, add_special_tokens=False)]
+    if char_ngram_range is not None:
+        grams = [char_ngrams(text, *char_ngram_range) for text in normalized]
+        encodings = tokenizer.encode_batch(grams, is_pretokenized=True, add_special_tokens=False)
+    else:
+        encodings = tokenizer.encode_batch(normalized, add_special_tokens=False)
+    return [encoding.ids[:max_length] for encoding in encodings]
 
 
 def pad_batch(id_lists: Sequence[Sequence[int]], pad_token_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -167,7 +182,9 @@ class TextClassifier:
 
     def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """The graph inputs for ``texts``: (input_ids, attention_mask)."""
-        ids = encode_texts(self.tokenizer, texts, self.config.max_length, self.config.max_chars)
+        ids = encode_texts(
+            self.tokenizer, texts, self.config.max_length, self.config.max_chars, self.config.char_ngram_range
+        )
         return pad_batch(ids, self.config.pad_token_id)
 
     def predict_proba(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:

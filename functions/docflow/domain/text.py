@@ -31,3 +31,22 @@ def normalize_text(text: str) -> str:
     text = _FORMAT.sub("", _CONTROL.sub(" ", text))
     text = _REPEATED_PUNCT.sub(r"\1", text)
     return _WHITESPACE.sub(" ", text).strip()
+
+
+def char_ngrams(normalized: str, n_min: int, n_max: int) -> list[str]:
+    """Character n-grams of each word of already-normalized text, the word padded with one space each
+    side (so prefixes and suffixes are their own features): "memo" → " m", "me", …, "mo ", " me", ….
+
+    OCR garbles characters, not whole words: "rnemorandum" still shares most of its n-grams with
+    "memorandum", where a word model sees an unknown token. Training and runtime both call this (the
+    tokenizer maps each n-gram to an id), so it is part of the model's input contract.
+    """
+    grams: list[str] = []
+    for word in normalized.split():
+        padded = f" {word} "
+        length = len(padded)
+        for n in range(n_min, n_max + 1):
+            if n > length:
+                break
+            grams.extend(padded[i : i + n] for i in range(length - n + 1))
+    return grams

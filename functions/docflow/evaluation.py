@@ -1,0 +1,345 @@
+"""End-to-end evaluation: labelled documents through the real pipeline, scored.
+
+The scoring is pure functions over ``EvalRow`` (true label, predicted class, terminal status), so it
+is unit-tested without OCR or a model; ``load_labelled`` reads a labelled folder or CSV and
+``run_pipeline`` pushes the files through ``docflow.pipeline.embedded.process_paths`` exactly as
+``docflow process`` does, on a throw-away DOCFLOW_HOME so runs never see each other's records.
+
+How rows count:
+- top-1 accuracy and macro-F1 are over *in-scope* rows (true label is one of the model's classes),
+  whatever the status: a NEEDS_REVIEW row is scored by its top-1 class (what a reviewer is shown),
+  a REJECTED / FAILED row has no prediction and counts as wrong;
+- abstention: NEEDS_REVIEW rate, and accuracy on what was *not* abstained (CLASSIFIED rows) — the
+  precision a user gets from the automatic path;
+- out-of-scope rows (invoices, receipts: classes the model does not know) cannot be right; the
+  report says how many of them were abstained on, and what the others were called.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import tempfile
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Folder or CSV label names used elsewhere for Docflow's classes (Tobacco-3482's folder names,
+# RVL-CDIP's spellings); anything else is lower-cased and used as is.
+CLASS_ALIASES: dict[str, str] = {
+    "news": "news_article",
+    "report": "scientific_report",
+    "scientific": "scientific_publication",
+    "ad": "advertisement",
+    "advert": "advertisement",
+    "e-mail": "email",
+    "e_mail": "email",
+    "cv": "resume",
+}
+
+NO_PREDICTION = "(none)"  # the confusion-matrix column for rejected / failed documents
+ABSTAINED = "NEEDS_REVIEW"
+CLASSIFIED = "CLASSIFIED"
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".pdf"}
+
+
+def canonical_class(name: str) -> str:
+    """Canonical class name for a folder or CSV label ("news" → "news_article", "Memo" → "memo")."""
+    key = name.strip().lower()
+    key = CLASS_ALIASES.get(key, key).replace("-", "_").replace(" ", "_")
+    return CLASS_ALIASES.get(key, key)
+
+
+@dataclass(frozen=True)
+class EvalRow:
+    label: str  # canonical true class
+    predicted: str | None  # top-1 class, None when the pipeline produced no prediction
+    status: str  # terminal status: CLASSIFIED, NEEDS_REVIEW, REJECTED, FAILED, DUPLICATE
+    confidence: float | None = None
+    source: str = ""
+
+
+@dataclass
+class ClassStats:
+    precision: float
+    recall: float
+    f1: float
+    support: int
+    predicted: int
+
+
+@dataclass
+class EvalReport:
+    n: int
+    n_in_scope: int
+    labels: list[str]  # in-scope true classes, sorted: the rows of the confusion matrix
+    accuracy: float
+    macro_f1: float
+    per_class: dict[str, ClassStats]
+    status_counts: dict[str, int]
+    abstention_rate: float  # NEEDS_REVIEW share of in-scope rows
+    coverage: float  # CLASSIFIED share of in-scope rows
+    accuracy_classified: float | None  # precision of the automatic path (in-scope CLASSIFIED rows)
+    accuracy_abstained: float | None  # top-1 accuracy on the rows sent to review
+    no_prediction: int  # in-scope rows with no prediction (rejected, failed)
+    confusion_labels: list[str]  # columns: the rows' labels, then other predicted classes, then (none)
+    confusion: list[list[int]]
+    out_of_scope: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _safe_div(a: float, b: float) -> float:
+    return a / b if b else 0.0
+
+
+def confusion_matrix(rows: Sequence[EvalRow], labels: Sequence[str]) -> tuple[list[str], list[list[int]]]:
+    """Counts [true label][predicted column]. Columns are ``labels``, then any other predicted class
+    (sorted), then ``(none)`` if some row has no prediction; rows whose label is not in ``labels``
+    are skipped."""
+    row_labels = list(labels)
+    wanted = set(row_labels)
+    kept = [r for r in rows if r.label in wanted]
+    extra = sorted({r.predicted for r in kept if r.predicted is not None and r.predicted not in wanted})
+    columns = row_labels + extra + ([NO_PREDICTION] if any(r.predicted is None for r in kept) else [])
+    index = {name: i for i, name in enumerate(columns)}
+    matrix = [[0] * len(columns) for _ in row_labels]
+    for r in kept:
+        matrix[row_labels.index(r.label)][index[r.predicted if r.predicted is not None else NO_PREDICTION]] += 1
+    return columns, matrix
+
+
+def per_class_stats(rows: Sequence[EvalRow], labels: Sequence[str]) -> dict[str, ClassStats]:
+    """Precision / recall / F1 per class over ``rows`` (a prediction of a class counts against its
+    precision whatever the row's true label)."""
+    stats = {}
+    for label in labels:
+        tp = sum(1 for r in rows if r.label == label and r.predicted == label)
+        support = sum(1 for r in rows if r.label == label)
+        predicted = sum(1 for r in rows if r.predicted == label)
+        precision, recall = _safe_div(tp, predicted), _safe_div(tp, support)
+        f1 = _safe_div(2 * precision * recall, precision + recall)
+        stats[label] = ClassStats(precision, recall, f1, support, predicted)
+    return stats
+
+
+def evaluate(rows: Sequence[EvalRow], model_labels: Iterable[str] | None = None) -> EvalReport:
+    """Score ``rows``. ``model_labels``: the classes the model can predict; rows with another true
+    label are out of scope (reported apart). None: every row is in scope."""
+    known = set(model_labels) if model_labels is not None else None
+    in_scope = [r for r in rows if known is None or r.label in known]
+    outside = [r for r in rows if known is not None and r.label not in known]
+    labels = sorted({r.label for r in in_scope})
+    per_class = per_class_stats(in_scope, labels)
+    correct = [r.predicted == r.label for r in in_scope]
+    classified = [r for r in in_scope if r.status == CLASSIFIED]
+    abstained = [r for r in in_scope if r.status == ABSTAINED]
+    columns, matrix = confusion_matrix(in_scope, labels)
+    out_of_scope: dict[str, Any] = {}
+    if outside:
+        out_of_scope = {
+            "n": len(outside),
+            "labels": dict(sorted(Counter(r.label for r in outside).items())),
+            "abstained": sum(1 for r in outside if r.status == ABSTAINED),
+            "abstention_rate": _safe_div(sum(1 for r in outside if r.status == ABSTAINED), len(outside)),
+            "classified_as": dict(
+                sorted(Counter(r.predicted for r in outside if r.status == CLASSIFIED and r.predicted).items())
+            ),
+            "statuses": dict(sorted(Counter(r.status for r in outside).items())),
+        }
+    return EvalReport(
+        n=len(rows),
+        n_in_scope=len(in_scope),
+        labels=labels,
+        accuracy=_safe_div(sum(correct), len(in_scope)),
+        macro_f1=_safe_div(sum(s.f1 for s in per_class.values()), len(per_class)),
+        per_class=per_class,
+        status_counts=dict(sorted(Counter(r.status for r in rows).items())),
+        abstention_rate=_safe_div(len(abstained), len(in_scope)),
+        coverage=_safe_div(len(classified), len(in_scope)),
+        accuracy_classified=_safe_div(sum(r.predicted == r.label for r in classified), len(classified))
+        if classified
+        else None,
+        accuracy_abstained=_safe_div(sum(r.predicted == r.label for r in abstained), len(abstained))
+        if abstained
+        else None,
+        no_prediction=sum(1 for r in in_scope if r.predicted is None),
+        confusion_labels=columns,
+        confusion=matrix,
+        out_of_scope=out_of_scope,
+    )
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _short_names(names: Sequence[str], width: int = 8) -> list[str]:
+    """Column headers of at most ``width`` characters that stay distinct ("sci_publ", "sci_repo")."""
+    short = []
+    for name in names:
+        parts = name.split("_")
+        short.append(name[:width] if len(parts) == 1 else f"{parts[0][:3]}_{'_'.join(parts[1:])}"[:width])
+    if len(set(short)) < len(short):
+        return [f"c{i}" for i in range(len(names))]
+    return short
+
+
+def format_report(report: EvalReport) -> str:
+    """The report as plain text: summary, per-class table, abstention, confusion matrix."""
+    lines = [
+        f"documents: {report.n} ({report.n_in_scope} in the model's classes)",
+        f"top-1 accuracy: {_pct(report.accuracy)}   macro-F1: {report.macro_f1:.3f}",
+        f"needs review: {_pct(report.abstention_rate)}   auto-classified: {_pct(report.coverage)}   "
+        f"accuracy when classified: {_pct(report.accuracy_classified)}   "
+        f"accuracy of those sent to review: {_pct(report.accuracy_abstained)}",
+        "statuses: " + ", ".join(f"{k} {v}" for k, v in report.status_counts.items()),
+    ]
+    if report.no_prediction:
+        lines.append(f"no prediction (rejected/failed): {report.no_prediction}")
+    if report.per_class:
+        width = max(len("class"), *(len(label) for label in report.per_class))
+        lines += ["", f"{'class':<{width}}  precision  recall     f1  support  predicted"]
+        for label, s in report.per_class.items():
+            lines.append(
+                f"{label:<{width}}  {s.precision:9.3f}  {s.recall:6.3f}  {s.f1:5.3f}  {s.support:7d}  {s.predicted:9d}"
+            )
+    if report.confusion:
+        short = _short_names(report.confusion_labels)
+        width = max(len(label) for label in report.labels)
+        cell = max(4, *(len(s) for s in short))
+        lines += ["", "confusion matrix (rows: true class, columns: predicted)"]
+        lines.append(" " * width + "  " + " ".join(f"{s:>{cell}}" for s in short))
+        for label, counts in zip(report.labels, report.confusion, strict=True):
+            lines.append(f"{label:<{width}}  " + " ".join(f"{n:>{cell}}" for n in counts))
+    if report.out_of_scope:
+        o = report.out_of_scope
+        lines += [
+            "",
+            f"out of scope (classes the model does not know): {o['n']} {o['labels']}",
+            f"  sent to review: {o['abstained']} ({_pct(o['abstention_rate'])}); "
+            f"auto-classified as: {o['classified_as'] or '-'}",
+        ]
+    return "\n".join(lines)
+
+
+def plot_confusion(report: EvalReport, path: Path) -> Path:
+    """A confusion-matrix picture (PNG) drawn with Pillow: cells shaded by row-normalized count."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    cell, left, top = 44, 12 + 7 * max((len(x) for x in report.labels), default=4), 130
+    n_rows, n_cols = len(report.labels), len(report.confusion_labels)
+    image = Image.new("RGB", (left + cell * n_cols + 20, top + cell * n_rows + 40), "white")
+    draw = ImageDraw.Draw(image)
+    draw.text((10, 8), f"accuracy {_pct(report.accuracy)}  macro-F1 {report.macro_f1:.3f}", fill="black", font=font)
+    for j, name in enumerate(report.confusion_labels):
+        label = Image.new("RGBA", (110, 14), (255, 255, 255, 0))
+        ImageDraw.Draw(label).text((0, 0), name[:18], fill="black", font=font)
+        rotated = label.rotate(60, expand=True)
+        image.paste(rotated, (left + j * cell + 8, top - rotated.height - 2), rotated)
+    for i, (name, counts) in enumerate(zip(report.labels, report.confusion, strict=True)):
+        y = top + i * cell
+        draw.text((6, y + cell // 2 - 6), name, fill="black", font=font)
+        total = max(1, sum(counts))
+        for j, count in enumerate(counts):
+            shade = int(255 * (1 - count / total))
+            x = left + j * cell
+            colour = (shade, shade, 255) if report.confusion_labels[j] == name else (255, shade, shade)
+            draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=colour if count else "white", outline="#ccc")
+            if count:
+                ink = "white" if count / total > 0.6 else "black"
+                draw.text((x + cell // 2 - 6, y + cell // 2 - 6), str(count), fill=ink, font=font)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs and the pipeline run (not pure: files and processes).
+
+
+class EvalInputError(ValueError):
+    """The labelled folder or CSV cannot be read."""
+
+
+def load_labelled(path: Path) -> list[tuple[Path, str]]:
+    """(file, canonical label) pairs from a folder with one sub-folder per class (files found
+    recursively below it) or a CSV with ``path,label`` columns (paths relative to the CSV)."""
+    path = Path(path)
+    items: list[tuple[Path, str]] = []
+    if path.is_dir():
+        for class_dir in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            for file in sorted(class_dir.rglob("*")):
+                rel = file.relative_to(class_dir).parts
+                if file.is_file() and not any(part.startswith(".") for part in rel):
+                    items.append((file, canonical_class(class_dir.name)))
+    elif path.is_file() and path.suffix.lower() == ".csv":
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            if not reader.fieldnames or not {"path", "label"} <= set(reader.fieldnames):
+                raise EvalInputError(f"{path}: expected a header with 'path' and 'label' columns")
+            for line, row in enumerate(reader, start=2):
+                if not row["path"] or not row["label"]:
+                    raise EvalInputError(f"{path}:{line}: empty path or label")
+                file = (path.parent / row["path"]).resolve()
+                if not file.is_file():
+                    raise EvalInputError(f"{path}:{line}: no such file {file}")
+                items.append((file, canonical_class(row["label"])))
+    else:
+        raise EvalInputError(f"{path}: expected a folder of class folders or a .csv file")
+    if not items:
+        raise EvalInputError(f"{path}: no labelled files found")
+    return items
+
+
+def rows_from_results(items: Sequence[tuple[Path, str]], results: Sequence[Any]) -> list[EvalRow]:
+    """EvalRows from the pipeline's DocumentResults (same order as ``items``). A DUPLICATE row (the same
+    bytes listed twice) takes the prediction of the document it duplicates."""
+    by_id = {r.document_id: r for r in results if r.document_id and r.status != "DUPLICATE"}
+    rows = []
+    for (_, label), result in zip(items, results, strict=True):
+        effective = result
+        if result.status == "DUPLICATE" and result.document_id in by_id:
+            effective = by_id[result.document_id]
+        rows.append(
+            EvalRow(
+                label=label,
+                predicted=effective.predicted_class,
+                status=str(effective.status),
+                confidence=effective.confidence,
+                source=result.source,
+            )
+        )
+    return rows
+
+
+def run_pipeline(
+    items: Sequence[tuple[Path, str]],
+    workers: int,
+    model_dir: Path | None = None,
+    review_threshold: float | None = None,
+    home: Path | None = None,
+    on_result: Any = None,
+) -> tuple[list[Any], list[str]]:
+    """Process ``items`` as ``docflow process`` would, on a fresh temporary DOCFLOW_HOME (or ``home``).
+    Returns (DocumentResults in input order, the model's class labels)."""
+    from docflow.context import resolve_model_dir
+    from docflow.pipeline.embedded import process_paths
+    from docflow.settings import Settings
+
+    with tempfile.TemporaryDirectory(prefix="docflow-eval-") as scratch:
+        overrides: dict[str, Any] = {"home": home or Path(scratch)}
+        if model_dir is not None:
+            overrides["model_dir"] = model_dir
+        if review_threshold is not None:
+            overrides["review_threshold"] = review_threshold
+        settings = Settings(**overrides)
+        labels = json.loads((resolve_model_dir(settings) / "labels.json").read_text(encoding="utf-8"))
+        files = [(file, str(file)) for file, _ in items]
+        results = process_paths(files, settings, workers=max(1, min(workers, len(files))), on_result=on_result)
+    return results, labels

@@ -1,0 +1,89 @@
+"""`docflow eval` as a user runs it: a labelled folder and a CSV of generated pages, real pipeline."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+DOCFLOW = [sys.executable, "-m", "docflow.cli"]
+
+
+def run_cli(*args: str, home: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DOCFLOW_HOME": str(home)}
+    return subprocess.run([*DOCFLOW, *args], capture_output=True, text=True, env=env, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Folder per class, named the way corpora name them (``report`` is scientific_report)."""
+    from docflow.samples import make_samples
+
+    samples = tmp_path_factory.mktemp("samples")
+    make_samples(samples)
+    root = tmp_path_factory.mktemp("labelled")
+    layout = {
+        "letter/letter-scan.png": "letter-scan.png",
+        "memo/memo.pdf": "memo.pdf",
+        "email/email-photo.jpg": "email-photo.jpg",
+        "report/report-scanned.pdf": "report-scanned.pdf",
+        "letter/damaged-scan.png": "damaged-scan.png",  # REJECTED: no prediction, counts as wrong
+    }
+    for target, source in layout.items():
+        (root / target).parent.mkdir(parents=True, exist_ok=True)
+        (root / target).write_bytes((samples / source).read_bytes())
+    return root
+
+
+def test_eval_folder_json_rows_and_plot(labelled: Path, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    plot, rows_file = tmp_path / "cm.png", tmp_path / "rows.jsonl"
+    proc = run_cli(
+        "eval", str(labelled), "--json", "--workers", "2", "--plot", str(plot), "--rows", str(rows_file), home=home
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    rows = [json.loads(line) for line in rows_file.read_text().splitlines()]
+    assert report["n"] == len(rows) == 5
+    assert sorted({r["label"] for r in rows}) == ["email", "letter", "memo", "scientific_report"]
+    assert report["labels"] == ["email", "letter", "memo", "scientific_report"]
+    # The metrics are the rows' metrics: accuracy by top-1, the rejected scan has no prediction.
+    correct = sum(r["predicted"] == r["label"] for r in rows)
+    assert report["accuracy"] == pytest.approx(correct / 5)
+    assert report["status_counts"]["REJECTED"] == 1 and report["no_prediction"] == 1
+    matrix = report["confusion"]
+    assert sum(map(sum, matrix)) == 5 and report["confusion_labels"][-1] == "(none)"
+    reviewed = sum(r["status"] == "NEEDS_REVIEW" for r in rows)
+    assert report["abstention_rate"] == pytest.approx(reviewed / 5)
+    assert plot.is_file() and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The user's own DOCFLOW_HOME is untouched: eval runs on a temporary one.
+    assert not (home / "docflow.sqlite3").exists()
+
+
+def test_eval_csv_text_report(labelled: Path, tmp_path: Path) -> None:
+    csv_file = labelled / "labels.csv"
+    csv_file.write_text("path,label\nmemo/memo.pdf,memo\nreport/report-scanned.pdf,report\n")
+    try:
+        proc = run_cli("eval", str(csv_file), "--workers", "1", home=tmp_path / "home")
+    finally:
+        csv_file.unlink()
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "documents: 2 (2 in the model's classes)" in out
+    assert "top-1 accuracy:" in out and "macro-F1:" in out and "needs review:" in out
+    assert "confusion matrix" in out and "scientific_report" in out
+
+
+def test_eval_usage_errors(tmp_path: Path) -> None:
+    missing = run_cli("eval", str(tmp_path / "nope"), home=tmp_path / "home")
+    assert missing.returncode == 2 and "expected a folder" in missing.stderr
+    bad_csv = tmp_path / "bad.csv"
+    bad_csv.write_text("file,class\na.png,memo\n")
+    proc = run_cli("eval", str(bad_csv), home=tmp_path / "home")
+    assert proc.returncode == 2 and "'path' and 'label'" in proc.stderr
