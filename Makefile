@@ -73,6 +73,8 @@ typecheck: install ## mypy
 bench: model ## Benchmarks: OCR accuracy and throughput, classifier latency
 	$(BIN)/python bench/ocr_cer.py
 	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/classify_latency.py
+	$(BIN)/python bench/api_throughput.py
 
 layers: install ## Build the Lambda layers from manylinux wheels (no Docker)
 	$(BIN)/python layers/build.py

@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from pydantic import ValidationError
@@ -16,6 +16,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from docflow.settings import Settings
+
+if TYPE_CHECKING:
+    from docflow.pipeline.embedded import DocumentResult
 
 app = typer.Typer(
     name="docflow",
@@ -75,10 +78,10 @@ def process(
         disable=not err.is_terminal,
     )
 
-    def on_result(result: object) -> None:
+    def on_result(result: DocumentResult) -> None:
         progress.advance(task)
         if json_output:
-            print(result.model_dump_json(), flush=True)  # type: ignore[attr-defined]
+            print(result.model_dump_json(), flush=True)
 
     with progress:
         task = progress.add_task("Processing", total=len(files))
@@ -94,7 +97,7 @@ def process(
         _print_table(results)
 
 
-def _print_table(results: list) -> None:  # type: ignore[type-arg]
+def _print_table(results: list[DocumentResult]) -> None:
     # Piped into a file or CI log there is no terminal width to respect: keep rows on one line.
     out = Console() if Console().is_terminal else Console(width=200)
     table = Table(show_lines=False)
@@ -144,6 +147,71 @@ def train(
     summary = {k: metrics[k] for k in ("accuracy", "macro_f1", "n_train", "n_holdout") if k in metrics}
     err.print(f"Model written to {target}")
     print(json.dumps(summary, indent=2))
+
+
+@app.command("eval")
+def eval_command(
+    path: Annotated[Path, typer.Argument(help="Labelled folder (a sub-folder per class) or CSV (path,label).")],
+    workers: Annotated[int, typer.Option(min=1, help="Documents processed in parallel.")] = os.cpu_count() or 1,
+    json_output: Annotated[bool, typer.Option("--json", help="The report as one JSON object on stdout.")] = False,
+    plot: Annotated[Path | None, typer.Option(help="Also save the confusion matrix as a PNG here.")] = None,
+    model_dir: Annotated[Path | None, typer.Option(help="Model directory (default: as `process` resolves it).")] = None,
+    review_threshold: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Override the threshold.")] = None,
+    rows_out: Annotated[Path | None, typer.Option("--rows", help="Write each document's row as JSON lines.")] = None,
+) -> None:
+    """Run labelled documents through the same pipeline as `process` (on a temporary state directory)
+    and report accuracy, macro-F1, per-class precision/recall, abstention and the confusion matrix."""
+    import dataclasses
+
+    from docflow.evaluation import (
+        EvalInputError,
+        evaluate,
+        format_report,
+        load_labelled,
+        plot_confusion,
+        rows_from_results,
+        run_pipeline,
+    )
+
+    try:
+        items = load_labelled(path)
+    except EvalInputError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    try:
+        results, labels = run_pipeline(items, workers, model_dir=model_dir, review_threshold=review_threshold)
+    except ValidationError as exc:
+        err.print(f"[red]Invalid configuration:[/red]\n{exc}")
+        raise typer.Exit(2) from None
+    rows = rows_from_results(items, results)
+    report = evaluate(rows, model_labels=labels)
+    if rows_out:
+        rows_out.write_text("".join(json.dumps(dataclasses.asdict(r)) + "\n" for r in rows), encoding="utf-8")
+    if plot:
+        err.print(f"confusion matrix saved to {plot_confusion(report, plot)}")
+    if json_output:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(format_report(report))
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface (without DOCFLOW_API_KEY: loopback only).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    workers: Annotated[int, typer.Option(min=0, help="Pipeline worker processes (0: one thread).")] = os.cpu_count()
+    or 1,
+    home: Annotated[Path | None, typer.Option(help="State directory (default: DOCFLOW_HOME or ~/.docflow).")] = None,
+) -> None:
+    """Serve the REST API (Swagger UI at /docs) on the local stores, with background workers."""
+    from docflow.api.server import serve as serve_api
+    from docflow.errors import ConfigurationError
+
+    try:
+        serve_api(host, port, workers, _settings(home=home))
+    except (ConfigurationError, ValidationError) as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
 
 
 @app.command()

@@ -1,0 +1,101 @@
+"""`docflow serve`'s pipeline workers as processes: a worker killed in the middle of a document (out of memory,
+a crash in a native library) costs that document a retry on a fresh pool, never its terminal status."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from docflow.api.worker import LocalWorkers, PendingUpload
+from docflow.context import StepContext, build_context
+from docflow.models import Status
+from docflow.records import UploadRecord
+from docflow.samples import LETTER, render_page
+from docflow.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+CORPUS = Path(__file__).parents[1] / "fixtures" / "corpus"
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.getbasetemp() / "api-tiny-model"
+    if not (out / "model.onnx").is_file():
+        from docflow_training.train import TrainConfig, train_model
+
+        config = TrainConfig(seed=7, vocab_size=400, c_grid=(1.0, 10.0), cv_folds=3, holdout_fraction=0.25)
+        train_model(CORPUS, out, config)
+    return out
+
+
+@pytest.fixture
+def settings(docflow_home: Path, tiny_model: Path) -> Settings:
+    return Settings(home=docflow_home, model_dir=tiny_model)
+
+
+def _accept_scan(settings: Settings, workers: LocalWorkers) -> tuple[PendingUpload, StepContext]:
+    buf = io.BytesIO()
+    render_page(LETTER).save(buf, "PNG")  # OCR takes long enough to be caught in the middle
+    data = buf.getvalue()
+    ctx = build_context(settings)
+    job = PendingUpload(
+        upload_id="scan",
+        document_id=hashlib.sha256(data).hexdigest(),
+        key="incoming/scan/letter.png",
+        source="incoming/scan/letter.png",
+    )
+    ctx.blobs.put(job.key, data)
+    ctx.records.put_upload(UploadRecord(document_id=job.document_id, source=job.source, status=Status.RECEIVED))
+    workers.accept(job)
+    return job, ctx
+
+
+def _kill_the_worker_mid_document(workers: LocalWorkers, ctx: StepContext, job: PendingUpload) -> None:
+    deadline = time.monotonic() + 60
+    while True:  # Validate has run (PROCESSING): the worker is extracting text
+        record = ctx.records.get_document(job.document_id)
+        if record is not None and record.status == Status.PROCESSING:
+            break
+        assert time.monotonic() < deadline, "the worker never started the document"
+        time.sleep(0.01)
+    processes = getattr(workers._pool, "_processes", {})
+    assert processes, "no worker process to kill"
+    for pid in list(processes):
+        os.kill(pid, signal.SIGKILL)
+
+
+def test_a_killed_worker_costs_a_retry_not_the_document(settings: Settings) -> None:
+    workers = LocalWorkers(settings, workers=1, max_attempts=2)
+    try:
+        job, ctx = _accept_scan(settings, workers)
+        _kill_the_worker_mid_document(workers, ctx, job)
+        assert workers.wait_idle(timeout=120)
+        record = ctx.records.get_document(job.document_id)
+        assert record is not None and record.status in (Status.CLASSIFIED, Status.NEEDS_REVIEW), record
+        assert record.text_source == "ocr"
+        assert [u.status for u in ctx.records.list_uploads(job.document_id)] == [record.status]
+        assert workers.journaled() == []
+    finally:
+        workers.shutdown(grace=5)
+
+
+def test_a_worker_killed_on_the_last_attempt_leaves_the_document_failed_with_its_reason(settings: Settings) -> None:
+    workers = LocalWorkers(settings, workers=1, max_attempts=1)
+    try:
+        job, ctx = _accept_scan(settings, workers)
+        _kill_the_worker_mid_document(workers, ctx, job)
+        assert workers.wait_idle(timeout=120)
+        record = ctx.records.get_document(job.document_id)
+        assert record is not None and record.status == Status.FAILED
+        assert record.code == "Interrupted" and "stopped unexpectedly" in (record.reason or "")
+        assert [u.status for u in ctx.records.list_uploads(job.document_id)] == [Status.FAILED]
+        assert workers.journaled() == []
+    finally:
+        workers.shutdown(grace=5)
