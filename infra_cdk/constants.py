@@ -46,3 +46,14 @@ FUNCTIONS: dict[str, FunctionSpec] = {
     "Classify": FunctionSpec("docflow.handlers.classify.handler", 1024, 60, ("base", "numpy", "ml")),
     "RecordFailure": FunctionSpec("docflow.handlers.record_failure.handler", 256, 30, ("base",)),
 }
+
+# The REST API: every endpoint in one function (synchronous upload-and-predict OCRs and classifies, so it
+# carries both engines); API Gateway gives a request at most 29 s.
+API_FUNCTION = FunctionSpec("docflow.handlers.api.handler", 2048, 29, ("base", "numpy", "ml", "ocr", "web"))
+API_STAGE = "v1"
+API_BINARY_MEDIA_TYPES = ("multipart/form-data", "application/pdf", "image/*", "application/octet-stream")
+# Reached without a key: liveness and the API's own documentation.
+API_KEYLESS_PATHS = ("health", "docs", "openapi.json")
+API_THROTTLE_RATE = 50  # requests/s, steady
+API_THROTTLE_BURST = 100
+API_DAILY_QUOTA = 100_000

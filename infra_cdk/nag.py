@@ -12,6 +12,18 @@ RULES = {
         "Lambda roles use AWSLambdaBasicExecutionRole only to write their own logs; all data access is granted "
         "per resource with grant_*."
     ),
+    "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/"
+    "AmazonAPIGatewayPushToCloudWatchLogs]": (
+        "API Gateway's account-level logging role: AWS's managed policy is the documented way to let API Gateway "
+        "write execution and access logs."
+    ),
+    "AwsSolutions-APIG2": "Requests are validated by the FastAPI app (pydantic models, 422 with field errors); a "
+    "Lambda proxy in front of it cannot validate multipart bodies any better.",
+    "AwsSolutions-APIG3": "WAF is left to each deployment (its WebACL is an account/edge decision); every keyed "
+    "client is throttled and capped by the usage plan.",
+    "AwsSolutions-APIG4": "Clients authenticate with an API key bound to a usage plan (the seed's model); only "
+    "/health, /docs and /openapi.json answer without one, and they return no data.",
+    "AwsSolutions-COG4": "No Cognito user pool: API clients are services holding API keys, not end users.",
     "AwsSolutions-IAM5[Resource::*]": "X-Ray (PutTraceSegments, PutTelemetryRecords) and CloudWatch Logs delivery "
     "actions take no resource ARN; tests/infra asserts no other action is granted on '*'.",
     "AwsSolutions-IAM5[Action::s3:GetObject*]": "CDK's grant_read action group (GetObject, GetObjectVersion, …), "

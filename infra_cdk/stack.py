@@ -8,6 +8,7 @@ from aws_cdk import CfnOutput, RemovalPolicy, Stack
 from constructs import Construct
 
 from infra_cdk import constants as c
+from infra_cdk.constructs.api import RestApi
 from infra_cdk.constructs.functions import PipelineFunctions
 from infra_cdk.constructs.pipeline import DocumentPipeline
 from infra_cdk.constructs.storage import Storage
@@ -26,6 +27,7 @@ class DocflowStack(Stack):
             self, "Functions", storage=self.storage, removal_policy=removal, host_mode=stage == "local"
         )
         self.pipeline = DocumentPipeline(self, "Pipeline", functions=self.functions, removal_policy=removal)
+        self.api = RestApi(self, "Api", storage=self.storage, functions=self.functions, removal_policy=removal)
         self.trigger = UploadTrigger(
             self, "Trigger", bucket=self.storage.documents, state_machine=self.pipeline.state_machine
         )
@@ -36,6 +38,9 @@ class DocflowStack(Stack):
             "TableName": self.storage.table.table_name,
             "PipelineStateMachineArn": self.pipeline.state_machine.state_machine_arn,
             "DeadLetterQueueUrl": self.trigger.dlq.queue_url,
+            "ApiUrl": self.api.api.url,
+            "ApiId": self.api.api.rest_api_id,
+            "ApiKeyId": self.api.key.key_id,
         }
         for name, value in outputs.items():
             CfnOutput(self, name, value=value)
@@ -48,6 +53,6 @@ class DocflowStack(Stack):
                 (docs, f"{c.RESULTS_PREFIX}*"),
                 (self.storage.models, "*"),
             ],
-            invoked_functions=self.functions.functions.values(),
+            invoked_functions=[*self.functions.functions.values(), self.api.function],
             tables=[self.storage.table],
         )

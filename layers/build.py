@@ -36,6 +36,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "ml": ("onnxruntime", "tokenizers"),
     # Validate / ExtractText: PDF and image decoding, Tesseract (libtesseract bundled in the tesserocr wheel).
     "ocr": ("tesserocr", "pypdfium2", "pillow"),
+    # The REST API on Lambda: FastAPI behind Mangum, multipart uploads.
+    "web": ("fastapi", "mangum", "python-multipart"),
 }
 # The python3.12 Lambda runtime already ships the AWS SDK; shipping it again only costs size.
 PROVIDED_BY_RUNTIME = ("boto3", "botocore", "s3transfer", "jmespath", "urllib3", "dateutil", "six")
@@ -45,6 +47,8 @@ PROVIDED_BY_RUNTIME = ("boto3", "botocore", "s3transfer", "jmespath", "urllib3",
 DROP: dict[str, tuple[str, ...]] = {
     "ml": ("numpy", "hf_xet", "huggingface_hub", "yaml", "_yaml", "pyyaml", "fsspec"),
     "ocr": ("numpy",),
+    # pydantic comes with the base layer.
+    "web": ("pydantic", "pydantic_core", "typing_extensions", "typing_inspection", "annotated_types"),
 }
 
 

@@ -45,30 +45,34 @@ class PipelineFunctions(Construct):
         }
         if not host_mode:
             environment["TESSDATA_PREFIX"] = "/opt/tessdata"
-        self.functions: dict[str, lambda_.Function] = {}
-        for name, spec in c.FUNCTIONS.items():
-            log_group = logs.LogGroup(
-                self,
-                f"{name}Logs",
-                retention=logs.RetentionDays.ONE_MONTH,
-                removal_policy=removal_policy,
-            )
-            self.functions[name] = lambda_.Function(
-                self,
-                name,
-                runtime=runtime,
-                architecture=lambda_.Architecture.X86_64,
-                code=code,
-                handler=spec.handler,
-                memory_size=spec.memory_mb,
-                timeout=Duration.seconds(spec.timeout_s),
-                layers=[self.layers[layer] for layer in spec.layers if layer in self.layers],
-                environment=environment,
-                tracing=lambda_.Tracing.ACTIVE,
-                log_group=log_group,
-                description=f"docflow pipeline step: {name}",
-            )
+        self._runtime, self._code, self._environment = runtime, code, environment
+        self.functions: dict[str, lambda_.Function] = {
+            name: self.build_function(self, name, spec, removal_policy) for name, spec in c.FUNCTIONS.items()
+        }
         self._grant(storage)
+
+    def build_function(
+        self, scope: Construct, name: str, spec: c.FunctionSpec, removal_policy: RemovalPolicy
+    ) -> lambda_.Function:
+        """A function on the shared code asset, runtime, environment and the layers its spec names."""
+        log_group = logs.LogGroup(
+            scope, f"{name}Logs", retention=logs.RetentionDays.ONE_MONTH, removal_policy=removal_policy
+        )
+        return lambda_.Function(
+            scope,
+            name,
+            runtime=self._runtime,
+            architecture=lambda_.Architecture.X86_64,
+            code=self._code,
+            handler=spec.handler,
+            memory_size=spec.memory_mb,
+            timeout=Duration.seconds(spec.timeout_s),
+            layers=[self.layers[layer] for layer in spec.layers if layer in self.layers],
+            environment=self._environment,
+            tracing=lambda_.Tracing.ACTIVE,
+            log_group=log_group,
+            description=f"docflow: {spec.handler.rsplit('.', 2)[-2].replace('_', ' ')}",
+        )
 
     def _build_layers(self, runtime: lambda_.Runtime, removal_policy: RemovalPolicy) -> dict[str, lambda_.LayerVersion]:
         return {

@@ -27,12 +27,12 @@ handler = sys.argv[1]
 module = handler.rsplit(".", 1)[0]
 __import__(module)
 out = {"imported": module}
-if "classify" in module:
+if "classify" in module or module.endswith(".api"):
     from docflow.domain.classifier import load_classifier
     from docflow.settings import DEFAULT_MODEL_DIR
     memo = "MEMORANDUM TO: all staff FROM: J. Smith"
     out["prediction"] = load_classifier(DEFAULT_MODEL_DIR).predict(memo).predicted_class
-if "extract" in module or "validate" in module:
+if "extract" in module or "validate" in module or module.endswith(".api"):
     from PIL import Image, ImageDraw
     from docflow.domain.ocr import TesserocrEngine
     from docflow.models import OcrOptions
@@ -55,12 +55,15 @@ def runtime_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return target
 
 
+SPECS = {**c.FUNCTIONS, "Api": c.API_FUNCTION}
+
+
 @pytest.mark.skipif(PYTHON312 is None, reason="no python3.12 interpreter to stand in for the Lambda runtime")
-@pytest.mark.parametrize("name", list(c.FUNCTIONS))
+@pytest.mark.parametrize("name", list(SPECS))
 def test_function_runs_on_its_layers_alone(name: str, runtime_dir: Path) -> None:
     from layers.build import build_layer
 
-    spec = c.FUNCTIONS[name]
+    spec = SPECS[name]
     paths = [str(c.FUNCTIONS_DIR)] + [str(build_layer(layer) / "python") for layer in spec.layers] + [str(runtime_dir)]
     env = {
         "PYTHONPATH": ":".join(paths),

@@ -95,7 +95,7 @@ def test_rule_matches_incoming_prefix_and_targets_pipeline_with_dlq(template: Te
 def test_functions_run_python312_with_one_role_each_and_single_threaded_ocr(template: Template) -> None:
     functions = template.find_resources("AWS::Lambda::Function")
     pipeline = {k: v for k, v in functions.items() if v["Properties"].get("Handler", "").startswith("docflow.")}
-    assert len(pipeline) == 7
+    assert len(pipeline) == 8  # seven pipeline steps and the API
     roles = {json.dumps(f["Properties"]["Role"]) for f in pipeline.values()}
     assert len(roles) == len(pipeline)
     for fn in pipeline.values():
@@ -183,3 +183,35 @@ def test_cdk_nag_fails_synth_on_a_real_violation() -> None:
     cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app))
     with pytest.raises(Exception, match="AwsSolutions-S2"):
         app.synth()
+
+
+def test_api_requires_a_key_except_on_health_and_docs_and_is_throttled(template: Template) -> None:
+    methods = template.find_resources("AWS::ApiGateway::Method")
+    resources = template.find_resources("AWS::ApiGateway::Resource")
+    path_of = {logical: r["Properties"]["PathPart"] for logical, r in resources.items()}
+    keyless = set()
+    for method in methods.values():
+        props = method["Properties"]
+        resource = props["ResourceId"].get("Ref")
+        path = path_of.get(resource, "/")
+        if not props.get("ApiKeyRequired", False):
+            keyless.add(path)
+    assert keyless == {"health", "docs", "openapi.json"}
+    plan = _one(template, "AWS::ApiGateway::UsagePlan")["Properties"]
+    assert plan["Throttle"]["RateLimit"] > 0 and plan["Quota"]["Period"] == "DAY"
+    template.resource_count_is("AWS::ApiGateway::ApiKey", 1)
+    api = _one(template, "AWS::ApiGateway::RestApi")["Properties"]
+    assert "multipart/form-data" in api["BinaryMediaTypes"]
+
+
+def test_api_stage_logs_access_but_never_bodies(template: Template) -> None:
+    stage = _one(template, "AWS::ApiGateway::Stage")["Properties"]
+    assert stage["AccessLogSetting"]["DestinationArn"]
+    assert stage["TracingEnabled"] is True
+    assert all(not m.get("DataTraceEnabled", False) for m in stage["MethodSettings"])
+
+
+def test_api_function_fits_in_api_gateways_time_budget(template: Template) -> None:
+    api_fn = _one(template, "AWS::Lambda::Function", {"Handler": "docflow.handlers.api.handler"})
+    assert api_fn["Properties"]["Timeout"] <= 29
+    assert len(api_fn["Properties"]["Layers"]) == 5
