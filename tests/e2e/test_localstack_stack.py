@@ -81,3 +81,34 @@ def test_hostile_file_is_rejected_with_reason(aws: Callable[[str], Any], deploye
     assert record["status"] == "REJECTED"
     assert record["code"] == "UNSUPPORTED_TYPE"
     assert "shell script" in record["reason"]
+
+
+def test_upload_through_api_gateway_is_classified(aws: Callable[[str], Any], deployed: dict[str, str]) -> None:
+    import io
+
+    import httpx
+
+    from docflow.samples import LETTER, render_page
+    from tests.e2e.conftest import ENDPOINT
+
+    key = aws("apigateway").get_api_key(apiKey=deployed["ApiKeyId"], includeValue=True)["value"]
+    base = f"{ENDPOINT}/restapis/{deployed['ApiId']}/v1/_user_request_"
+    headers = {"x-api-key": key}
+    page = io.BytesIO()
+    render_page(LETTER + f"\n\nRef. {uuid.uuid4().hex[:8]}").save(page, "PNG")  # content no other test sent
+    started = time.monotonic()
+    with httpx.Client(base_url=base, headers=headers, timeout=60) as client:
+        assert client.get("/health").status_code == 200
+        accepted = client.post("/documents", files={"file": ("api letter.png", page.getvalue(), "image/png")})
+        assert accepted.status_code == 202, accepted.text
+        document_id = accepted.json()["document_id"]
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            document = client.get(f"/documents/{document_id}")
+            if document.status_code == 200 and document.json()["status"] not in ("RECEIVED", "PROCESSING"):
+                break
+            time.sleep(1)
+    TIMINGS["e2e_api_upload_s"] = round(time.monotonic() - started, 2)
+    body = document.json()
+    assert body["status"] == "CLASSIFIED", body
+    assert body["prediction"]["predicted_class"] == "letter"
