@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import io
 import json
+import threading
 import time
 import traceback
 import zipfile
@@ -43,8 +44,15 @@ def faults() -> Faults:
 
 def _serve_with_real_handlers(faults: Faults, monkeypatch: pytest.MonkeyPatch) -> None:
     by_handler = {spec.handler: name for name, spec in c.FUNCTIONS.items()}
+    # On Lambda every invocation has a process of its own; here moto runs Map iterations in threads of
+    # one process, and pdfium is not thread-safe: one invocation at a time, as separate sandboxes would be.
+    one_sandbox_at_a_time = threading.Lock()
 
     def invoke(self: LambdaFunction, event: Any) -> tuple[str, bool, str]:
+        with one_sandbox_at_a_time:
+            return _invoke(self, event)
+
+    def _invoke(self: LambdaFunction, event: Any) -> tuple[str, bool, str]:
         name = by_handler[self.handler]
         faults.calls[name] = faults.calls.get(name, 0) + 1
         try:
