@@ -16,7 +16,7 @@ APT_PACKAGES := tesseract-ocr tesseract-ocr-eng tesseract-ocr-rus fonts-dejavu-c
 CDK_BIN := infra_cdk/node_modules/.bin
 export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 1
 
-.PHONY: help install system-deps model samples run test test-unit lint typecheck bench clean \
+.PHONY: help install system-deps model samples run test test-unit lint typecheck bench clean mlflow-ui \
 	layers synth localstack-install localstack-up localstack-down deploy-local
 
 help: ## List the targets
@@ -33,7 +33,7 @@ $(BIN)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: set PYTHON=python3.x (>= 3.11)"; exit 1; }
 	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[training,dev,infra]'
+	$(BIN)/pip install -q -e '.[training,sagemaker,dev,infra]'
 	touch $@
 
 $(CDK_BIN)/cdk: infra_cdk/package.json infra_cdk/package-lock.json
@@ -44,7 +44,7 @@ install: system-deps $(BIN)/.installed $(CDK_BIN)/cdk ## Set up everything: apt 
 
 $(MODEL_DIR)/model.onnx: $(BIN)/.installed $(wildcard training/docflow_training/*.py) functions/docflow/domain/text.py functions/docflow/domain/classifier.py
 	@[ -d "$(DOCFLOW_DATA_DIR)/tobacco3482" ] || { echo "Corpus not found at $(DOCFLOW_DATA_DIR)/tobacco3482: set DOCFLOW_DATA_DIR"; exit 1; }
-	$(BIN)/docflow train --data "$(DOCFLOW_DATA_DIR)/tobacco3482" --out $(MODEL_DIR)
+	$(BIN)/docflow train --no-track --data "$(DOCFLOW_DATA_DIR)/tobacco3482" --out $(MODEL_DIR)
 
 model: install $(MODEL_DIR)/model.onnx ## Train the default model from the corpus (once)
 
@@ -69,6 +69,9 @@ lint: install ## ruff lint + format check
 
 typecheck: install ## mypy
 	$(BIN)/mypy
+
+mlflow-ui: install ## MLflow UI (runs, models, registry) for DOCFLOW_HOME on http://127.0.0.1:5000
+	$(BIN)/mlflow ui --backend-store-uri "sqlite:///$$(realpath -m $${DOCFLOW_HOME:-$$HOME/.docflow})/mlflow.db" --default-artifact-root "$$(realpath -m $${DOCFLOW_HOME:-$$HOME/.docflow})/mlruns" --host 127.0.0.1 --port 5000
 
 bench: model ## Benchmarks: OCR accuracy and throughput, classifier latency
 	$(BIN)/python bench/ocr_cer.py

@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from pydantic import ValidationError
@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from docflow.cli_model import model_app
 from docflow.settings import Settings
 
 if TYPE_CHECKING:
@@ -26,6 +27,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+app.add_typer(model_app, name="model")
 err = Console(stderr=True)
 
 STATUS_STYLE = {
@@ -122,15 +124,60 @@ def _print_table(results: list[DocumentResult]) -> None:
     out.print(", ".join(f"{n} {status.lower()}" for status, n in sorted(counts.items())))
 
 
+def _hyperparameters(pairs: list[str] | None, seed: int) -> dict[str, object]:
+    """--hp NAME=VALUE pairs, read as the training job reads them (JSON, else text; c_grid=10,30)."""
+    from docflow_training.entry import job_config, parse_hyperparameters
+
+    args = [f"--{pair}" for pair in pairs or []]
+    if any("=" not in arg for arg in args):
+        err.print("[red]--hp takes NAME=VALUE[/red]")
+        raise typer.Exit(2)
+    try:
+        values = {"seed": seed, **parse_hyperparameters(args)}
+        job_config(values)  # fail here, naming the known hyperparameters, not inside the job
+    except (ValueError, ValidationError) as exc:
+        err.print(f"[red]Invalid hyperparameters:[/red] {exc}")
+        raise typer.Exit(2) from None
+    return values
+
+
 @app.command()
 def train(
-    data: Annotated[Path, typer.Option(help="Labelled corpus: one folder per class of .txt files.")],
+    data: Annotated[
+        str, typer.Option(help="Labelled corpus: a folder per class of .txt files (with --sagemaker also s3://…).")
+    ],
     out: Annotated[
-        Path | None, typer.Option(help="Model directory to write (default: the set-up default model).")
+        Path | None,
+        typer.Option(help="Also write the model directory here (with --no-track default: the set-up default model)."),
     ] = None,
     seed: Annotated[int, typer.Option(help="Random seed (training is deterministic for a seed).")] = 0,
+    validation: Annotated[
+        str | None, typer.Option(help="Labelled folder to evaluate and gate on (default: a held-out split of --data).")
+    ] = None,
+    hp: Annotated[
+        list[str] | None,
+        typer.Option("--hp", help="Hyperparameter NAME=VALUE (a TrainConfig or gate field, e.g. c_grid=10,30)."),
+    ] = None,
+    feedback: Annotated[bool, typer.Option("--feedback/--no-feedback", help="Add the labels users sent back.")] = True,
+    track: Annotated[
+        bool,
+        typer.Option(
+            "--track/--no-track",
+            help="MLflow run, registry version, promotion gate, publish if promoted; or only train.",
+        ),
+    ] = True,
+    sagemaker: Annotated[
+        bool, typer.Option("--sagemaker", help="Run as a SageMaker training job (DOCFLOW_SAGEMAKER_* settings).")
+    ] = False,
+    instance_type: Annotated[str | None, typer.Option(help="SageMaker instance type (default ml.g5.xlarge).")] = None,
+    spot: Annotated[bool, typer.Option("--spot", help="SageMaker managed spot training, with checkpoints.")] = False,
+    wait: Annotated[bool, typer.Option("--wait", help="SageMaker: wait for the job to end.")] = False,
+    home: Annotated[Path | None, typer.Option(help="State directory (default: DOCFLOW_HOME or ~/.docflow).")] = None,
 ) -> None:
-    """Train a classifier on a labelled text corpus and write a model directory (ONNX + tokenizer)."""
+    """Train the classifier: MLflow run, registry version, promotion gate, published champion.
+
+    The training job runs as a local process (or on SageMaker with --sagemaker); a promoted model is
+    published to DOCFLOW_HOME/models, where `process` and `serve` find it. --no-track only trains."""
     try:
         from docflow_training.train import TrainConfig, train_model
     except ImportError as exc:
@@ -138,14 +185,81 @@ def train(
         raise typer.Exit(2) from None
     from docflow.settings import DEFAULT_MODEL_DIR
 
-    if not data.is_dir():
-        err.print(f"[red]No such corpus folder:[/red] {data}")
-        raise typer.Exit(2)
+    settings = _settings(home=home)
+    hyperparameters = _hyperparameters(hp, seed)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    target = out or DEFAULT_MODEL_DIR
-    metrics = train_model(data, target, TrainConfig(seed=seed))
-    summary = {k: metrics[k] for k in ("accuracy", "macro_f1", "n_train", "n_holdout") if k in metrics}
-    err.print(f"Model written to {target}")
+
+    if sagemaker:
+        from docflow_training.launch import SageMakerJobConfig, launch_sagemaker
+
+        try:
+            overrides: dict[str, Any] = {"instance_type": instance_type, "spot": spot}
+            job = SageMakerJobConfig(**{k: v for k, v in overrides.items() if v})
+            launch = launch_sagemaker(
+                data,
+                settings,
+                job,
+                hyperparameters=hyperparameters,
+                validation=validation,
+                include_feedback=feedback,
+                wait=wait,
+            )
+        except (ValueError, ValidationError) as exc:
+            err.print(f"[red]{exc}[/red]")
+            raise typer.Exit(2) from None
+        err.print(
+            f"SageMaker training job {launch.job_name} on {launch.instance_type}{' (spot)' if launch.spot else ''}"
+        )
+        print(launch.model_dump_json(indent=2))
+        return
+
+    corpus = Path(data)
+    for what, folder in (("corpus", data), ("validation", validation)):
+        if folder and not Path(folder).is_dir():
+            err.print(f"[red]No such {what} folder:[/red] {folder}")
+            raise typer.Exit(2)
+
+    if not track:
+        from docflow_training.entry import job_config
+
+        target = out or DEFAULT_MODEL_DIR
+        metrics = train_model(corpus, target, TrainConfig(**job_config(hyperparameters).train.model_dump()))
+        err.print(f"Model written to {target}")
+        keys = ("accuracy", "macro_f1", "n_train", "n_holdout")
+        print(json.dumps({k: metrics[k] for k in keys if k in metrics}, indent=2))
+        return
+
+    from docflow_training.launch import JobFailedError, run_local_job
+
+    try:
+        result = run_local_job(
+            corpus,
+            settings,
+            hyperparameters=hyperparameters,
+            validation_dir=Path(validation) if validation else None,
+            include_feedback=feedback,
+            out_dir=out,
+        )
+    except JobFailedError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    decision = result.decision or {}
+    err.print(f"MLflow run {result.run_id} ({result.tracking_uri}): {result.registered_model} v{result.version}")
+    err.print(f"gate: {decision.get('summary', 'not run')}")
+    for reason in decision.get("reasons") or []:
+        err.print(f"  - {reason}")
+    if result.published:
+        err.print(f"champion v{result.version} published to {result.published['to']}")
+    if result.model_dir:
+        err.print(f"Model written to {result.model_dir}")
+    summary = {
+        "run_id": result.run_id,
+        "version": result.version,
+        "promoted": result.promoted,
+        **{k: result.metrics.get(k) for k in ("accuracy", "macro_f1", "n_train", "n_holdout")},
+        "n_feedback": result.n_feedback,
+        "device": result.device.get("kind"),
+    }
     print(json.dumps(summary, indent=2))
 
 

@@ -6,15 +6,14 @@ environment themselves.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from docflow.errors import ConfigurationError
+from docflow.model_source import ModelSource, build_model_source
 from docflow.ports import BlobStore, RecordStore
-from docflow.settings import DEFAULT_MODEL_DIR, Settings, get_settings
+from docflow.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from docflow.domain.classifier import TextClassifier
@@ -22,17 +21,9 @@ if TYPE_CHECKING:
 
 
 def resolve_model_dir(settings: Settings) -> Path:
-    """An explicit DOCFLOW_MODEL_DIR wins; else the locally published champion; else the set-up default."""
-    if settings.model_dir:
-        return settings.model_dir
-    pointer = settings.home / "models" / "champion.json"
-    if pointer.is_file():
-        try:
-            target = Path(json.loads(pointer.read_text())["model_dir"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ConfigurationError(f"unreadable champion pointer {pointer}: {exc}") from exc
-        return target if target.is_absolute() else pointer.parent / target
-    return DEFAULT_MODEL_DIR
+    """An explicit DOCFLOW_MODEL_DIR wins; else the published champion (DOCFLOW_HOME/models, or the model
+    bucket on the aws backend); else the set-up default. Read now; StepContext.classifier caches it."""
+    return build_model_source(settings, ttl_seconds=0).model_dir()
 
 
 @dataclass
@@ -41,12 +32,17 @@ class StepContext:
     blobs: BlobStore
     records: RecordStore
     ocr_engine: OcrEngine | None = field(default=None)
+    model_source: ModelSource | None = field(default=None)
 
     def classifier(self) -> TextClassifier:
         # Imported here so Validate/ExtractText cold starts never load onnxruntime.
         from docflow.domain.classifier import load_classifier
 
-        return load_classifier(resolve_model_dir(self.settings))
+        # The champion pointer is read at cold start and again every model_refresh_seconds; each
+        # version has its own directory, so load_classifier's per-path cache loads a new champion.
+        if self.model_source is None:
+            self.model_source = build_model_source(self.settings, ttl_seconds=self.settings.model_refresh_seconds)
+        return load_classifier(self.model_source.model_dir())
 
 
 def build_context(settings: Settings) -> StepContext:

@@ -35,6 +35,8 @@ class Settings(BaseSettings):
 
     # Model: an explicit directory wins; otherwise the published champion, else the set-up default.
     model_dir: Path | None = None
+    # How long a running process serves the champion it resolved before reading the pointer again.
+    model_refresh_seconds: float = Field(default=60.0, ge=0.0)
     review_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
 
     # Validation limits

@@ -1,0 +1,292 @@
+"""The MLOps loop's pure parts: the gate's rule, the job's contract (hyperparameters, device, corpus
+assembly), and users' labels turned into training examples. No MLflow, no network."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from docflow.adapters.local import LocalBlobStore, SqliteRecordStore
+from docflow.models import ExtractionResult, PageText, Status
+from docflow.records import DocumentRecord
+from docflow_training.data import load_corpus
+from docflow_training.entry import (
+    JobPaths,
+    assemble_corpus,
+    detect_device,
+    job_config,
+    parse_hyperparameters,
+)
+from docflow_training.feedback import TEXT_KEY, FeedbackExample, collect_feedback, write_feedback_corpus
+from docflow_training.launch import hyperparameter_args
+from docflow_training.registry import GatePolicy, Scores, decide
+
+pytestmark = pytest.mark.unit
+
+CORPUS = Path(__file__).resolve().parents[1] / "fixtures" / "corpus"
+
+
+def _scores(macro_f1: float, **recall: float) -> Scores:
+    return Scores(n_docs=10, accuracy=macro_f1, macro_f1=macro_f1, recall=recall, support=dict.fromkeys(recall, 5))
+
+
+# -- the gate --------------------------------------------------------------------------------------
+
+
+def test_gate_promotes_a_better_model_that_loses_no_class() -> None:
+    promote, reasons = decide(_scores(0.90, a=0.9, b=0.9), _scores(0.85, a=0.9, b=0.88), GatePolicy())
+    assert promote and reasons == []
+
+
+def test_gate_refuses_a_model_that_is_not_better_by_the_margin() -> None:
+    policy = GatePolicy(min_macro_f1_gain=0.02)
+    promote, reasons = decide(_scores(0.86, a=0.9), _scores(0.85, a=0.9), policy)
+    assert not promote
+    assert len(reasons) == 1 and "macro-F1 0.8600" in reasons[0] and "+0.0200" in reasons[0]
+
+
+def test_gate_refuses_an_equal_model_by_default() -> None:
+    # "beats" means strictly better: retraining on the same data must not churn the champion.
+    promote, _ = decide(_scores(0.85, a=0.9), _scores(0.85, a=0.9), GatePolicy())
+    assert not promote
+
+
+def test_gate_refuses_a_better_average_that_sacrifices_one_class() -> None:
+    policy = GatePolicy(max_recall_drop=0.05)
+    promote, reasons = decide(_scores(0.95, a=1.0, b=0.80), _scores(0.90, a=0.80, b=0.90), policy)
+    assert not promote
+    assert reasons == ["recall of b drops 0.100 (0.900 -> 0.800; allowed 0.050)"]
+    # The same numbers pass when the policy allows that drop.
+    assert decide(_scores(0.95, a=1.0, b=0.80), _scores(0.90, a=0.80, b=0.90), GatePolicy(max_recall_drop=0.1))[0]
+
+
+def test_gate_counts_a_class_the_challenger_lost_as_zero_recall() -> None:
+    promote, reasons = decide(_scores(0.99, a=1.0), _scores(0.90, a=0.9, b=0.7), GatePolicy())
+    assert not promote and "recall of b drops 0.700" in reasons[0]
+
+
+def test_gate_policy_rejects_nonsense() -> None:
+    with pytest.raises(ValueError):
+        GatePolicy(max_recall_drop=1.5)
+
+
+# -- the job's contract ----------------------------------------------------------------------------
+
+
+def test_hyperparameters_as_sagemaker_passes_them() -> None:
+    hp = parse_hyperparameters(
+        [
+            "--seed",
+            "7",
+            "--c_grid",
+            "1,10,30",
+            "--features",
+            "bpe",
+            "--max-recall-drop=0.1",
+            "--register_version",
+            "false",
+        ]
+    )
+    assert hp == {"seed": 7, "c_grid": "1,10,30", "features": "bpe", "max_recall_drop": 0.1, "register_version": False}
+    config = job_config(hp)
+    assert config.train.seed == 7 and config.train.c_grid == (1.0, 10.0, 30.0) and config.train.features == "bpe"
+    assert config.gate.max_recall_drop == 0.1 and config.register_version is False
+
+
+def test_hyperparameters_round_trip_through_the_launcher() -> None:
+    sent = {"seed": 3, "c_grid": (1.0, 10.0), "publish_to": "s3://models/models", "min_macro_f1_gain": 0.01}
+    config = job_config(parse_hyperparameters(hyperparameter_args(sent)))
+    assert config.train.seed == 3 and config.train.c_grid == (1.0, 10.0)
+    assert config.publish_to == "s3://models/models" and config.gate.min_macro_f1_gain == 0.01
+    # A JSON list (what ModelTrainer serializes a list to) and a single value work too.
+    assert job_config({"c_grid": [3, 30]}).train.c_grid == (3.0, 30.0)
+    assert job_config({"c_grid": 30}).train.c_grid == (30.0,)
+
+
+def test_unknown_hyperparameters_fail_loudly() -> None:
+    with pytest.raises(ValueError, match="unknown hyperparameters \\['epochs'\\]"):
+        job_config({"epochs": 10})
+    with pytest.raises(ValueError):
+        job_config({"holdout_fraction": 1.5})
+    with pytest.raises(ValueError, match="has no value"):
+        parse_hyperparameters(["--seed"])
+
+
+def test_job_paths_follow_the_container_contract(tmp_path: Path) -> None:
+    (tmp_path / "train").mkdir()
+    (tmp_path / "fb").mkdir()
+    env = {
+        "SM_CHANNEL_TRAIN": str(tmp_path / "train"),
+        "SM_CHANNEL_FEEDBACK": str(tmp_path / "fb"),
+        "SM_MODEL_DIR": str(tmp_path / "model"),
+        "SM_OUTPUT_DATA_DIR": str(tmp_path / "out"),
+    }
+    paths = JobPaths.from_env(env)
+    assert paths.train == tmp_path / "train" and paths.feedback == tmp_path / "fb"
+    assert paths.model == tmp_path / "model" and paths.output == tmp_path / "out"
+    assert paths.validation is None or paths.validation == Path("/opt/ml/input/data/validation")
+    # A channel named explicitly but missing is an error, not a silent "no validation set".
+    with pytest.raises(ValueError, match="SM_CHANNEL_VALIDATION"):
+        JobPaths.from_env({**env, "SM_CHANNEL_VALIDATION": str(tmp_path / "nope")})
+    defaults = JobPaths.from_env({})
+    assert defaults.train == Path("/opt/ml/input/data/train") and defaults.model == Path("/opt/ml/model")
+    assert defaults.output == Path("/opt/ml/output/data")
+
+
+def _fake_nvidia_smi(folder: Path, output: str, status: int = 0) -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    script = folder / "nvidia-smi"
+    script.write_text(f"#!/bin/sh\nprintf '{output}'\nexit {status}\n")
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    return str(script)
+
+
+def test_device_detection(tmp_path: Path) -> None:
+    a10g = _fake_nvidia_smi(tmp_path / "ok", "NVIDIA A10G\\n")
+    assert detect_device({}, nvidia_smi=a10g) == detect_device({"SM_NUM_GPUS": "0"}, nvidia_smi=a10g)
+    device = detect_device({}, nvidia_smi=a10g)
+    assert (device.kind, device.count, device.names, device.detected_by) == ("cuda", 1, ("NVIDIA A10G",), "nvidia-smi")
+    # GPUs hidden on purpose win over what is installed.
+    assert detect_device({"CUDA_VISIBLE_DEVICES": ""}, nvidia_smi=a10g).kind == "cpu"
+    # nvidia-smi present but failing (no driver): fall back to SageMaker's count, else CPU.
+    broken = _fake_nvidia_smi(tmp_path / "broken", "", status=9)
+    assert detect_device({"SM_NUM_GPUS": "4"}, nvidia_smi=broken).count == 4
+    assert detect_device({}, nvidia_smi=broken).kind == "cpu"
+    assert detect_device({}, nvidia_smi="").kind == "cpu"
+
+
+def test_feedback_joins_the_class_folder_it_belongs_to(tmp_path: Path) -> None:
+    # Given users' labels in canonical class names, one of them a class the corpus lacks
+    feedback = tmp_path / "feedback"
+    examples = [FeedbackExample(f"doc{i}", "news_article", f"AP news report {i}") for i in range(2)]
+    write_feedback_corpus([*examples, FeedbackExample("doc9", "invoice", "Invoice total due")], feedback)
+    # When the corpus is assembled
+    corpus, added = assemble_corpus(CORPUS, feedback, tmp_path / "work")
+    docs = load_corpus(corpus)
+    # Then news feedback sits in the corpus's own "News" folder (two folders for one class are refused)
+    assert added == 3
+    assert sorted(p.name for p in corpus.iterdir()) == ["Email", "News", "Resume", "invoice"]
+    assert {d.path for d in docs if d.path.startswith("News/feedback-")} == {
+        "News/feedback-doc0.txt",
+        "News/feedback-doc1.txt",
+    }
+    assert len(docs) == len(load_corpus(CORPUS)) + 3
+    assert {d.label for d in docs} == {"email", "news_article", "resume", "invoice"}
+    # And without feedback the train channel is used as it is
+    assert assemble_corpus(CORPUS, None, tmp_path / "other") == (CORPUS, 0)
+
+
+def _extraction(text: str) -> bytes:
+    page = PageText(page=1, text=text, source="ocr", confidence=90.0, words=len(text.split()), seconds=0.1)
+    return ExtractionResult(pages=[page]).model_dump_json().encode()
+
+
+def test_collect_feedback_reads_labelled_records_and_their_text(tmp_path: Path) -> None:
+    blobs, records = LocalBlobStore(tmp_path / "blobs"), SqliteRecordStore(tmp_path / "records.sqlite3")
+    for i in range(250):  # more than one page of the listing
+        records.put_document(DocumentRecord(document_id=f"plain{i:03d}", status=Status.CLASSIFIED, source="x"))
+    cases = {
+        "labelled": ("memo", _extraction("MEMORANDUM To: all staff")),
+        "no-text": ("letter", None),
+        "empty": ("letter", _extraction("   ")),
+        "bad-label": ("../../etc", _extraction("x")),
+    }
+    for doc_id, (label, text) in cases.items():
+        records.put_document(DocumentRecord(document_id=doc_id, status=Status.NEEDS_REVIEW, source="y", label=label))
+        if text is not None:
+            blobs.put(TEXT_KEY.format(document_id=doc_id), text)
+
+    found = collect_feedback(records, blobs)
+
+    assert [(e.document_id, e.label, e.text) for e in found.examples] == [
+        ("labelled", "memo", "MEMORANDUM To: all staff")
+    ]
+    assert dict(found.skipped) == {"no extracted text": 1, "empty text": 1, "invalid label": 1}
+    written = tmp_path / "fb"
+    assert write_feedback_corpus(found.examples, written) == 1
+    assert (written / "memo" / "labelled.txt").read_text() == "MEMORANDUM To: all staff"
+
+
+def test_feedback_reads_text_where_the_pipeline_writes_it() -> None:
+    from docflow.pipeline.steps import text_key
+
+    assert TEXT_KEY.format(document_id="abc") == text_key("abc")
+
+
+def test_the_lambda_runtime_never_imports_mlflow() -> None:
+    # Given the modules Classify and the CLI load (cli_model imports MLflow only inside its commands)
+    code = (
+        "import sys, docflow.model_source, docflow.context, docflow.cli_model;"
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('mlflow', 'sagemaker', 'sklearn'))))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", "import json;" + code], capture_output=True, text=True, env={**os.environ}, check=True
+    )
+    assert json.loads(done.stdout) == []
+
+
+def _fake_python(folder: Path, body: str) -> str:
+    """Stands in for the interpreter run_local_job starts (it is given `-m docflow_training.entry …`)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    script = folder / "python"
+    script.write_text("#!/bin/sh\n" + body)
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    return str(script)
+
+
+def test_local_job_lays_out_the_container_contract(tmp_path: Path, docflow_home: Path) -> None:
+    from docflow.settings import Settings
+    from docflow_training.launch import run_local_job
+
+    # Given a stand-in job that records what it was given and answers like the entry point
+    record = tmp_path / "seen.json"
+    job = tmp_path / "bin" / "python"
+    job.parent.mkdir()
+    job.write_text(
+        f"#!{sys.executable}\n"
+        "import json, os, sys\n"
+        "env = {k: v for k, v in os.environ.items() if k.startswith(('SM_', 'MLFLOW_', 'DOCFLOW_'))}\n"
+        "env['train_resolved'] = os.path.realpath(env['SM_CHANNEL_TRAIN'])\n"
+        f"json.dump({{'argv': sys.argv[1:], 'env': env}}, open({str(record)!r}, 'w'))\n"
+        "out = os.environ['SM_OUTPUT_DATA_DIR']\n"
+        "os.makedirs(out, exist_ok=True)\n"
+        "json.dump({'run_id': 'r1', 'version': 3}, open(os.path.join(out, 'result.json'), 'w'))\n"
+    )
+    job.chmod(job.stat().st_mode | stat.S_IEXEC)
+
+    result = run_local_job(CORPUS, Settings(home=docflow_home), hyperparameters={"seed": 5}, python=str(job))
+
+    seen = json.loads(record.read_text())
+    assert result.run_id == "r1" and result.version == 3 and not result.promoted
+    assert seen["argv"][:2] == ["-m", "docflow_training.entry"]
+    hp = parse_hyperparameters(seen["argv"][2:])
+    assert hp["seed"] == 5 and hp["corpus_uri"] == str(CORPUS.resolve())
+    assert hp["publish_to"] == str((docflow_home / "models").resolve())
+    env = seen["env"]
+    assert env["train_resolved"] == str(CORPUS.resolve())
+    assert "SM_CHANNEL_FEEDBACK" not in env and json.loads(env["SM_CHANNELS"]) == ["train"]
+    assert env["MLFLOW_TRACKING_URI"] == f"sqlite:///{docflow_home.resolve() / 'mlflow.db'}"
+    assert {"SM_MODEL_DIR", "SM_OUTPUT_DATA_DIR", "DOCFLOW_CHECKPOINT_DIR"} <= set(env)
+
+
+def test_local_job_failures_carry_the_jobs_reason(tmp_path: Path, docflow_home: Path) -> None:
+    from docflow.settings import Settings
+    from docflow_training.launch import JobFailedError, run_local_job
+
+    failing = _fake_python(
+        tmp_path / "fail",
+        'echo "training..."; printf "CorpusError: no files" > "$SM_OUTPUT_DATA_DIR/../failure"; exit 1\n',
+    )
+    with pytest.raises(JobFailedError, match="CorpusError: no files") as info:
+        run_local_job(CORPUS, Settings(home=docflow_home), python=failing, include_feedback=False)
+    assert "training..." in str(info.value)
+
+    hanging = _fake_python(tmp_path / "hang", "sleep 30\n")
+    with pytest.raises(JobFailedError, match="ran past 1s"):
+        run_local_job(CORPUS, Settings(home=docflow_home), python=hanging, include_feedback=False, timeout=1)

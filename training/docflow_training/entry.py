@@ -1,0 +1,416 @@
+"""The training job's entry point: SageMaker's training-container contract, run the same way on
+SageMaker and as a local process (``docflow train``; see ``launch.py``).
+
+Contract (defaults are the container's ``/opt/ml`` paths)::
+
+    SM_CHANNEL_TRAIN        the corpus: a folder per class of .txt files   /opt/ml/input/data/train
+    SM_CHANNEL_VALIDATION   optional labelled folder: the held-out set      /opt/ml/input/data/validation
+    SM_CHANNEL_FEEDBACK     optional users' labels, a folder per class      /opt/ml/input/data/feedback
+    SM_MODEL_DIR            the model directory (SageMaker tars it)         /opt/ml/model
+    SM_OUTPUT_DATA_DIR      result.json, confusion_matrix.png               /opt/ml/output/data
+    checkpoints             DOCFLOW_CHECKPOINT_DIR, else /opt/ml/checkpoints if it exists (spot)
+    MLFLOW_TRACKING_URI     where the run and the registry are (a managed MLflow server's ARN on AWS)
+    hyperparameters         ``--name value`` pairs: any TrainConfig field (seed, c_grid, vocab_size, …),
+                            the gate's (min_macro_f1_gain, max_recall_drop, min_eval_docs), and the
+                            job's (register_version, registered_model, publish_to, corpus_uri, run_name)
+
+Steps: assemble the corpus (train channel + feedback) → train_model → MLflow run (registered as a
+new version) → promotion gate against the champion → if promoted and ``publish_to`` is set, publish.
+
+Device. The job looks for CUDA (``nvidia-smi``, ``SM_NUM_GPUS``) and records what it found as the
+``device`` param, and trains on the CPU either way: this model is TF-IDF features into a
+multinomial logistic regression fitted by scikit-learn's Newton-CG on a sparse matrix. There is
+nothing in that for CUDA to accelerate — no dense tensor algebra, no minibatches — and the
+exported ONNX graph is served on CPU by the Classify function. A GPU instance costs more for the
+same minutes; the detection is there so the record says honestly what the job ran on, and so a
+future neural model has the hook.
+
+Checkpoints (spot). There are no epochs to resume: the expensive unit is the whole fit. After it,
+the model directory, held-out set and training manifest go to the checkpoint directory, and after
+the MLflow run its id and version do; a restarted job skips what is done instead of refitting or
+registering a second version.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from docflow_training.data import canonical_label, load_corpus
+from docflow_training.registry import (
+    GatePolicy,
+    Registry,
+    read_holdout,
+    score_model,
+    write_holdout,
+    write_train_manifest,
+)
+from docflow_training.tracking import (
+    HOLDOUT_FILE,
+    REGISTERED_MODEL,
+    TRAIN_MANIFEST_FILE,
+    confusion_matrix_png,
+    flat_params,
+    log_training_run,
+    resolve_tracking,
+)
+from docflow_training.train import TrainConfig, run_training
+
+logger = logging.getLogger("docflow_training.entry")
+
+OPT_ML = Path("/opt/ml")
+RESULT_FILE = "result.json"
+STATE_FILE = "state.json"
+MODEL_FILES = ("model.onnx", "tokenizer.json", "labels.json", "config.json", "metrics.json")
+
+
+class JobConfig(BaseModel):
+    """Everything a run is told, validated once: the training config, the gate, and the job's own."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    gate: GatePolicy = Field(default_factory=GatePolicy)
+    register_version: bool = True  # False: a tracked run only, no registry version, no gate
+    registered_model: str = REGISTERED_MODEL
+    publish_to: str | None = None  # "s3://<model bucket>/models" or a local models dir; used when promoted
+    corpus_uri: str | None = None  # where the train channel came from (S3 URI or path), for the record
+    run_name: str | None = None
+
+
+_JOB_FIELDS = {"register_version", "registered_model", "publish_to", "corpus_uri", "run_name"}
+
+
+def parse_hyperparameters(argv: Sequence[str]) -> dict[str, Any]:
+    """``--name value`` / ``--name=value`` pairs as SageMaker passes them; values are JSON when they
+    parse as JSON (numbers, booleans, lists), else strings. Dashes in names become underscores."""
+    out: dict[str, Any] = {}
+    items = list(argv)
+    i = 0
+    while i < len(items):
+        item = items[i]
+        if not item.startswith("--") or len(item) < 3:
+            raise ValueError(f"expected --name value, got {item!r}")
+        if "=" in item:
+            name, raw = item[2:].split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(items):
+                raise ValueError(f"{item} has no value")
+            name, raw = item[2:], items[i + 1]
+            i += 2
+        try:
+            value: Any = json.loads(raw)
+        except ValueError:
+            value = raw
+        out[name.replace("-", "_")] = value
+    return out
+
+
+def _sequence_field(model: type[BaseModel], name: str) -> bool:
+    annotation = model.model_fields[name].annotation
+    return typing.get_origin(annotation) in (tuple, list)
+
+
+def _coerce(model: type[BaseModel], name: str, value: Any) -> Any:
+    # "1,10,30" or a lone 30 for a sequence field (c_grid): SageMaker hyperparameters are strings.
+    if _sequence_field(model, name):
+        if isinstance(value, str):
+            return [
+                json.loads(part) if re.fullmatch(r"[-+0-9.eE]+", part.strip()) else part.strip()
+                for part in value.split(",")
+                if part.strip()
+            ]
+        if not isinstance(value, list | tuple):
+            return [value]
+    return value
+
+
+def job_config(hyperparameters: Mapping[str, Any]) -> JobConfig:
+    train: dict[str, Any] = {}
+    gate: dict[str, Any] = {}
+    job: dict[str, Any] = {}
+    unknown = []
+    for name, value in hyperparameters.items():
+        if name in TrainConfig.model_fields:
+            train[name] = _coerce(TrainConfig, name, value)
+        elif name in GatePolicy.model_fields:
+            gate[name] = value
+        elif name in _JOB_FIELDS:
+            job[name] = value
+        else:
+            unknown.append(name)
+    if unknown:
+        known = sorted({*TrainConfig.model_fields, *GatePolicy.model_fields, *_JOB_FIELDS})
+        raise ValueError(f"unknown hyperparameters {sorted(unknown)}; known: {', '.join(known)}")
+    return JobConfig(train=TrainConfig(**train), gate=GatePolicy(**gate), **job)
+
+
+@dataclass(frozen=True)
+class JobPaths:
+    train: Path
+    validation: Path | None
+    feedback: Path | None
+    model: Path
+    output: Path
+    checkpoints: Path | None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> JobPaths:
+        def channel(name: str) -> Path | None:
+            explicit = env.get(f"SM_CHANNEL_{name.upper()}")
+            if explicit and not Path(explicit).is_dir():
+                raise ValueError(f"SM_CHANNEL_{name.upper()}={explicit} is not a directory")
+            path = Path(explicit) if explicit else OPT_ML / "input" / "data" / name
+            return path if path.is_dir() else None
+
+        train = env.get("SM_CHANNEL_TRAIN") or str(OPT_ML / "input" / "data" / "train")
+        checkpoints = env.get("DOCFLOW_CHECKPOINT_DIR") or (
+            str(OPT_ML / "checkpoints") if (OPT_ML / "checkpoints").is_dir() else None
+        )
+        return cls(
+            train=Path(train),
+            validation=channel("validation"),
+            feedback=channel("feedback"),
+            model=Path(env.get("SM_MODEL_DIR") or OPT_ML / "model"),
+            output=Path(env.get("SM_OUTPUT_DATA_DIR") or OPT_ML / "output" / "data"),
+            checkpoints=Path(checkpoints) if checkpoints else None,
+        )
+
+
+@dataclass(frozen=True)
+class Device:
+    kind: str  # "cuda" | "cpu"
+    count: int
+    names: tuple[str, ...]
+    detected_by: str
+
+
+def detect_device(env: Mapping[str, str] = os.environ, nvidia_smi: str | None = None) -> Device:
+    """What accelerator the job has (torch is not installed: ``nvidia-smi``, then SageMaker's env)."""
+    visible = env.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return Device("cpu", 0, (), "CUDA_VISIBLE_DEVICES hides every GPU")
+    smi = nvidia_smi if nvidia_smi is not None else shutil.which("nvidia-smi")
+    if smi:
+        try:
+            done = subprocess.run(
+                [smi, "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=20
+            )
+            names = tuple(line.strip() for line in done.stdout.splitlines() if line.strip())
+            if done.returncode == 0 and names:
+                return Device("cuda", len(names), names, "nvidia-smi")
+        except (OSError, subprocess.SubprocessError) as exc:
+            logger.info("nvidia-smi failed: %s", exc)
+    gpus = env.get("SM_NUM_GPUS", "0")
+    if gpus.isdigit() and int(gpus) > 0:
+        return Device("cuda", int(gpus), (), "SM_NUM_GPUS")
+    return Device("cpu", 0, (), "no nvidia-smi GPU")
+
+
+def _class_folders(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def assemble_corpus(train: Path, feedback: Path | None, work: Path) -> tuple[Path, int]:
+    """The train channel, plus the feedback channel's documents filed under the train channel's
+    folder for the same class (``News`` and ``news_article`` are one class: two folders for it would
+    be refused). Links, not copies. Returns (corpus dir, feedback documents added)."""
+    feedback_files = (
+        [(folder, f) for folder in _class_folders(feedback) for f in sorted(folder.glob("*.txt"))] if feedback else []
+    )
+    if not feedback_files:
+        return train, 0
+    merged = work / "corpus"
+    merged.mkdir(parents=True)
+    folder_for: dict[str, str] = {}
+    for folder in _class_folders(train):
+        folder_for[canonical_label(folder.name)] = folder.name
+        (merged / folder.name).mkdir()
+        for path in folder.glob("*.txt"):
+            (merged / folder.name / path.name).symlink_to(path.resolve())
+    for folder, path in feedback_files:
+        name = folder_for.setdefault(canonical_label(folder.name), folder.name)
+        (merged / name).mkdir(exist_ok=True)
+        (merged / name / f"feedback-{path.name}").symlink_to(path.resolve())
+    logger.info("corpus: %s plus %d feedback documents", train, len(feedback_files))
+    return merged, len(feedback_files)
+
+
+class _State:
+    """Progress in the checkpoint directory, so a restarted (spot) job resumes instead of redoing."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.data: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+
+    def save(self, **updates: Any) -> None:
+        self.data.update(updates)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=2))
+        os.replace(tmp, self.path)
+
+
+def run_job(config: JobConfig, paths: JobPaths, env: Mapping[str, str] = os.environ) -> dict[str, Any]:
+    started = time.perf_counter()
+    device = detect_device(env)
+    logger.info("device: %s (%s); fitting on cpu", device.kind, device.detected_by)
+    if not paths.train.is_dir():
+        raise FileNotFoundError(f"train channel not found: {paths.train}")
+    with tempfile.TemporaryDirectory(prefix="docflow-entry-") as scratch:
+        work = paths.checkpoints or Path(scratch) / "work"
+        work.mkdir(parents=True, exist_ok=True)
+        state = _State(work / STATE_FILE)
+        model_dir, gate_dir, plots_dir = work / "model", work / "gate", work / "plots"
+
+        if "trained" not in state.data:
+            corpus, n_feedback = assemble_corpus(paths.train, paths.feedback, Path(scratch))
+            fit_started = time.perf_counter()
+            result = run_training(corpus, model_dir, config.train)
+            fit_seconds = time.perf_counter() - fit_started
+            holdout = load_corpus(paths.validation) if paths.validation else result.holdout_docs
+            write_holdout(holdout, gate_dir / HOLDOUT_FILE)
+            write_train_manifest(result.train_docs, gate_dir / TRAIN_MANIFEST_FILE)
+            extra: dict[str, float] = {"job_fit_seconds": round(fit_seconds, 3)}
+            if paths.validation:
+                scores = score_model(model_dir, read_holdout(gate_dir / HOLDOUT_FILE))
+                extra.update(validation_accuracy=scores.accuracy, validation_macro_f1=scores.macro_f1)
+                extra.update({f"validation_recall.{k}": v for k, v in scores.recall.items()})
+            state.save(
+                trained=True,
+                n_feedback=n_feedback,
+                n_holdout=len(holdout),
+                holdout_source="validation channel" if paths.validation else "train_model's held-out split",
+                extra_metrics=extra,
+            )
+        else:
+            logger.info("checkpoint: model already trained at %s; not refitting", model_dir)
+
+        metrics = json.loads((model_dir / "metrics.json").read_text(encoding="utf-8"))
+        if metrics.get("confusion_matrix"):
+            confusion_matrix_png(metrics["confusion_matrix"], plots_dir / "confusion_matrix.png")
+
+        tracking = resolve_tracking(env=env)
+        if "run_id" not in state.data:
+            params = {
+                **flat_params("train.", config.train.model_dump(mode="json")),
+                **flat_params("gate.", config.gate.model_dump(mode="json")),
+                "device": device.kind,
+                "device.count": str(device.count),
+                "device.names": ",".join(device.names) or "-",
+                "device.detected_by": device.detected_by,
+                "device.fit": "cpu",  # see the module docstring: nothing here for CUDA to run
+                "n_feedback": str(state.data["n_feedback"]),
+                "holdout.source": state.data["holdout_source"],
+                "holdout.n_documents": str(state.data["n_holdout"]),
+                "corpus_uri": config.corpus_uri or str(paths.train),
+            }
+            job_name = env.get("TRAINING_JOB_NAME")
+            logged = log_training_run(
+                tracking,
+                model_dir=model_dir,
+                gate_dir=gate_dir,
+                params=params,
+                extra_metrics=state.data.get("extra_metrics"),
+                plots_dir=plots_dir,
+                tags={"docflow.job": f"sagemaker:{job_name}" if job_name else "local"},
+                register_as=config.registered_model if config.register_version else None,
+                run_name=config.run_name,
+                corpus_uri=config.corpus_uri,
+            )
+            state.save(run_id=logged.run_id, version=logged.version, experiment_id=logged.experiment_id)
+
+        version = state.data.get("version")
+        decision: dict[str, Any] | None = state.data.get("decision")
+        published = state.data.get("published")
+        if version is not None and decision is None:
+            registry = Registry(tracking, config.registered_model)
+            gated = registry.gate(int(version), config.gate)
+            decision = gated.to_dict()
+            state.save(decision=decision)
+        if version is not None and decision and decision["promoted"] and config.publish_to and not published:
+            from docflow_training.publish import publish_version, target_from_uri
+
+            pointer = publish_version(
+                Registry(tracking, config.registered_model), int(version), target_from_uri(config.publish_to)
+            )
+            published = {"to": config.publish_to, "pointer": json.loads(pointer.model_dump_json())}
+            state.save(published=published)
+
+        paths.model.mkdir(parents=True, exist_ok=True)
+        for name in MODEL_FILES:
+            if (model_dir / name).is_file():
+                shutil.copy2(model_dir / name, paths.model / name)
+        paths.output.mkdir(parents=True, exist_ok=True)
+        for png in plots_dir.glob("*.png"):
+            shutil.copy2(png, paths.output / png.name)
+        result_doc = {
+            "run_id": state.data.get("run_id"),
+            "experiment_id": state.data.get("experiment_id"),
+            "tracking_uri": tracking.uri,
+            "registered_model": config.registered_model if version is not None else None,
+            "version": version,
+            "decision": decision,
+            "published": published,
+            "device": asdict(device),
+            "n_feedback": state.data.get("n_feedback"),
+            "holdout_source": state.data.get("holdout_source"),
+            "metrics": {
+                k: metrics.get(k) for k in ("accuracy", "macro_f1", "n_train", "n_holdout", "training_seconds")
+            },
+            "model_selection": metrics.get("model_selection"),
+            "job_seconds": round(time.perf_counter() - started, 2),
+        }
+        (paths.output / RESULT_FILE).write_text(json.dumps(result_doc, indent=2) + "\n", encoding="utf-8")
+    return result_doc
+
+
+def _write_failure(paths: JobPaths | None, message: str) -> None:
+    # SageMaker shows /opt/ml/output/failure as the job's FailureReason.
+    output = paths.output.parent if paths else OPT_ML / "output"
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "failure").write_text(message[:1024], encoding="utf-8")
+    except OSError:
+        pass
+
+
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    env = os.environ if env is None else env
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    paths: JobPaths | None = None
+    try:
+        paths = JobPaths.from_env(env)
+        config = job_config(parse_hyperparameters(sys.argv[1:] if argv is None else argv))
+    except (ValueError, ValidationError) as exc:
+        _write_failure(paths, f"bad job configuration: {exc}")
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        result = run_job(config, paths, env)
+    except Exception as exc:
+        _write_failure(paths, f"{type(exc).__name__}: {exc}")
+        traceback.print_exc()
+        return 1
+    promoted = (result["decision"] or {}).get("promoted")
+    print(json.dumps({"run_id": result["run_id"], "version": result["version"], "promoted": promoted}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

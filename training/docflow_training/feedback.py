@@ -1,0 +1,105 @@
+"""Users' labels as training data.
+
+A label sent back through the API is kept on the document's record (``DocumentRecord.label``);
+the text the pipeline extracted is in the blob store at ``text/{document_id}.json`` (an
+ExtractionResult). Together they are one more labelled document. They are laid out as a corpus
+(``<label>/<document_id>.txt``) so the training job reads them as a channel like any other.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from docflow.models import ExtractionResult
+from docflow.ports import BlobNotFoundError, BlobStore, RecordStore
+from docflow.records import DocumentRecord
+
+logger = logging.getLogger(__name__)
+
+# pipeline.steps.text_key's layout; not imported from there because that module pulls in the OCR
+# engines, which a training container does not have. A test keeps the two in step.
+TEXT_KEY = "text/{document_id}.json"
+PAGE_SIZE = 200
+_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_ -]{0,99}")
+
+
+@dataclass(frozen=True)
+class FeedbackExample:
+    document_id: str
+    label: str
+    text: str
+
+
+@dataclass
+class FeedbackSet:
+    examples: list[FeedbackExample] = field(default_factory=list)
+    skipped: Counter[str] = field(default_factory=Counter)  # reason -> documents
+
+    def by_label(self) -> dict[str, int]:
+        return dict(sorted(Counter(e.label for e in self.examples).items()))
+
+
+def iter_labelled(records: RecordStore, page_size: int = PAGE_SIZE) -> Iterator[DocumentRecord]:
+    """Every document record that carries a user's label, through the store's paginated listing.
+
+    A full pass over the records: training runs rarely, and this needs no index of its own.
+    """
+    cursor: str | None = None
+    while True:
+        page, cursor = records.list_documents(limit=page_size, cursor=cursor)
+        for record in page:
+            if record.label:
+                yield record
+        if cursor is None:
+            return
+
+
+def collect_feedback(records: RecordStore, blobs: BlobStore) -> FeedbackSet:
+    """The labelled documents whose extracted text can be read; the others are counted by reason."""
+    found = FeedbackSet()
+    seen: set[str] = set()
+    for record in iter_labelled(records):
+        if record.document_id in seen:
+            continue
+        seen.add(record.document_id)
+        label = (record.label or "").strip()
+        if not _LABEL.fullmatch(label):  # it becomes a folder name
+            found.skipped["invalid label"] += 1
+            continue
+        try:
+            raw = blobs.get(TEXT_KEY.format(document_id=record.document_id))
+            text = ExtractionResult.model_validate_json(raw).text
+        except BlobNotFoundError:
+            found.skipped["no extracted text"] += 1
+            continue
+        except ValidationError:
+            found.skipped["unreadable extracted text"] += 1
+            continue
+        if not text.strip():
+            found.skipped["empty text"] += 1
+            continue
+        found.examples.append(FeedbackExample(record.document_id, label, text))
+    if found.examples or found.skipped:
+        logger.info(
+            "feedback: %d labelled documents %s; skipped %s",
+            len(found.examples),
+            found.by_label(),
+            dict(found.skipped) or "none",
+        )
+    return found
+
+
+def write_feedback_corpus(examples: list[FeedbackExample], out_dir: Path) -> int:
+    """Lay ``examples`` out as ``out_dir/<label>/<document_id>.txt``; returns how many were written."""
+    for example in examples:
+        folder = out_dir / example.label
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{example.document_id}.txt").write_text(example.text, encoding="utf-8")
+    return len(examples)
