@@ -36,7 +36,15 @@ def docflow_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every test gets an empty state directory; nothing leaks into ~/.docflow."""
     home = tmp_path / "docflow-home"
     monkeypatch.setenv("DOCFLOW_HOME", str(home))
-    for var in ("DOCFLOW_MODEL_DIR", "DOCFLOW_BACKEND", "DOCFLOW_DOCUMENTS_BUCKET", "DOCFLOW_TABLE_NAME"):
+    # MLflow's set_tracking_uri also exports MLFLOW_TRACKING_URI to the process: never inherit another test's.
+    for var in (
+        "DOCFLOW_MODEL_DIR",
+        "DOCFLOW_BACKEND",
+        "DOCFLOW_DOCUMENTS_BUCKET",
+        "DOCFLOW_TABLE_NAME",
+        "MLFLOW_TRACKING_URI",
+        "MLFLOW_EXPERIMENT_NAME",
+    ):
         monkeypatch.delenv(var, raising=False)
     from docflow.context import get_context
     from docflow.settings import get_settings
