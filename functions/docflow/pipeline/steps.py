@@ -168,19 +168,25 @@ def record_outcome_step(state: PipelineState, ctx: StepContext) -> PipelineState
     return state
 
 
-def extract_step(state: PipelineState, ctx: StepContext) -> PipelineState:
-    """Text per page: the PDF's own text layer where it has one, Tesseract otherwise."""
+def _extract(
+    state: PipelineState, ctx: StepContext, first_page: int = 1, last_page: int | None = None
+) -> ExtractionResult:
+    """Text of the document's pages first_page..last_page, with the document's OCR languages."""
     from docflow.domain.extraction import extract_text
 
-    started = time.perf_counter()
     if state.document_id is None or state.media_type is None:
-        raise PermanentError("extract text needs a validated document")
+        raise PermanentError("text extraction needs a validated document")
     options = ctx.settings.ocr
     if state.languages:
         options = options.model_copy(update={"languages": state.languages})
-    result = extract_text(_read_blob(ctx, state.ref.key), MediaType(state.media_type), options, ctx.ocr_engine)
+    data = _read_blob(ctx, state.ref.key)
+    return extract_text(data, MediaType(state.media_type), options, ctx.ocr_engine, first_page, last_page)
+
+
+def _with_text(state: PipelineState, ctx: StepContext, result: ExtractionResult, started: float) -> PipelineState:
+    """Park the document's text in the blob store (Step Functions caps a state at 256 KB) and point to it."""
+    assert state.document_id
     key = text_key(state.document_id)
-    # The text goes to the blob store, not the state: Step Functions caps a state at 256 KB.
     ctx.blobs.put(key, result.model_dump_json().encode(), content_type="application/json")
     return state.model_copy(
         update={
@@ -188,30 +194,22 @@ def extract_step(state: PipelineState, ctx: StepContext) -> PipelineState:
             "text_source": result.text_source,
             "ocr_confidence": result.mean_confidence,
             "pages": len(result.pages),
+            "parts": None,  # merged page ranges are not needed any more
             "timings": _elapsed(state, "extract", started),
         }
     )
 
 
+def extract_step(state: PipelineState, ctx: StepContext) -> PipelineState:
+    """Text per page: the PDF's own text layer where it has one, Tesseract otherwise."""
+    started = time.perf_counter()
+    return _with_text(state, ctx, _extract(state, ctx), started)
+
+
 def extract_pages_step(task: PageRangeTask, ctx: StepContext) -> PagePart:
     """One page range of a long PDF (a Map iteration): extract and park the text in the blob store."""
-    from docflow.domain.extraction import extract_text
-
-    state = task.state
-    if state.document_id is None or state.media_type is None:
-        raise PermanentError("extract pages needs a validated document")
-    options = ctx.settings.ocr
-    if state.languages:
-        options = options.model_copy(update={"languages": state.languages})
-    result = extract_text(
-        _read_blob(ctx, state.ref.key),
-        MediaType(state.media_type),
-        options,
-        ctx.ocr_engine,
-        first_page=task.first_page,
-        last_page=task.last_page,
-    )
-    key = f"text/{state.document_id}/pages-{task.first_page:05d}-{task.last_page:05d}.json"
+    result = _extract(task.state, ctx, task.first_page, task.last_page)
+    key = f"text/{task.state.document_id}/pages-{task.first_page:05d}-{task.last_page:05d}.json"
     ctx.blobs.put(key, result.model_dump_json().encode(), content_type="application/json")
     return PagePart(first_page=task.first_page, last_page=task.last_page, key=key)
 
@@ -224,19 +222,7 @@ def merge_text_step(state: PipelineState, ctx: StepContext) -> PipelineState:
     pages = []
     for part in sorted(state.parts, key=lambda p: p.first_page):
         pages += ExtractionResult.model_validate_json(_read_blob(ctx, part.key)).pages
-    result = ExtractionResult(pages=pages)
-    key = text_key(state.document_id)
-    ctx.blobs.put(key, result.model_dump_json().encode(), content_type="application/json")
-    return state.model_copy(
-        update={
-            "text_key": key,
-            "text_source": result.text_source,
-            "ocr_confidence": result.mean_confidence,
-            "pages": len(result.pages),
-            "parts": None,  # keep the state small: the parts are merged
-            "timings": _elapsed(state, "extract", started),
-        }
-    )
+    return _with_text(state, ctx, ExtractionResult(pages=pages), started)
 
 
 def classify_step(state: PipelineState, ctx: StepContext) -> PipelineState:
