@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from datetime import datetime
 
 from docflow.records import DocumentRecord, PredictionRecord, UploadRecord
 
@@ -75,3 +76,10 @@ class RecordStore(ABC):
 
     @abstractmethod
     def list_predictions(self, document_id: str) -> list[PredictionRecord]: ...
+
+    @abstractmethod
+    def list_documents_updated(
+        self, statuses: Sequence[str], since: datetime, until: datetime
+    ) -> list[DocumentRecord]:
+        """Documents now in one of ``statuses`` whose last update falls in [since, until), oldest first
+        (the drift job's window of recent predictions: CLASSIFIED and NEEDS_REVIEW records)."""

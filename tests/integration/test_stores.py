@@ -124,6 +124,38 @@ def test_uploads_and_prediction_history(stores: tuple[BlobStore, RecordStore]) -
     assert [(p.model_version, p.predicted_class) for p in history] == [("1", "memo"), ("2", "letter")]
 
 
+def test_documents_updated_in_a_window(stores: tuple[BlobStore, RecordStore]) -> None:
+    _, records = stores
+    now = utcnow()
+    # Given classified and review documents before, inside and after a window, and a rejected one inside it
+    for doc_id, status, minutes in (
+        ("old", Status.CLASSIFIED, -90),
+        ("w1", Status.CLASSIFIED, -50),
+        ("w2", Status.NEEDS_REVIEW, -30),
+        ("w3", Status.CLASSIFIED, -10),
+        ("rej", Status.REJECTED, -20),
+        ("late", Status.CLASSIFIED, 5),
+    ):
+        when = now + timedelta(minutes=minutes)
+        records.put_document(
+            DocumentRecord(
+                document_id=doc_id, status=status, source=f"{doc_id}.pdf", created_at=when, updated_at=when
+            ).model_copy(update={"predicted_class": "memo", "confidence": 0.75, "model_version": "3"})
+        )
+    # When the last hour is listed for the two statuses that carry a prediction
+    window = records.list_documents_updated(
+        ["CLASSIFIED", "NEEDS_REVIEW"], now - timedelta(hours=1), now
+    )
+    # Then exactly the documents updated inside [since, until) come back, oldest first, with their prediction
+    assert [r.document_id for r in window] == ["w1", "w2", "w3"]
+    assert all(r.predicted_class == "memo" and r.confidence == 0.75 and r.model_version == "3" for r in window)
+    # The bounds are half-open and a status filter of nothing lists nothing
+    w1_time = window[0].updated_at
+    assert [r.document_id for r in records.list_documents_updated(["CLASSIFIED"], w1_time, w1_time)] == []
+    assert [r.document_id for r in records.list_documents_updated(["CLASSIFIED"], w1_time, now)] == ["w1", "w3"]
+    assert records.list_documents_updated([], now - timedelta(hours=2), now) == []
+
+
 def test_local_blob_keys_cannot_escape_the_root(tmp_path: Path) -> None:
     blobs = LocalBlobStore(tmp_path / "blobs")
     for key in ("../evil", "a/../../evil", "/etc/passwd", ""):

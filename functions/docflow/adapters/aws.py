@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
 from decimal import Decimal
 from functools import cached_property
 from typing import Any
@@ -120,6 +121,11 @@ PREDICTION_PREFIX = "PREDICTION#"
 STATUS_INDEX = "by-status"
 
 
+def _utc_text(moment: datetime) -> str:
+    """A bound in the stored form of updated_at (utcnow().isoformat()); a naive time is taken as UTC."""
+    return (moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)).isoformat()
+
+
 def _to_item(model: Any) -> dict[str, Any]:
     # DynamoDB wants Decimal, not float; a JSON round trip converts nested values too.
     item: dict[str, Any] = json.loads(model.model_dump_json(exclude_none=True), parse_float=Decimal)
@@ -231,3 +237,23 @@ class DynamoRecordStore(RecordStore):
 
     def list_predictions(self, document_id: str) -> list[PredictionRecord]:
         return [PredictionRecord.model_validate(i) for i in self._query_prefix(document_id, PREDICTION_PREFIX)]
+
+    def list_documents_updated(
+        self, statuses: Sequence[str], since: datetime, until: datetime
+    ) -> list[DocumentRecord]:
+        # The by-status index is sorted by "<updated_at iso>#<id>": a key range per status is the window
+        # ("<since>" sorts before "<since>#…", "<until>" before "<until>#…": [since, until)).
+        records: list[DocumentRecord] = []
+        for status in statuses:
+            kwargs: dict[str, Any] = {
+                "IndexName": STATUS_INDEX,
+                "KeyConditionExpression": Key("gsi1pk").eq(status)
+                & Key("gsi1sk").between(_utc_text(since), _utc_text(until)),
+            }
+            while True:
+                resp = self._call("list documents updated", self._table.query, **kwargs)
+                records += [DocumentRecord.model_validate(i) for i in resp.get("Items", [])]
+                if "LastEvaluatedKey" not in resp:
+                    break
+                kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+        return sorted(records, key=lambda r: (r.updated_at, r.document_id))

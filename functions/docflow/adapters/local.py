@@ -8,7 +8,8 @@ import sqlite3
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
 from docflow.errors import ConfigurationError
@@ -127,6 +128,11 @@ def _enable_wal(conn: sqlite3.Connection, attempts: int = 100) -> None:
     raise ConfigurationError("could not switch the record store to WAL mode: the database stays locked")
 
 
+def _utc_text(moment: datetime) -> str:
+    """A bound in the stored form of updated_at (utcnow().isoformat()); a naive time is taken as UTC."""
+    return (moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)).isoformat()
+
+
 class SqliteRecordStore(RecordStore):
     """SQLite in WAL mode: many worker processes may write; each process opens its own connection."""
 
@@ -217,6 +223,23 @@ class SqliteRecordStore(RecordStore):
             .fetchall()
         )
         return [PredictionRecord.model_validate_json(r[0]) for r in rows]
+
+    def list_documents_updated(
+        self, statuses: Sequence[str], since: datetime, until: datetime
+    ) -> list[DocumentRecord]:
+        if not statuses:
+            return []
+        # updated_at is stored as isoformat text in UTC: string order is time order (documents_by_status).
+        rows = (
+            self._connect()
+            .execute(
+                f"SELECT data FROM documents WHERE status IN ({', '.join('?' * len(statuses))}) "
+                "AND updated_at >= ? AND updated_at < ? ORDER BY updated_at, document_id",
+                [*statuses, _utc_text(since), _utc_text(until)],
+            )
+            .fetchall()
+        )
+        return [DocumentRecord.model_validate_json(r[0]) for r in rows]
 
     def count_uploads_by_status(self) -> dict[str, int]:
         rows = self._connect().execute("SELECT status, COUNT(*) FROM uploads GROUP BY status").fetchall()
