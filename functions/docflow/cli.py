@@ -20,6 +20,7 @@ from docflow.settings import Settings
 
 if TYPE_CHECKING:
     from docflow.pipeline.embedded import DocumentResult
+    from docflow.telemetry import PrometheusSink
 
 app = typer.Typer(
     name="docflow",
@@ -85,6 +86,7 @@ def process(
         if json_output:
             print(result.model_dump_json(), flush=True)
 
+    sink = _prometheus()
     with progress:
         task = progress.add_task("Processing", total=len(files))
         results = process_paths(
@@ -97,6 +99,24 @@ def process(
 
     if not json_output:
         _print_table(results)
+    _write_metrics(sink, settings.home / "metrics" / "docflow.prom")
+
+
+def _prometheus() -> PrometheusSink:
+    """This run's signals (its worker processes hand theirs back), for the textfile written at the end."""
+    from docflow import telemetry
+
+    sink = telemetry.PrometheusSink()
+    telemetry.configure(sink)
+    return sink
+
+
+def _write_metrics(sink: PrometheusSink, path: Path) -> None:
+    """The run's metrics in node_exporter's textfile-collector format; where they are goes to stderr."""
+    try:
+        err.print(f"metrics: {sink.write_textfile(path)}")
+    except OSError as exc:  # the results are out already: a metrics file that cannot be written is a warning
+        err.print(f"[yellow]metrics not written to {path}: {exc}[/yellow]")
 
 
 def _print_table(results: list[DocumentResult]) -> None:
@@ -292,11 +312,14 @@ def eval_command(
     except EvalInputError as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
+    sink = _prometheus()
     try:
         results, labels = run_pipeline(items, workers, model_dir=model_dir, review_threshold=review_threshold)
     except ValidationError as exc:
         err.print(f"[red]Invalid configuration:[/red]\n{exc}")
         raise typer.Exit(2) from None
+    # Its own folder: a textfile collector on metrics/ must not read the same series from two files.
+    _write_metrics(sink, _settings().home / "metrics" / "eval" / "docflow.prom")
     rows = rows_from_results(items, results)
     report = evaluate(rows, model_labels=labels)
     if rows_out:

@@ -373,6 +373,13 @@ def model_accuracy(model_version: str, accuracy: float) -> None:
     _emit(MODEL_ACCURACY, accuracy, {"model_version": model_version})
 
 
+def model_metrics(model_version: str, metrics: Mapping[str, object] | None) -> None:
+    """model_accuracy from a model's metrics.json (its held-out evaluation), where it has an accuracy."""
+    accuracy = (metrics or {}).get("accuracy")
+    if isinstance(accuracy, int | float) and not isinstance(accuracy, bool):
+        model_accuracy(model_version, float(accuracy))
+
+
 def api_request(endpoint: str, method: str, status: int, seconds: float) -> None:
     """One API request; `endpoint` is the route template (/documents/{document_id}), never the raw path."""
     _emit(API_REQUEST_SECONDS, seconds, {"endpoint": endpoint, "method": method, "status": str(status)})

@@ -15,6 +15,7 @@ from starlette.types import Scope
 from docflow import __version__
 from docflow.api import errors, routes
 from docflow.api.config import ApiSettings, get_api_settings
+from docflow.api.metrics import RequestMetricsMiddleware
 from docflow.api.middleware import RequestContextMiddleware
 from docflow.api.security import require_api_key
 from docflow.api.worker import Submitter
@@ -83,4 +84,6 @@ def create_app(
     app.include_router(routes.public)
     app.include_router(routes.protected, dependencies=[Depends(require_api_key)])
     app.add_middleware(RequestContextMiddleware, body_limit=body_limit)
+    # Outermost (added last): it times every answer, the body-limit 413s included.
+    app.add_middleware(RequestMetricsMiddleware)
     return app

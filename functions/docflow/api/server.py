@@ -36,11 +36,14 @@ def serve(host: str, port: int, workers: int, settings: Settings) -> None:
     documents in flight. Uploads accepted but not started run at the next start (journal)."""
     import uvicorn
 
+    from docflow import telemetry
     from docflow.api.app import create_app
     from docflow.api.config import ApiSettings
+    from docflow.api.metrics import install_metrics_endpoint, report_loaded_model
     from docflow.api.worker import LocalWorkers
     from docflow.context import build_context
     from docflow.observability import logger
+    from docflow.telemetry import PrometheusSink
 
     if settings.backend != "local":
         raise ConfigurationError("`docflow serve` runs on the embedded stores (DOCFLOW_BACKEND=local)")
@@ -59,8 +62,13 @@ def serve(host: str, port: int, workers: int, settings: Settings) -> None:
     # Before libtesseract loads (upload-and-predict OCRs in this process): its OpenMP threads only contend.
     os.environ.setdefault("OMP_THREAD_LIMIT", "1")
     ctx = build_context(settings)
+    # Prometheus: this process's requests, and the pipeline signals its workers hand back (GET /metrics).
+    sink = PrometheusSink()
+    telemetry.configure(sink)
+    report_loaded_model(ctx)
     pool = LocalWorkers(settings, workers=workers, max_queue=api.api_max_queue)
     app = create_app(context=lambda: ctx, api_settings=lambda: api, submitter=pool)
+    install_metrics_endpoint(app, sink)
     config = uvicorn.Config(
         app,
         host=host,

@@ -19,6 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from docflow import telemetry
 from docflow.api.config import ApiSettings
 from docflow.api.errors import ApiError
 from docflow.api.schemas import (
@@ -88,6 +89,7 @@ def _prediction_response(prediction: Prediction, ctx: StepContext, all_scores: b
 
 def predict_text(ctx: StepContext, text: str, return_all_scores: bool) -> PredictionResponse:
     prediction = classifier(ctx).predict(text)
+    telemetry.prediction(prediction.predicted_class, prediction.confidence, prediction.model_version)
     return PredictionResponse(**_prediction_response(prediction, ctx, return_all_scores))
 
 
@@ -279,6 +281,10 @@ def set_label(ctx: StepContext, document_id: str, label: str) -> DocumentRespons
         raise ApiError(422, "unknown_label", f"label {label!r} is not one of the model's classes: {', '.join(classes)}")
     updated = record.model_copy(update={"label": label, "updated_at": utcnow()})
     ctx.records.put_document(updated)
+    if record.label != label:  # a new training example: counted towards retraining (docflow/retrain.py)
+        from docflow.retrain import label_added
+
+        label_added(ctx.settings, ctx.records)
     return _document_response(updated, ctx, None)
 
 
@@ -514,6 +520,12 @@ def upload_and_predict(
     except Exception as exc:
         _raise_extraction_error(exc)
         raise
+    ocr_pages = [p for p in extraction.pages if p.source == "ocr"]
+    if ocr_pages:
+        telemetry.ocr_page_seconds(sum(p.seconds for p in ocr_pages), len(ocr_pages))
+        if extraction.mean_confidence is not None:
+            telemetry.ocr_confidence(extraction.mean_confidence)
+    telemetry.prediction(prediction.predicted_class, prediction.confidence, prediction.model_version)
     response = _prediction_response(prediction, ctx, return_all_scores)
     response["processing_time"] = round(sum(timings.values()), 4)
     return UploadPredictionResponse(

@@ -23,6 +23,7 @@ from typing import Protocol
 
 from pydantic import BaseModel, Field, ValidationError
 
+from docflow import telemetry
 from docflow.context import StepContext, build_context
 from docflow.models import Status, utcnow
 from docflow.pipeline.state import DocumentRef, PipelineState, StepError
@@ -30,6 +31,9 @@ from docflow.records import UploadRecord
 from docflow.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# What a worker hands back: the upload's terminal status, and the signals it emitted on the way.
+WorkResult = tuple[Status, list[telemetry.Emission]]
 
 
 class PendingUpload(BaseModel):
@@ -131,9 +135,12 @@ def _init_worker(settings: Settings) -> None:
     _worker_ctx = build_context(settings)
 
 
-def _work(job: PendingUpload) -> Status:
+def _work(job: PendingUpload) -> WorkResult:
+    """One upload in a worker; its signals come back with the status, for the server's /metrics."""
     assert _worker_ctx is not None, "worker not initialised"
-    return process_upload(job, _worker_ctx)
+    with telemetry.recording() as signals:
+        status = process_upload(job, _worker_ctx)
+    return status, signals
 
 
 # -- the local pool and its journal ----------------------------------------------------------------------
@@ -164,7 +171,7 @@ class LocalWorkers:
         self._ctx = build_context(settings)  # the journal owner's own stores, for recording failures
         self._lock = threading.RLock()
         self._pool: Executor | None = None
-        self._inflight: dict[str, Future[Status]] = {}
+        self._inflight: dict[str, Future[WorkResult]] = {}
         self._stopping = False
         self._idle = threading.Condition(self._lock)
 
@@ -239,7 +246,7 @@ class LocalWorkers:
         self._inflight[job.upload_id] = future
         future.add_done_callback(lambda f: self._done(job, f, pool))
 
-    def _done(self, job: PendingUpload, future: Future[Status], pool: Executor) -> None:
+    def _done(self, job: PendingUpload, future: Future[WorkResult], pool: Executor) -> None:
         with self._lock:
             try:
                 self._settle(job, future, pool)
@@ -248,11 +255,12 @@ class LocalWorkers:
                     del self._inflight[job.upload_id]
                 self._idle.notify_all()
 
-    def _settle(self, job: PendingUpload, future: Future[Status], pool: Executor) -> None:
+    def _settle(self, job: PendingUpload, future: Future[WorkResult], pool: Executor) -> None:
         if future.cancelled():
             return  # never started (shutdown): the journal entry brings it back at the next start
         exc = future.exception()
         if exc is None:
+            telemetry.replay(future.result()[1])
             self._forget(job)
             return
         if isinstance(exc, BrokenProcessPool):

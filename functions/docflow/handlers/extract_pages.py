@@ -5,6 +5,7 @@ from typing import Any
 from aws_lambda_powertools.utilities.parser import event_parser
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from docflow import telemetry
 from docflow.context import get_context
 from docflow.observability import logger, metrics, tracer
 from docflow.pipeline.state import PageRangeTask
@@ -18,4 +19,6 @@ from docflow.pipeline.steps import extract_pages_step
 def handler(event: PageRangeTask, context: LambdaContext) -> dict[str, Any]:
     if event.state.document_id:
         logger.set_correlation_id(event.state.document_id)
-    return extract_pages_step(event, get_context()).model_dump(mode="json")
+    with telemetry.timed_step("ExtractPages"):
+        part = extract_pages_step(event, get_context())
+    return part.model_dump(mode="json")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from docflow import telemetry
 from docflow.context import StepContext, build_context
 from docflow.models import Status
 from docflow.pipeline.runner import Runner
@@ -115,9 +116,12 @@ def _init_worker(settings: Settings) -> None:
     _worker_ctx = build_context(settings)
 
 
-def _work(path: str, source: str, languages: str | None) -> DocumentResult:
+def _work(path: str, source: str, languages: str | None) -> tuple[DocumentResult, list[telemetry.Emission]]:
+    """One document; its signals come back with its row (worker processes have no sink of their own)."""
     assert _worker_ctx is not None, "worker not initialised"
-    return process_file(Path(path), source, _worker_ctx, languages)
+    with telemetry.recording() as signals:
+        result = process_file(Path(path), source, _worker_ctx, languages)
+    return result, signals
 
 
 def process_paths(
@@ -130,7 +134,8 @@ def process_paths(
     """Run every (path, source) through the pipeline; results come back in input order."""
     results: list[DocumentResult | None] = [None] * len(files)
 
-    def done(i: int, result: DocumentResult) -> None:
+    def done(i: int, result: DocumentResult, signals: list[telemetry.Emission]) -> None:
+        telemetry.replay(signals)  # into this process's sink: exact counts whatever the pool did
         results[i] = result
         if on_result:
             on_result(result)
@@ -140,16 +145,17 @@ def process_paths(
     if workers <= 1 or len(files) <= 1:
         _init_worker(settings)
         for i, (path, source) in enumerate(files):
-            done(i, _work(str(path), source, languages))
+            done(i, *_work(str(path), source, languages))
     else:
         with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(settings,)) as pool:
-            futures: dict[Future[DocumentResult], int] = {
+            futures: dict[Future[tuple[DocumentResult, list[telemetry.Emission]]], int] = {
                 pool.submit(_work, str(path), source, languages): i for i, (path, source) in enumerate(files)
             }
             for future in as_completed(futures):
                 i = futures[future]
+                signals: list[telemetry.Emission] = []
                 try:
-                    result = future.result()
+                    result, signals = future.result()
                 except Exception as exc:  # a worker died (killed, out of memory): still one row
                     result = DocumentResult(
                         source=files[i][1],
@@ -159,5 +165,6 @@ def process_paths(
                         reason=f"the worker processing this document stopped: {exc}",
                         seconds=0.0,
                     )
-                done(i, result)
+                    telemetry.document_processed(Status.FAILED, None)  # its row says FAILED: so do the counts
+                done(i, result, signals)
     return [r for r in results if r is not None]

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from docflow import telemetry
 from docflow.context import StepContext
 from docflow.pipeline import policy
 from docflow.pipeline.state import DocumentRef, PageRangeTask, PipelineState, StepError
@@ -47,7 +48,8 @@ class Runner:
         attempts: dict[str, int] = {}
         while True:
             try:
-                return step(payload, self.ctx)
+                with telemetry.timed_step(name):  # each attempt, as each retry is its own invocation on AWS
+                    return step(payload, self.ctx)
             except Exception as exc:
                 error_name = type(exc).__name__
                 rule = policy.retry_rule_for(error_name)

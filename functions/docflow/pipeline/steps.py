@@ -8,17 +8,22 @@ RecordFailure's layers hold no numpy, Classify's no pdfium (tests/infra/test_lay
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from docflow import telemetry
 from docflow.context import StepContext
 from docflow.errors import PermanentError
 from docflow.models import ExtractionResult, MediaType, RejectionCode, Status, utcnow
 from docflow.pipeline.state import PagePart, PageRange, PageRangeTask, PipelineState
 from docflow.ports import BlobNotFoundError
 from docflow.records import DocumentRecord, PredictionRecord, UploadRecord
+
+if TYPE_CHECKING:
+    from docflow.domain.classifier import TextClassifier
 
 
 def text_key(document_id: str) -> str:
@@ -84,7 +89,7 @@ def validate_step(state: PipelineState, ctx: StepContext) -> PipelineState:
         digest = hashlib.sha256()
         for chunk in ctx.blobs.iter_chunks(state.ref.key):
             digest.update(chunk)
-        return state.model_copy(
+        rejected = state.model_copy(
             update={
                 "document_id": digest.hexdigest(),
                 "size_bytes": size,
@@ -94,6 +99,8 @@ def validate_step(state: PipelineState, ctx: StepContext) -> PipelineState:
                 "timings": _elapsed(state, "validate", started),
             }
         )
+        telemetry.document_uploaded()
+        return rejected
 
     report = validate_document(_read_blob(ctx, state.ref.key), limits)
     base = state.model_copy(
@@ -105,6 +112,7 @@ def validate_step(state: PipelineState, ctx: StepContext) -> PipelineState:
         }
     )
     if not report.accepted:
+        telemetry.document_uploaded()
         return base.model_copy(
             update={
                 "status": Status.REJECTED,
@@ -136,6 +144,8 @@ def validate_step(state: PipelineState, ctx: StepContext) -> PipelineState:
             duplicate_of=existing.document_id,
             reason=f"same content as {existing.source} (document {existing.document_id[:12]}…)",
         )
+    if not update.get("replay"):
+        telemetry.document_uploaded()
     return base.model_copy(update=update)
 
 
@@ -165,6 +175,8 @@ def record_outcome_step(state: PipelineState, ctx: StepContext) -> PipelineState
             duplicate_of=state.duplicate_of,
         )
     )
+    # Its pipeline was validation alone: that is its time to a terminal status.
+    telemetry.document_processed(state.status, sum(state.timings.values()))
     return state
 
 
@@ -188,6 +200,8 @@ def _with_text(state: PipelineState, ctx: StepContext, result: ExtractionResult,
     assert state.document_id
     key = text_key(state.document_id)
     ctx.blobs.put(key, result.model_dump_json().encode(), content_type="application/json")
+    if result.mean_confidence is not None:  # OCR ran on at least one page
+        telemetry.ocr_confidence(result.mean_confidence)
     return state.model_copy(
         update={
             "text_key": key,
@@ -203,12 +217,21 @@ def _with_text(state: PipelineState, ctx: StepContext, result: ExtractionResult,
 def extract_step(state: PipelineState, ctx: StepContext) -> PipelineState:
     """Text per page: the PDF's own text layer where it has one, Tesseract otherwise."""
     started = time.perf_counter()
-    return _with_text(state, ctx, _extract(state, ctx), started)
+    result = _extract(state, ctx)
+    _report_ocr_seconds(result)
+    return _with_text(state, ctx, result, started)
+
+
+def _report_ocr_seconds(result: ExtractionResult) -> None:
+    ocr_pages = [p for p in result.pages if p.source == "ocr"]
+    if ocr_pages:
+        telemetry.ocr_page_seconds(sum(p.seconds for p in ocr_pages), len(ocr_pages))
 
 
 def extract_pages_step(task: PageRangeTask, ctx: StepContext) -> PagePart:
     """One page range of a long PDF (a Map iteration): extract and park the text in the blob store."""
     result = _extract(task.state, ctx, task.first_page, task.last_page)
+    _report_ocr_seconds(result)
     key = f"text/{task.state.document_id}/pages-{task.first_page:05d}-{task.last_page:05d}.json"
     ctx.blobs.put(key, result.model_dump_json().encode(), content_type="application/json")
     return PagePart(first_page=task.first_page, last_page=task.last_page, key=key)
@@ -232,7 +255,9 @@ def classify_step(state: PipelineState, ctx: StepContext) -> PipelineState:
         raise PermanentError("classify needs extracted text")
     extraction = ExtractionResult.model_validate_json(_read_blob(ctx, state.text_key))
     text = extraction.text
-    prediction = ctx.classifier().predict(text)
+    model = ctx.classifier()
+    _report_model(model)
+    prediction = model.predict(text)
     threshold = ctx.settings.review_threshold
     if not text.strip():
         status, reason = Status.NEEDS_REVIEW, "no text could be extracted from the document"
@@ -254,11 +279,27 @@ def classify_step(state: PipelineState, ctx: StepContext) -> PipelineState:
             "timings": timings,
         }
     )
-    _record_classification(classified, ctx)
+    record = _record_classification(classified, ctx)
+    telemetry.prediction(prediction.predicted_class, prediction.confidence, prediction.model_version)
+    if not state.status.terminal:  # a pipeline run, not the API's re-classification of a finished document
+        telemetry.document_processed(status, (record.updated_at - record.created_at).total_seconds())
     return classified
 
 
-def _record_classification(state: PipelineState, ctx: StepContext) -> None:
+_reported_models: set[str] = set()
+
+
+def _report_model(model: TextClassifier) -> None:
+    """The held-out accuracy of a model, once per model version and process (it reads metrics.json)."""
+    if model.version in _reported_models:
+        return
+    _reported_models.add(model.version)
+    # An unreadable metrics.json does not stop the model from classifying.
+    with contextlib.suppress(ValueError):
+        telemetry.model_metrics(model.version, model.metrics)
+
+
+def _record_classification(state: PipelineState, ctx: StepContext) -> DocumentRecord:
     assert state.document_id and state.prediction and state.result_key
     prediction = state.prediction
     record = document_record(state, ctx.records.get_document(state.document_id))
@@ -283,6 +324,7 @@ def _record_classification(state: PipelineState, ctx: StepContext) -> None:
     )
     ctx.records.put_document(record)
     ctx.records.put_upload(UploadRecord(document_id=state.document_id, source=state.ref.source, status=state.status))
+    return record
 
 
 def record_failure_step(state: PipelineState, ctx: StepContext) -> PipelineState:
@@ -301,4 +343,11 @@ def record_failure_step(state: PipelineState, ctx: StepContext) -> PipelineState
     if existing is None or state.proceed:
         ctx.records.put_document(document_record(failed, existing))
     ctx.records.put_upload(UploadRecord(document_id=document_id, source=state.ref.source, status=Status.FAILED))
+    if state.document_id is None:  # it failed before Validate counted it: it is an upload all the same
+        telemetry.document_uploaded()
+    if state.proceed and existing is not None:
+        seconds = (utcnow() - existing.created_at).total_seconds()
+    else:
+        seconds = sum(state.timings.values())
+    telemetry.document_processed(Status.FAILED, seconds)
     return failed
