@@ -60,14 +60,14 @@ def process(
     home: Annotated[Path | None, typer.Option(help="State directory (default: DOCFLOW_HOME or ~/.docflow).")] = None,
 ) -> None:
     """Run every document through validate → extract text → classify, on the local stores."""
-    from docflow.pipeline.embedded import discover, process_paths
+    from docflow.pipeline.embedded import discover, display_path, process_paths
 
     settings = _settings(home=home, ocr_languages=languages)
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         err.print(f"[red]No such file or folder:[/red] {', '.join(missing)}")
         raise typer.Exit(2)
-    files = [(path, str(path)) for path in discover(paths)]
+    files = [(path, display_path(path)) for path in discover(paths)]
     if not files:
         err.print("[yellow]No files found.[/yellow]")
         raise typer.Exit(0)

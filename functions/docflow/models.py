@@ -58,6 +58,9 @@ class RejectionCode(StrEnum):
     TOO_MANY_PAGES = "TOO_MANY_PAGES"
     TOO_MANY_PIXELS = "TOO_MANY_PIXELS"
     BAD_DIMENSIONS = "BAD_DIMENSIONS"
+    # A PDF content stream (a page's text and drawing instructions) that expands past the limit: PDFium's
+    # memory grows ~14x the expanded size to parse it and ~130 bytes per character to extract its text.
+    CONTENT_TOO_LARGE = "CONTENT_TOO_LARGE"
 
 
 class ValidationLimits(BaseModel):
@@ -71,6 +74,11 @@ class ValidationLimits(BaseModel):
     min_dimension: int = Field(default=16, gt=0)
     # PDF pages are checked against the two limits above at the resolution they will be rendered at for OCR.
     render_dpi: int = Field(default=200, gt=0)
+    # PDF content-stream budget (decompressed bytes), measured before PDFium parses any page: one stream
+    # (dense text is ~1 byte per character: 4 MiB keeps text extraction of a page well under 1 GiB) and all
+    # of them together.
+    max_content_stream_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    max_content_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
 
 
 class ValidationReport(BaseModel):

@@ -7,6 +7,7 @@ decoded one by one. A PDF page with a real text layer is never rendered nor OCR'
 from __future__ import annotations
 
 import io
+import math
 import time
 from collections.abc import Iterator
 from contextlib import suppress
@@ -241,6 +242,35 @@ def _ocr_pdf_page(page: pdfium.PdfPage, options: OcrOptions, engine: OcrEngine) 
 
 # -- images ---------------------------------------------------------------------------------------------
 
+# A frame above this many pixels is reduced (box filter, integer factor) before OCR, as a PDF page above
+# MAX_RENDER_PIXELS is rendered smaller: a 100 Mpx RGB scan (the validation limit) would otherwise cost ~2 GB
+# in copies and in Tesseract; reduced it stays under 1 GiB, and a 600 dpi A4 page (35 Mpx) is left alone.
+MAX_OCR_PIXELS = 36_000_000
+_EXIF_ORIENTATION = 0x0112
+_ORIENT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _upright_frame(source: Image.Image, *, single: bool) -> Image.Image:
+    """A copy of the current frame, upright (EXIF orientation, for phone photos), at most MAX_OCR_PIXELS."""
+    pixels = source.width * source.height
+    if pixels <= MAX_OCR_PIXELS:
+        return ImageOps.exif_transpose(source)
+    factor = math.ceil(math.sqrt(pixels / MAX_OCR_PIXELS))
+    orientation = source.getexif().get(_EXIF_ORIENTATION, 1)
+    reduced = source.reduce(factor)
+    if single:
+        source.close()  # frees the full-size pixels now rather than when the file is done
+    transpose = _ORIENT.get(orientation)
+    return reduced.transpose(transpose) if transpose is not None else reduced
+
 
 _PIL_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
@@ -264,7 +294,7 @@ def _image_pages(
             started = time.perf_counter()
             try:
                 source.seek(index)
-                frame = ImageOps.exif_transpose(source)  # a copy of this frame, upright for phone photos
+                frame = _upright_frame(source, single=frames == 1)
                 image = prepare_for_ocr(frame, options)
             except _PIL_ERRORS as exc:
                 raise DocumentReadError(f"cannot decode frame {index + 1}: {exc}") from exc

@@ -89,10 +89,16 @@ def discover(paths: Iterable[Path]) -> Iterator[Path]:
             yield path
 
 
+def display_path(path: Path | str) -> str:
+    """A path as text that any store and JSON can hold: a file name that is not UTF-8 (Linux allows any
+    bytes) keeps its bytes visible as \\xNN escapes instead of failing every encode later."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def ingest_key(path: Path) -> str:
     """Where a local file is kept in the blob store: stable per absolute path, readable name."""
-    digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
-    return f"incoming/{digest}/{path.name}"
+    digest = hashlib.sha256(os.fsencode(path.resolve())).hexdigest()[:16]
+    return f"incoming/{digest}/{display_path(path.name)}"
 
 
 def process_file(path: Path, source: str, ctx: StepContext, languages: str | None = None) -> DocumentResult:
