@@ -130,7 +130,7 @@ def test_first_run_is_tracked_registered_and_promoted(loop: Loop) -> None:
     assert version.tags["gate.decision"] == "promoted"
     model_dir = registry.download_model_dir(1, loop.home.parent / "v1-download")
     assert sorted(p.name for p in model_dir.iterdir()) == sorted(
-        ["model.onnx", "tokenizer.json", "labels.json", "config.json", "metrics.json"]
+        ["model.onnx", "tokenizer.json", "labels.json", "config.json", "metrics.json", "baseline.json"]
     )
 
 

@@ -191,6 +191,7 @@ def test_the_uploaded_code_runs_the_job_on_its_own(tmp_path: Path) -> None:
     result = json.loads((tmp_path / "output" / "data" / "result.json").read_text())
     assert result["run_id"] and result["version"] is None  # tracked, not registered
     assert sorted(p.name for p in (tmp_path / "model").iterdir()) == [
+        "baseline.json",
         "config.json",
         "labels.json",
         "metrics.json",

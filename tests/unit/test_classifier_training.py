@@ -17,6 +17,7 @@ from docflow.domain.classifier import (
     TextClassifier,
     load_classifier,
 )
+from docflow.domain.drift import CONFIDENCE_EDGES, load_baseline
 from docflow.domain.text import normalize_text
 from docflow.models import Prediction
 from docflow_training.data import (
@@ -56,7 +57,7 @@ def classifier(trained: TrainingResult) -> TextClassifier:
 
 def test_model_directory_holds_the_contract_files(trained: TrainingResult) -> None:
     files = sorted(p.name for p in trained.model_dir.iterdir())
-    assert files == sorted([*REQUIRED_FILES, "metrics.json"])
+    assert files == sorted([*REQUIRED_FILES, "metrics.json", "baseline.json"])
     assert json.loads((trained.model_dir / "labels.json").read_text()) == LABELS
     config = json.loads((trained.model_dir / "config.json").read_text())
     assert config["name"] == "docflow-classifier"
@@ -64,6 +65,18 @@ def test_model_directory_holds_the_contract_files(trained: TrainingResult) -> No
     assert config["training_data"]["sha256"] == dataset_digest(CORPUS).sha256
     # Nothing left beside it from the staging directory.
     assert [p.name for p in trained.model_dir.parent.iterdir()] == ["classifier"]
+
+
+def test_drift_baseline_summarises_the_holdout_predictions(trained: TrainingResult) -> None:
+    baseline = load_baseline(trained.model_dir)
+    metrics = trained.metrics
+    assert baseline.model_version == metrics["model_version"] and baseline.n_predictions == metrics["n_holdout"]
+    # Class counts are the confusion matrix's column sums: what the model predicted on the held-out split
+    matrix = metrics["confusion_matrix"]["matrix"]
+    predicted = {label: sum(row[j] for row in matrix) for j, label in enumerate(metrics["confusion_matrix"]["labels"])}
+    assert baseline.class_counts == predicted and set(baseline.class_counts) == set(LABELS)
+    assert baseline.confidence.edges == list(CONFIDENCE_EDGES)
+    assert sum(baseline.confidence.counts) == metrics["n_holdout"]
 
 
 def test_metrics_describe_the_holdout(trained: TrainingResult) -> None:

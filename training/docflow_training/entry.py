@@ -76,7 +76,7 @@ logger = logging.getLogger("docflow_training.entry")
 OPT_ML = Path("/opt/ml")
 RESULT_FILE = "result.json"
 STATE_FILE = "state.json"
-MODEL_FILES = ("model.onnx", "tokenizer.json", "labels.json", "config.json", "metrics.json")
+MODEL_FILES = ("model.onnx", "tokenizer.json", "labels.json", "config.json", "metrics.json", "baseline.json")
 
 
 class JobConfig(BaseModel):

@@ -46,7 +46,7 @@ logger = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
-MODEL_FILE_NAMES = ("model.onnx", "tokenizer.json", "labels.json", "config.json", "metrics.json")
+MODEL_FILE_NAMES = ("model.onnx", "tokenizer.json", "labels.json", "config.json", "metrics.json", "baseline.json")
 
 
 class RegistryError(RuntimeError):

@@ -42,7 +42,8 @@ TRAIN_MANIFEST_FILE = "train_manifest.json"
 # What serves the model (the Lambda's ML layer): declared, not inferred — inference loads the model
 # in a subprocess and takes ~12 s per run.
 RUNTIME_PACKAGES = ("onnxruntime", "tokenizers", "numpy")
-EXTRA_MODEL_FILES = ("tokenizer.json", "labels.json", "config.json", "metrics.json")
+# baseline.json (the drift baseline) is absent from models trained before it existed: logged when present.
+EXTRA_MODEL_FILES = ("tokenizer.json", "labels.json", "config.json", "metrics.json", "baseline.json")
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ from docflow.domain.classifier import (
     TextClassifier,
     encode_texts,
 )
+from docflow.domain.drift import build_baseline, write_baseline
 from docflow.domain.text import NORMALIZER_VERSION, normalize_text
 from docflow_training.data import DatasetDigest, Document, dataset_digest, load_corpus, stratified_split
 from docflow_training.export import build_tfidf_linear_graph
@@ -421,6 +422,19 @@ def run_training(data_dir: Path, out_dir: Path, config: TrainConfig | None = Non
             "training_seconds": round(time.perf_counter() - started, 2),
         }
         _write_json(staging / METRICS_FILE, metrics)
+        # What drift is measured against (docflow drift): the served graph's predictions on the held-out split.
+        write_baseline(
+            staging,
+            build_baseline(
+                [fitted.labels[i] for i in np.argmax(onnx_probabilities, axis=1)],
+                [float(p) for p in onnx_probabilities.max(axis=1)],
+                fitted.labels,
+                model_name=config.model_name,
+                model_version=version,
+                created_at=created_at,
+                source=f"held-out split ({len(holdout_docs)} documents, seed {config.seed})",
+            ),
+        )
         del served  # release the session's file handle before the directory moves
         _replace_dir(staging, out_dir)
     except BaseException:
