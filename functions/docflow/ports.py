@@ -78,8 +78,14 @@ class RecordStore(ABC):
     def list_predictions(self, document_id: str) -> list[PredictionRecord]: ...
 
     @abstractmethod
-    def list_documents_updated(
-        self, statuses: Sequence[str], since: datetime, until: datetime
-    ) -> list[DocumentRecord]:
+    def list_documents_updated(self, statuses: Sequence[str], since: datetime, until: datetime) -> list[DocumentRecord]:
         """Documents now in one of ``statuses`` whose last update falls in [since, until), oldest first
         (the drift job's window of recent predictions: CLASSIFIED and NEEDS_REVIEW records)."""
+
+    @abstractmethod
+    def increment_counter(self, name: str) -> int:
+        """Atomically add 1 to a named counter (created at 0) and return the new value."""
+
+    @abstractmethod
+    def get_counter(self, name: str) -> int:
+        """A counter's value; 0 when it was never incremented."""

@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     ocr_upscale_below_height: int = Field(default=1800, ge=0)
     ocr_page_timeout: float = Field(default=120.0, gt=0)
 
+    # Fault injection for tests and drills (docflow/faults.py): e.g. "ExtractText=transient:2,Classify=permanent".
+    faults: str = ""
+    faults_seed: int = 0
+
     @field_validator("ocr_languages")
     @classmethod
     def _languages(cls, value: str) -> str:
@@ -62,6 +66,14 @@ class Settings(BaseSettings):
         if not parts or not all(p.isalnum() or "_" in p for p in parts):
             raise ValueError(f"expected tesseract language codes like 'eng' or 'eng+rus', got {value!r}")
         return "+".join(parts)
+
+    @field_validator("faults")
+    @classmethod
+    def _faults(cls, value: str) -> str:
+        from docflow.faults import parse_faults
+
+        parse_faults(value)  # a ValueError here names the bad entry
+        return value
 
     @property
     def limits(self) -> ValidationLimits:

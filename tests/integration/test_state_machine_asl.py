@@ -6,11 +6,13 @@ from __future__ import annotations
 import importlib
 import io
 import json
+import os
 import threading
 import time
 import traceback
 import zipfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import boto3
@@ -59,7 +61,8 @@ def _serve_with_real_handlers(faults: Faults, monkeypatch: pytest.MonkeyPatch) -
             if faults.plan.get(name):
                 raise faults.plan[name].pop(0)
             module, func = self.handler.rsplit(".", 1)
-            result = getattr(importlib.import_module(module), func)(event, FakeLambdaContext(function_name=name))
+            with _function_environment(self.environment_vars or {}):
+                result = getattr(importlib.import_module(module), func)(event, FakeLambdaContext(function_name=name))
             return json.dumps(result), False, ""
         except Exception as exc:  # what the Lambda runtime reports for an unhandled exception
             error = {
@@ -70,6 +73,32 @@ def _serve_with_real_handlers(faults: Faults, monkeypatch: pytest.MonkeyPatch) -
             return json.dumps(error), True, ""
 
     monkeypatch.setattr(LambdaFunction, "_invoke_lambda", invoke)
+
+
+@contextmanager
+def _function_environment(variables: dict[str, str]) -> Iterator[None]:
+    """The function's own Environment (set with create/update_function_configuration) for one invocation,
+    over the process's; settings and context are rebuilt from it, as a fresh sandbox would."""
+    if not variables:
+        yield
+        return
+    from docflow.context import get_context
+    from docflow.settings import get_settings
+
+    saved = {k: os.environ.get(k) for k in variables}
+    os.environ.update(variables)
+    get_settings.cache_clear()
+    get_context.cache_clear()
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        get_settings.cache_clear()
+        get_context.cache_clear()
 
 
 def _definition_with(arns: dict[str, str]) -> str:
@@ -124,7 +153,7 @@ def machine(faults: Faults, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[st
         arn = sfn.create_state_machine(name="pipeline", definition=_definition_with(arns), roleArn=role)[
             "stateMachineArn"
         ]
-        yield {"sfn": sfn, "arn": arn, "s3": boto3.client("s3", region_name=REGION)}
+        yield {"sfn": sfn, "arn": arn, "s3": boto3.client("s3", region_name=REGION), "lambda": lam}
 
 
 def _execute(machine: dict[str, Any], key: str, body: bytes, timeout: float = 180) -> tuple[str, dict[str, Any]]:

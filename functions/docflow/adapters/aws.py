@@ -118,6 +118,9 @@ class S3BlobStore(BlobStore):
 DOCUMENT_SK = "DOCUMENT"
 UPLOAD_PREFIX = "UPLOAD#"
 PREDICTION_PREFIX = "PREDICTION#"
+# Counters live under pk = COUNTER#<name>, sk = COUNTER: no status index entry, never listed as documents.
+COUNTER_PREFIX = "COUNTER#"
+COUNTER_SK = "COUNTER"
 STATUS_INDEX = "by-status"
 
 
@@ -238,9 +241,7 @@ class DynamoRecordStore(RecordStore):
     def list_predictions(self, document_id: str) -> list[PredictionRecord]:
         return [PredictionRecord.model_validate(i) for i in self._query_prefix(document_id, PREDICTION_PREFIX)]
 
-    def list_documents_updated(
-        self, statuses: Sequence[str], since: datetime, until: datetime
-    ) -> list[DocumentRecord]:
+    def list_documents_updated(self, statuses: Sequence[str], since: datetime, until: datetime) -> list[DocumentRecord]:
         # The by-status index is sorted by "<updated_at iso>#<id>": a key range per status is the window
         # ("<since>" sorts before "<since>#…", "<until>" before "<until>#…": [since, until)).
         records: list[DocumentRecord] = []
@@ -257,3 +258,23 @@ class DynamoRecordStore(RecordStore):
                     break
                 kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
         return sorted(records, key=lambda r: (r.updated_at, r.document_id))
+
+    def increment_counter(self, name: str) -> int:
+        resp = self._call(
+            "increment counter",
+            self._table.update_item,
+            Key={"pk": f"{COUNTER_PREFIX}{name}", "sk": COUNTER_SK},
+            UpdateExpression="ADD n :one",
+            ExpressionAttributeValues={":one": 1},
+            ReturnValues="UPDATED_NEW",
+        )
+        return int(resp["Attributes"]["n"])
+
+    def get_counter(self, name: str) -> int:
+        resp = self._call(
+            "get counter",
+            self._table.get_item,
+            Key={"pk": f"{COUNTER_PREFIX}{name}", "sk": COUNTER_SK},
+            ConsistentRead=True,
+        )
+        return int(resp.get("Item", {}).get("n", 0))

@@ -111,6 +111,10 @@ CREATE TABLE IF NOT EXISTS predictions (
     data TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS predictions_by_document ON predictions (document_id, id);
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT PRIMARY KEY,
+    n INTEGER NOT NULL
+);
 """
 
 
@@ -224,9 +228,7 @@ class SqliteRecordStore(RecordStore):
         )
         return [PredictionRecord.model_validate_json(r[0]) for r in rows]
 
-    def list_documents_updated(
-        self, statuses: Sequence[str], since: datetime, until: datetime
-    ) -> list[DocumentRecord]:
+    def list_documents_updated(self, statuses: Sequence[str], since: datetime, until: datetime) -> list[DocumentRecord]:
         if not statuses:
             return []
         # updated_at is stored as isoformat text in UTC: string order is time order (documents_by_status).
@@ -240,6 +242,21 @@ class SqliteRecordStore(RecordStore):
             .fetchall()
         )
         return [DocumentRecord.model_validate_json(r[0]) for r in rows]
+
+    def increment_counter(self, name: str) -> int:
+        row = (
+            self._connect()
+            .execute(
+                "INSERT INTO counters (name, n) VALUES (?, 1) ON CONFLICT (name) DO UPDATE SET n = n + 1 RETURNING n",
+                (name,),
+            )
+            .fetchone()
+        )
+        return int(row[0])
+
+    def get_counter(self, name: str) -> int:
+        row = self._connect().execute("SELECT n FROM counters WHERE name = ?", (name,)).fetchone()
+        return int(row[0]) if row else 0
 
     def count_uploads_by_status(self) -> dict[str, int]:
         rows = self._connect().execute("SELECT status, COUNT(*) FROM uploads GROUP BY status").fetchall()

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from docflow import telemetry
 from docflow.context import StepContext
 from docflow.errors import PermanentError
+from docflow.faults import fault_point
 from docflow.models import ExtractionResult, MediaType, RejectionCode, Status, utcnow
 from docflow.pipeline.state import PagePart, PageRange, PageRangeTask, PipelineState
 from docflow.ports import BlobNotFoundError
@@ -73,6 +74,7 @@ def _read_blob(ctx: StepContext, key: str) -> bytes:
         raise PermanentError(f"object {key!r} not found in {ctx.blobs.describe()}") from None
 
 
+@fault_point("Validate")
 def validate_step(state: PipelineState, ctx: StepContext) -> PipelineState:
     """Check the bytes; decide whether this upload is new work, a duplicate, or a redelivery."""
     from docflow.domain.validation import validate_document
@@ -135,8 +137,10 @@ def validate_step(state: PipelineState, ctx: StepContext) -> PipelineState:
         ctx.records.put_document(fresh)
         update.update(status=Status.PROCESSING, proceed=True)
     elif existing.source == state.ref.source:
-        # The same upload delivered again (at-least-once events, or the CLI run twice): report the
-        # outcome we already have; never process or count it twice.
+        # Idempotency key: (content hash, object). The same object delivered again (EventBridge is
+        # at-least-once; the CLI run twice) or its identical bytes put again as a new version: report the
+        # outcome already on record (or in progress, when a concurrent delivery owns it); never process
+        # or count it twice. Other content under this name has another hash: new work.
         update.update(status=existing.status, replay=True, reason=existing.reason, code=existing.code)
     else:
         update.update(
@@ -157,6 +161,7 @@ def page_ranges(pages: int, per_chunk: int) -> list[PageRange]:
     ]
 
 
+@fault_point("RecordOutcome")
 def record_outcome_step(state: PipelineState, ctx: StepContext) -> PipelineState:
     """Record an upload that ends at validation: REJECTED, DUPLICATE, or a redelivery."""
     if state.document_id is None:
@@ -214,6 +219,7 @@ def _with_text(state: PipelineState, ctx: StepContext, result: ExtractionResult,
     )
 
 
+@fault_point("ExtractText")
 def extract_step(state: PipelineState, ctx: StepContext) -> PipelineState:
     """Text per page: the PDF's own text layer where it has one, Tesseract otherwise."""
     started = time.perf_counter()
@@ -228,6 +234,7 @@ def _report_ocr_seconds(result: ExtractionResult) -> None:
         telemetry.ocr_page_seconds(sum(p.seconds for p in ocr_pages), len(ocr_pages))
 
 
+@fault_point("ExtractPages")
 def extract_pages_step(task: PageRangeTask, ctx: StepContext) -> PagePart:
     """One page range of a long PDF (a Map iteration): extract and park the text in the blob store."""
     result = _extract(task.state, ctx, task.first_page, task.last_page)
@@ -237,6 +244,7 @@ def extract_pages_step(task: PageRangeTask, ctx: StepContext) -> PagePart:
     return PagePart(first_page=task.first_page, last_page=task.last_page, key=key)
 
 
+@fault_point("MergeText")
 def merge_text_step(state: PipelineState, ctx: StepContext) -> PipelineState:
     """Join the page ranges, in page order, into the document's text."""
     started = time.perf_counter()
@@ -248,6 +256,7 @@ def merge_text_step(state: PipelineState, ctx: StepContext) -> PipelineState:
     return _with_text(state, ctx, ExtractionResult(pages=pages), started)
 
 
+@fault_point("Classify")
 def classify_step(state: PipelineState, ctx: StepContext) -> PipelineState:
     """Name the document's type; below the review threshold it needs a person."""
     started = time.perf_counter()
