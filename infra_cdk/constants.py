@@ -57,3 +57,30 @@ API_KEYLESS_PATHS = ("health", "docs", "openapi.json")
 API_THROTTLE_RATE = 50  # requests/s, steady
 API_THROTTLE_BURST = 100
 API_DAILY_QUOTA = 100_000
+
+# The training loop (constructs/training.py): its functions, where its data lives in the model bucket, when it
+# runs. The training job's defaults are launch.py's (SageMakerJobConfig): one GPU instance, one hour at most.
+TRAINING_FUNCTIONS: dict[str, FunctionSpec] = {
+    "PrepareTrainingData": FunctionSpec(
+        "docflow.handlers.training_prepare.handler", 1024, 900, ("base", "numpy", "training")
+    ),
+    # Scores candidate and champion through onnxruntime on the held-out set; memory buys the vCPU.
+    "EvaluateAndGate": FunctionSpec(
+        "docflow.handlers.training_gate.handler", 3008, 900, ("base", "numpy", "ml", "training")
+    ),
+    "PublishModel": FunctionSpec("docflow.handlers.training_publish.handler", 1024, 300, ("base", "numpy", "training")),
+}
+TRAINING_PREFIX = "training/"
+TRAINING_CORPUS_PREFIX = "training/corpus/"
+TRAINING_VALIDATION_PREFIX = "training/validation/"
+TRAINING_JOBS_PREFIX = "training/jobs/"
+MODELS_PREFIX = "models/"
+# Daily, like the seed's Airflow DAG; the gate keeps a run that learnt nothing new from changing anything.
+TRAINING_SCHEDULE = "cron(0 3 * * ? *)"
+# Every this many new labels (docflow/retrain.py), the API sends the event that starts a training run.
+RETRAIN_LABEL_THRESHOLD = 100
+TRAINING_TIMEOUT_HOURS = 4  # the whole execution: data preparation, a queued and run training job, the gate
+# The AWS Deep Learning Container the job runs in (launch.py picks the same with the SDK): PyTorch 2.5, Python 3.11.
+TRAINING_IMAGE_ACCOUNT = "763104351884"
+TRAINING_IMAGE_REPOSITORY = "pytorch-training"
+TRAINING_IMAGE_TAG = "2.5-{device}-py311"

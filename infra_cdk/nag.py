@@ -25,12 +25,20 @@ RULES = {
     "/health, /docs and /openapi.json answer without one, and they return no data.",
     "AwsSolutions-COG4": "No Cognito user pool: API clients are services holding API keys, not end users.",
     "AwsSolutions-IAM5[Resource::*]": "X-Ray (PutTraceSegments, PutTelemetryRecords) and CloudWatch Logs delivery "
-    "actions take no resource ARN; tests/infra asserts no other action is granted on '*'.",
+    "actions take no resource ARN, nor does sagemaker:ListTags in the createTrainingJob.sync integration's "
+    "documented policy; tests/infra asserts no other action is granted on '*'.",
     "AwsSolutions-IAM5[Action::s3:GetObject*]": "CDK's grant_read action group (GetObject, GetObjectVersion, …), "
     "scoped to one key prefix.",
     "AwsSolutions-IAM5[Action::s3:GetBucket*]": "CDK's grant_read action group, on one bucket.",
     "AwsSolutions-IAM5[Action::s3:List*]": "CDK's grant_read action group: listing one bucket.",
     "AwsSolutions-IAM5[Action::s3:Abort*]": "CDK's grant_put action group: aborting multipart uploads it started.",
+    "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:sagemaker:<AWS::Region>:<AWS::AccountId>:training-job/*]": (
+        "The training state machine names a new SageMaker job per execution (docflow-train-<time>-<hash>): "
+        "it may create, describe and stop training jobs of this account and region, no other SageMaker resource."
+    ),
+    "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:logs:<AWS::Region>:<AWS::AccountId>:log-group:"
+    "/aws/sagemaker/TrainingJobs:*]": "The training job's own log streams, in SageMaker's fixed log group for "
+    "training jobs (one stream per job, named by SageMaker).",
     "AwsSolutions-L1": "Python 3.12 is pinned on purpose: the layers are built from cp312 manylinux wheels.",
     "AwsSolutions-SQS3": "This queue is the dead-letter queue of the EventBridge rule's target; a DLQ of a DLQ "
     "would only move the problem.",

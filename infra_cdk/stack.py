@@ -12,6 +12,7 @@ from infra_cdk.constructs.api import RestApi
 from infra_cdk.constructs.functions import PipelineFunctions
 from infra_cdk.constructs.pipeline import DocumentPipeline
 from infra_cdk.constructs.storage import Storage
+from infra_cdk.constructs.training import TrainingLoop
 from infra_cdk.constructs.trigger import UploadTrigger
 from infra_cdk.nag import acknowledge
 
@@ -31,6 +32,16 @@ class DocflowStack(Stack):
         self.trigger = UploadTrigger(
             self, "Trigger", bucket=self.storage.documents, state_machine=self.pipeline.state_machine
         )
+        self.training = TrainingLoop(
+            self,
+            "Training",
+            storage=self.storage,
+            functions=self.functions,
+            label_sources=[self.api.function],
+            removal_policy=removal,
+            instance_type=self.node.try_get_context("trainingInstanceType"),
+            mlflow_tracking_arn=self.node.try_get_context("mlflowTrackingArn"),
+        )
 
         outputs = {
             "DocumentsBucket": self.storage.documents.bucket_name,
@@ -41,6 +52,8 @@ class DocflowStack(Stack):
             "ApiUrl": self.api.api.url,
             "ApiId": self.api.api.rest_api_id,
             "ApiKeyId": self.api.key.key_id,
+            "TrainingStateMachineArn": self.training.state_machine.state_machine_arn,
+            "TrainingJobRoleArn": self.training.job_role.role_arn,
         }
         for name, value in outputs.items():
             CfnOutput(self, name, value=value)
@@ -52,7 +65,13 @@ class DocflowStack(Stack):
                 (docs, f"{c.TEXT_PREFIX}*"),
                 (docs, f"{c.RESULTS_PREFIX}*"),
                 (self.storage.models, "*"),
+                # The training loop's prefixes
+                *((self.storage.models, f"{p}*") for p in (c.TRAINING_PREFIX, c.TRAINING_JOBS_PREFIX, c.MODELS_PREFIX)),
             ],
-            invoked_functions=[*self.functions.functions.values(), self.api.function],
+            invoked_functions=[
+                *self.functions.functions.values(),
+                self.api.function,
+                *self.training.functions.values(),
+            ],
             tables=[self.storage.table],
         )

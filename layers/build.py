@@ -38,6 +38,17 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "ocr": ("tesserocr", "pypdfium2", "pillow"),
     # The REST API on Lambda: FastAPI behind Mangum, multipart uploads.
     "web": ("fastapi", "mangum", "python-multipart"),
+    # The training state machine's functions: our own training/ modules they share with the training job
+    # (SOURCE_LAYERS), no wheels.
+    "training": (),
+}
+# Layers of first-party source: the promotion gate, publishing and feedback code from training/, without
+# the training job's heavy dependencies (scikit-learn, MLflow), which only the modules left out import.
+SOURCE_LAYERS: dict[str, tuple[str, ...]] = {
+    "training": tuple(
+        f"training/docflow_training/{name}.py"
+        for name in ("__init__", "feedback", "loop", "publish", "registry", "tracking")
+    ),
 }
 # The python3.12 Lambda runtime already ships the AWS SDK; shipping it again only costs size.
 PROVIDED_BY_RUNTIME = ("boto3", "botocore", "s3transfer", "jmespath", "urllib3", "dateutil", "six")
@@ -71,8 +82,16 @@ def layer_requirements(layer: str) -> list[str]:
 
 
 def _fingerprint(layer: str) -> str:
-    payload = json.dumps([layer_requirements(layer), PYTHON_VERSION, PLATFORMS, Path(__file__).read_text()])
+    sources = [(ROOT / path).read_text() for path in SOURCE_LAYERS.get(layer, ())]
+    payload = json.dumps([layer_requirements(layer), PYTHON_VERSION, PLATFORMS, Path(__file__).read_text(), sources])
     return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _copy_sources(layer: str, site: Path) -> None:
+    for path in SOURCE_LAYERS[layer]:
+        target = site / Path(path).relative_to("training")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / path, target)
 
 
 def build_layer(layer: str, force: bool = False) -> Path:
@@ -85,6 +104,11 @@ def build_layer(layer: str, force: bool = False) -> Path:
     shutil.rmtree(target, ignore_errors=True)
     site = target / "python"
     site.mkdir(parents=True)
+    if layer in SOURCE_LAYERS:
+        _copy_sources(layer, site)
+        stamp.write_text(fingerprint)
+        print(f"layer {layer}: {size_mb(target):.2f} MB unzipped (first-party source)")
+        return target
     cmd = [
         sys.executable,
         "-m",

@@ -39,6 +39,18 @@ class Settings(BaseSettings):
     model_refresh_seconds: float = Field(default=60.0, ge=0.0)
     review_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
 
+    # Retraining on AWS: every this many new labels, an event on this bus starts the training state machine
+    # (docflow/retrain.py); 0 = labels never trigger it (the schedule still does).
+    retrain_label_threshold: int = Field(default=0, ge=0)
+    event_bus_name: str = "default"
+
+    # Drift: PSI per signal between the model's held-out baseline and the predictions of the last hours.
+    drift_threshold: float = Field(default=0.2, gt=0.0)
+    drift_window_hours: float = Field(default=24.0, gt=0.0)
+    # Below this many predictions in the window no score is given: sampling noise alone inflates PSI (windows
+    # drawn from the default model's own held-out predictions: 100 exceed 0.2 in ~8% of draws, 200 in <1%).
+    drift_min_predictions: int = Field(default=200, ge=1)
+
     # Validation limits
     max_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
     max_pages: int = Field(default=500, gt=0)

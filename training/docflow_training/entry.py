@@ -7,7 +7,8 @@ Contract (defaults are the container's ``/opt/ml`` paths)::
     SM_CHANNEL_VALIDATION   optional labelled folder: the held-out set      /opt/ml/input/data/validation
     SM_CHANNEL_FEEDBACK     optional users' labels, a folder per class      /opt/ml/input/data/feedback
     SM_MODEL_DIR            the model directory (SageMaker tars it)         /opt/ml/model
-    SM_OUTPUT_DATA_DIR      result.json, confusion_matrix.png               /opt/ml/output/data
+    SM_OUTPUT_DATA_DIR      result.json, confusion_matrix.png, the gate's  /opt/ml/output/data
+                            holdout.jsonl and train_manifest.json
     checkpoints             DOCFLOW_CHECKPOINT_DIR, else /opt/ml/checkpoints if it exists (spot)
     MLFLOW_TRACKING_URI     where the run and the registry are (a managed MLflow server's ARN on AWS)
     hyperparameters         ``--name value`` pairs: any TrainConfig field (seed, c_grid, vocab_size, …),
@@ -177,7 +178,9 @@ class JobPaths:
             if explicit and not Path(explicit).is_dir():
                 raise ValueError(f"SM_CHANNEL_{name.upper()}={explicit} is not a directory")
             path = Path(explicit) if explicit else OPT_ML / "input" / "data" / name
-            return path if path.is_dir() else None
+            # A channel with no <class>/*.txt is no data set: the training state machine lays out every
+            # channel on every run (SageMaker refuses an empty one), with only a manifest when it has none.
+            return path if path.is_dir() and any(path.glob("*/*.txt")) else None
 
         train = env.get("SM_CHANNEL_TRAIN") or str(OPT_ML / "input" / "data" / "train")
         checkpoints = env.get("DOCFLOW_CHECKPOINT_DIR") or (
@@ -359,6 +362,10 @@ def run_job(config: JobConfig, paths: JobPaths, env: Mapping[str, str] = os.envi
         paths.output.mkdir(parents=True, exist_ok=True)
         for png in plots_dir.glob("*.png"):
             shutil.copy2(png, paths.output / png.name)
+        # The held-out set and training manifest travel with the job's output (output.tar.gz on SageMaker):
+        # the AWS training loop's gate scores the model on them (docflow_training.loop).
+        for name in (HOLDOUT_FILE, TRAIN_MANIFEST_FILE):
+            shutil.copy2(gate_dir / name, paths.output / name)
         result_doc = {
             "run_id": state.data.get("run_id"),
             "experiment_id": state.data.get("experiment_id"),

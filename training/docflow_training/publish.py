@@ -112,17 +112,23 @@ def publish_version(registry: Registry, version: int, target: PublishTarget) -> 
     mv = registry.version(version)
     with tempfile.TemporaryDirectory(prefix="docflow-publish-") as tmp:
         model_dir = registry.download_model_dir(version, Path(tmp) / "model")
-        stamp_version(model_dir, registry.name, version, mv.run_id)
-        pointer = ChampionPointer(
-            model_dir=f"{registry.name}/v{version}",
-            version=version,
-            name=registry.name,
-            files={p.name: sha256_file(p) for p in sorted(model_dir.iterdir()) if p.is_file()},
-            run_id=mv.run_id,
-            published_at=datetime.now(UTC),
-        )
-        target.write(model_dir, pointer)
-    logger.info("published %s v%d to %s", registry.name, version, target.describe())
+        return publish_dir(model_dir, registry.name, version, mv.run_id, target)
+
+
+def publish_dir(model_dir: Path, name: str, version: int, run_id: str | None, target: PublishTarget) -> ChampionPointer:
+    """Publish the model directory ``model_dir`` as version ``version`` of ``name`` and point champion.json
+    at it (the registry's versions above; the AWS training loop's candidates, docflow_training.loop)."""
+    stamp_version(model_dir, name, version, run_id)
+    pointer = ChampionPointer(
+        model_dir=f"{name}/v{version}",
+        version=version,
+        name=name,
+        files={p.name: sha256_file(p) for p in sorted(model_dir.iterdir()) if p.is_file()},
+        run_id=run_id,
+        published_at=datetime.now(UTC),
+    )
+    target.write(model_dir, pointer)
+    logger.info("published %s v%d to %s", name, version, target.describe())
     return pointer
 
 

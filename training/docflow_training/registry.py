@@ -21,7 +21,7 @@ import hashlib
 import json
 import logging
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -114,8 +114,6 @@ def score_model(model_dir: Path, docs: Sequence[HeldOutDoc], batch_size: int = 3
     """Accuracy, macro-F1 and per-class recall of the model in ``model_dir`` on ``docs``, through the
     serving runtime. Averaged over the classes present in ``docs``: both models of a comparison are
     scored over the same classes even if one of them knows more."""
-    from sklearn.metrics import f1_score, recall_score
-
     from docflow.domain.classifier import TextClassifier
 
     classifier = TextClassifier(model_dir)
@@ -123,7 +121,7 @@ def score_model(model_dir: Path, docs: Sequence[HeldOutDoc], batch_size: int = 3
     probabilities = classifier.predict_proba([doc.text for doc in docs], batch_size=batch_size)
     y_pred = [classifier.labels[i] for i in np.argmax(probabilities, axis=1)] if len(docs) else []
     labels = sorted(set(y_true))
-    recalls = recall_score(y_true, y_pred, labels=labels, average=None, zero_division=0) if labels else []
+    recalls, f1s = per_class_recall_f1(y_true, y_pred, labels)
     return Scores(
         n_docs=len(docs),
         accuracy=float(np.mean([t == p for t, p in zip(y_true, y_pred, strict=True)])) if docs else 0.0,
@@ -131,6 +129,22 @@ def score_model(model_dir: Path, docs: Sequence[HeldOutDoc], batch_size: int = 3
         recall={label: float(r) for label, r in zip(labels, recalls, strict=True)},
         support={label: y_true.count(label) for label in labels},
     )
+
+
+def per_class_recall_f1(
+    y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str]
+) -> tuple[list[float], list[float]]:
+    """Recall and F1 of each of ``labels``, 0 where undefined: scikit-learn's ``recall_score`` /
+    ``f1_score(average=None, zero_division=0)``, in numpy, because the gate also runs in a Lambda whose
+    layers have no room for scikit-learn and scipy (a unit test holds the two to the same numbers)."""
+    true, pred = np.asarray(y_true, dtype=object), np.asarray(y_pred, dtype=object)
+    recalls, f1s = [], []
+    for label in labels:
+        tp = float(np.sum((true == label) & (pred == label)))
+        actual, predicted = float(np.sum(true == label)), float(np.sum(pred == label))
+        recalls.append(tp / actual if actual else 0.0)
+        f1s.append(2 * tp / (actual + predicted) if actual + predicted else 0.0)
+    return recalls, f1s
 
 
 def decide(challenger: Scores, champion: Scores, policy: GatePolicy) -> tuple[bool, list[str]]:
@@ -196,6 +210,64 @@ class GateDecision:
             tags["gate.worst_recall_drop"] = f"{drops[worst]:+.4f}"
             tags["gate.worst_recall_drop_class"] = worst
         return {k: v[:5000] for k, v in tags.items()}
+
+
+def read_train_manifest(path: Path) -> set[str]:
+    """The text sha256s ``write_train_manifest`` recorded."""
+    return set(json.loads(path.read_text(encoding="utf-8"))["text_sha256"])
+
+
+def compare_on_holdout(
+    version: int,
+    challenger_dir: Callable[[], Path],
+    champion_version: int,
+    champion_dir: Callable[[], Path],
+    holdout: Sequence[HeldOutDoc],
+    champion_trained_on: set[str] | None,
+    policy: GatePolicy,
+) -> GateDecision:
+    """The gate's comparison, wherever the two models come from (the MLflow registry here; the model
+    bucket in the AWS training loop): both scored on the challenger's held-out documents minus those
+    the champion trained on (``champion_trained_on``: text sha256s; None when not recorded: nothing is
+    left out). The model directories are fetched only when there is something to score them on."""
+    if champion_trained_on is None:
+        logger.warning("champion v%d has no training manifest: nothing excluded", champion_version)
+    seen = champion_trained_on or set()
+    shared = [doc for doc in holdout if doc.sha256 not in seen]
+    n_excluded = len(holdout) - len(shared)
+    if len(shared) < policy.min_eval_docs:
+        return GateDecision(
+            version,
+            False,
+            f"refused: {len(shared)} held-out documents the champion did not train on "
+            f"(of {len(holdout)}; at least {policy.min_eval_docs} needed)",
+            reasons=["too few shared held-out documents to compare"],
+            champion_version=champion_version,
+            n_eval=len(shared),
+            n_excluded=n_excluded,
+            policy=policy,
+        )
+    challenger_scores = score_model(challenger_dir(), shared)
+    champion_scores = score_model(champion_dir(), shared)
+    promote, reasons = decide(challenger_scores, champion_scores, policy)
+    gain = challenger_scores.macro_f1 - champion_scores.macro_f1
+    summary = (
+        f"{'promoted' if promote else 'refused'}: macro-F1 {challenger_scores.macro_f1:.4f} vs champion "
+        f"v{champion_version} {champion_scores.macro_f1:.4f} ({gain:+.4f}) on {len(shared)} held-out documents"
+        + (f" ({n_excluded} the champion trained on left out)" if n_excluded else "")
+    )
+    return GateDecision(
+        version,
+        promote,
+        summary,
+        reasons=reasons,
+        champion_version=champion_version,
+        challenger_scores=challenger_scores,
+        champion_scores=champion_scores,
+        n_eval=len(shared),
+        n_excluded=n_excluded,
+        policy=policy,
+    )
 
 
 @dataclass(frozen=True)
@@ -352,45 +424,15 @@ class Registry:
             manifest = (
                 self._run_artifact(champion.run_id, TRAIN_MANIFEST_FILE, work / "champion") if champion.run_id else None
             )
-            if manifest is not None:
-                seen = set(json.loads(manifest.read_text(encoding="utf-8"))["text_sha256"])
-            else:
-                logger.warning("champion v%d has no training manifest: nothing excluded", champion_version)
-            shared = [doc for doc in holdout if doc.sha256 not in seen]
-            n_excluded = len(holdout) - len(shared)
-            if len(shared) < policy.min_eval_docs:
-                return GateDecision(
-                    version,
-                    False,
-                    f"refused: {len(shared)} held-out documents the champion did not train on "
-                    f"(of {len(holdout)}; at least {policy.min_eval_docs} needed)",
-                    reasons=["too few shared held-out documents to compare"],
-                    champion_version=champion_version,
-                    n_eval=len(shared),
-                    n_excluded=n_excluded,
-                    policy=policy,
-                )
-            challenger_scores = score_model(self.download_model_dir(version, work / "challenger-model"), shared)
-            champion_scores = score_model(self.download_model_dir(champion_version, work / "champion-model"), shared)
-        promote, reasons = decide(challenger_scores, champion_scores, policy)
-        gain = challenger_scores.macro_f1 - champion_scores.macro_f1
-        summary = (
-            f"{'promoted' if promote else 'refused'}: macro-F1 {challenger_scores.macro_f1:.4f} vs champion "
-            f"v{champion_version} {champion_scores.macro_f1:.4f} ({gain:+.4f}) on {len(shared)} held-out documents"
-            + (f" ({n_excluded} the champion trained on left out)" if n_excluded else "")
-        )
-        return GateDecision(
-            version,
-            promote,
-            summary,
-            reasons=reasons,
-            champion_version=champion_version,
-            challenger_scores=challenger_scores,
-            champion_scores=champion_scores,
-            n_eval=len(shared),
-            n_excluded=n_excluded,
-            policy=policy,
-        )
+            return compare_on_holdout(
+                version,
+                lambda: self.download_model_dir(version, work / "challenger-model"),
+                champion_version,
+                lambda: self.download_model_dir(champion_version, work / "champion-model"),
+                read_holdout(holdout_path),
+                read_train_manifest(manifest) if manifest is not None else None,
+                policy,
+            )
 
     # -- changing the champion -------------------------------------------------------------------
 

@@ -1,0 +1,20 @@
+"""Lambda: the training state machine's EvaluateAndGate step (docflow_training.loop.evaluate_and_gate)."""
+
+from typing import Any
+
+from aws_lambda_powertools.utilities.parser import event_parser
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from docflow.handlers._training import loop_settings, model_bucket, scratch
+from docflow.observability import logger, tracer
+from docflow_training.loop import LoopState, evaluate_and_gate
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+@event_parser(model=LoopState)
+def handler(event: LoopState, context: LambdaContext) -> dict[str, Any]:
+    models, bucket = model_bucket()
+    with scratch() as work:
+        outcome = evaluate_and_gate(event, models=models, bucket=bucket, settings=loop_settings(), work=work)
+    return outcome.model_dump(mode="json")
