@@ -1,0 +1,172 @@
+"""At-least-once delivery: the same S3 event twice gives one record and one prediction.
+
+EventBridge may deliver an "Object Created" event more than once, and two deliveries may run at once.
+The idempotency key is the content hash (document_id) plus the object: Validate's conditional create of
+the document record lets exactly one delivery own the work; a later or concurrent delivery of the same
+object reports the outcome on record (replay). Another object with the same bytes is DUPLICATE of the first.
+Checked through the Lambda handlers and through the synthesized state machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+from boto3.dynamodb.conditions import Key
+from moto import mock_aws
+
+from docflow.samples import MEMO, text_pdf
+from tests.aws_fixtures import BUCKET, TABLE, create_resources
+from tests.integration import test_state_machine_asl as asl
+from tests.integration.test_handlers import EVENT, FakeLambdaContext
+
+pytestmark = pytest.mark.integration
+
+MEMO_PDF = text_pdf([MEMO])
+MEMO_ID = hashlib.sha256(MEMO_PDF).hexdigest()
+
+# The state machine harness's fixtures, shared with test_state_machine_asl.
+machine = asl.machine
+faults = asl.faults
+
+
+def _event(key: str, version_id: str = "v1", etag: str = "etag-1") -> dict[str, Any]:
+    event = json.loads(json.dumps(EVENT))
+    event["detail"]["object"].update({"key": key, "version-id": version_id, "etag": etag})
+    return event
+
+
+def _items(document_id: str) -> dict[str, list[dict[str, Any]]]:
+    """Everything the record store holds for one document, by kind."""
+    table = boto3.resource("dynamodb", region_name="us-east-1").Table(TABLE)
+    items = table.query(KeyConditionExpression=Key("pk").eq(document_id), ConsistentRead=True)["Items"]
+    return {kind: [i for i in items if i["sk"].startswith(kind)] for kind in ("DOCUMENT", "UPLOAD#", "PREDICTION#")}
+
+
+def _all_documents() -> list[dict[str, Any]]:
+    table = boto3.resource("dynamodb", region_name="us-east-1").Table(TABLE)
+    return [i for i in table.scan(ConsistentRead=True)["Items"] if i["sk"] == "DOCUMENT"]
+
+
+# -- the handlers -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    monkeypatch.setenv("DOCFLOW_BACKEND", "aws")
+    monkeypatch.setenv("DOCFLOW_DOCUMENTS_BUCKET", BUCKET)
+    monkeypatch.setenv("DOCFLOW_TABLE_NAME", TABLE)
+    with mock_aws():
+        create_resources()
+        yield boto3.client("s3", region_name="us-east-1")
+
+
+def _rest(state: dict[str, Any]) -> dict[str, Any]:
+    """The state machine after Validate: RecordOutcome, or ExtractText then Classify."""
+    from docflow.handlers import classify, extract_text, record_outcome
+
+    ctx = FakeLambdaContext()
+    if not state["proceed"]:
+        return record_outcome.handler(state, ctx)
+    return classify.handler(extract_text.handler(state, ctx), ctx)
+
+
+def _validate(event: dict[str, Any]) -> dict[str, Any]:
+    from docflow.handlers import validate
+
+    return validate.handler(event, FakeLambdaContext())
+
+
+def test_handlers_same_event_twice_one_after_the_other(aws: Any) -> None:
+    aws.put_object(Bucket=BUCKET, Key="incoming/memo.pdf", Body=MEMO_PDF)
+    first = _rest(_validate(_event("incoming/memo.pdf")))
+    second = _rest(_validate(_event("incoming/memo.pdf")))
+    assert first["status"] in ("CLASSIFIED", "NEEDS_REVIEW") and first["replay"] is False
+    assert second["replay"] is True and second["status"] == first["status"]
+    assert second["prediction"] is None  # nothing was classified again
+    items = _items(MEMO_ID)
+    assert len(items["DOCUMENT"]) == 1 and len(items["PREDICTION#"]) == 1 and len(items["UPLOAD#"]) == 1
+    assert len(_all_documents()) == 1
+
+
+def test_handlers_same_event_twice_at_once(aws: Any) -> None:
+    # Both deliveries validate before either has finished: the conditional create picks one owner.
+    aws.put_object(Bucket=BUCKET, Key="incoming/memo.pdf", Body=MEMO_PDF)
+    a = _validate(_event("incoming/memo.pdf"))
+    b = _validate(_event("incoming/memo.pdf"))
+    assert (a["proceed"], b["proceed"]) == (True, False)
+    assert b["replay"] is True and b["status"] == "PROCESSING"  # the other delivery owns the work
+    second = _rest(b)
+    first = _rest(a)
+    assert first["status"] in ("CLASSIFIED", "NEEDS_REVIEW")
+    assert second["replay"] is True
+    items = _items(MEMO_ID)
+    assert len(items["DOCUMENT"]) == 1 and len(items["PREDICTION#"]) == 1
+    assert items["DOCUMENT"][0]["status"] == first["status"]
+
+
+def test_handlers_other_version_same_bytes_other_name_is_duplicate(aws: Any) -> None:
+    aws.put_object(Bucket=BUCKET, Key="incoming/memo.pdf", Body=MEMO_PDF)
+    aws.put_object(Bucket=BUCKET, Key="incoming/copy.pdf", Body=MEMO_PDF)
+    first = _rest(_validate(_event("incoming/memo.pdf", "v1", "e1")))
+    copy = _rest(_validate(_event("incoming/copy.pdf", "v7", "e7")))
+    assert copy["status"] == "DUPLICATE" and copy["duplicate_of"] == first["document_id"] == MEMO_ID
+    items = _items(MEMO_ID)
+    assert len(items["DOCUMENT"]) == 1 and len(items["PREDICTION#"]) == 1
+    assert sorted(u["status"] for u in items["UPLOAD#"]) == sorted([first["status"], "DUPLICATE"])
+
+
+# -- the state machine ------------------------------------------------------------------------------------
+
+
+def _start(m: dict[str, Any], event: dict[str, Any]) -> str:
+    # Each delivery is its own execution (EventBridge names them uniquely).
+    arn: str = m["sfn"].start_execution(stateMachineArn=m["arn"], name=str(uuid.uuid4()), input=json.dumps(event))[
+        "executionArn"
+    ]
+    return arn
+
+
+def _wait(m: dict[str, Any], arn: str, timeout: float = 180) -> tuple[str, dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        desc = m["sfn"].describe_execution(executionArn=arn)
+        if desc["status"] != "RUNNING":
+            return desc["status"], json.loads(desc.get("output") or "null")
+        time.sleep(0.2)
+    raise AssertionError(f"execution still running after {timeout}s")
+
+
+@pytest.mark.slow
+def test_state_machine_same_event_twice_at_once_then_again_then_a_copy(machine: dict[str, Any]) -> None:
+    machine["s3"].put_object(Bucket=BUCKET, Key="incoming/memo.pdf", Body=MEMO_PDF)
+    event = _event("incoming/memo.pdf")
+    # Two deliveries of one event, running together.
+    runs = [_wait(machine, arn) for arn in [_start(machine, event), _start(machine, event)]]
+    assert [status for status, _ in runs] == ["SUCCEEDED", "SUCCEEDED"]
+    outputs = sorted((out for _, out in runs), key=lambda o: o["replay"])
+    owner, replay = outputs
+    assert owner["replay"] is False and owner["status"] in ("CLASSIFIED", "NEEDS_REVIEW")
+    assert replay["replay"] is True and replay["status"] in ("PROCESSING", owner["status"])
+    # A third delivery, after both finished.
+    status, late = _wait(machine, _start(machine, event))
+    assert status == "SUCCEEDED" and late["replay"] is True and late["status"] == owner["status"]
+    # Another object version with the same bytes under another name.
+    machine["s3"].put_object(Bucket=BUCKET, Key="incoming/copy.pdf", Body=MEMO_PDF)
+    status, copy = _wait(machine, _start(machine, _event("incoming/copy.pdf", "v2", "e2")))
+    assert status == "SUCCEEDED" and copy["status"] == "DUPLICATE" and copy["duplicate_of"] == MEMO_ID
+
+    items = _items(MEMO_ID)
+    assert len(items["DOCUMENT"]) == 1 and items["DOCUMENT"][0]["status"] == owner["status"]
+    assert len(items["PREDICTION#"]) == 1
+    assert {u["source"]: u["status"] for u in items["UPLOAD#"]} == {
+        f"s3://{BUCKET}/incoming/memo.pdf": owner["status"],
+        f"s3://{BUCKET}/incoming/copy.pdf": "DUPLICATE",
+    }
+    assert len(_all_documents()) == 1
