@@ -19,6 +19,7 @@ from docflow.cli_model import model_app
 from docflow.settings import Settings
 
 if TYPE_CHECKING:
+    from docflow.domain.drift import DriftReport
     from docflow.pipeline.embedded import DocumentResult
     from docflow.telemetry import PrometheusSink
 
@@ -330,6 +331,113 @@ def eval_command(
         print(json.dumps(report.to_dict(), indent=2))
     else:
         print(format_report(report))
+
+
+@app.command()
+def drift(
+    window_hours: Annotated[
+        float | None,
+        typer.Option(min=0.01, help="Hours of predictions to compare (default: DOCFLOW_DRIFT_WINDOW_HOURS, 24)."),
+    ] = None,
+    threshold: Annotated[
+        float | None,
+        typer.Option(min=0.0, help="PSI above which a signal has drifted (default: DOCFLOW_DRIFT_THRESHOLD, 0.2)."),
+    ] = None,
+    min_predictions: Annotated[
+        int | None,
+        typer.Option(min=1, help="Fewest predictions to score a window (default: DOCFLOW_DRIFT_MIN_PREDICTIONS)."),
+    ] = None,
+    model_dir: Annotated[
+        Path | None, typer.Option(help="Model whose baseline to compare with (default: as `process` resolves it).")
+    ] = None,
+    home: Annotated[Path | None, typer.Option(help="State directory (default: DOCFLOW_HOME or ~/.docflow).")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="The report as one JSON object on stdout.")] = False,
+    fail_on_drift: Annotated[
+        bool, typer.Option("--fail-on-drift/--no-fail-on-drift", help="Exit 1 when a signal drifted.")
+    ] = True,
+    metrics_file: Annotated[
+        Path | None,
+        typer.Option(help="Also write drift_score{signal} there, in Prometheus text format (textfile collector)."),
+    ] = None,
+) -> None:
+    """Compare the recent window of predictions with the model's held-out baseline: population stability
+    index per signal (class distribution, prediction confidence). Exit 1 on drift, 2 when it cannot tell."""
+    from docflow import telemetry
+    from docflow.context import build_context, resolve_model_dir
+    from docflow.domain.drift import BaselineMissingError, check_drift
+    from docflow.errors import ConfigurationError
+    from docflow.models import utcnow
+
+    settings = _settings(
+        home=home,
+        model_dir=model_dir,
+        drift_window_hours=window_hours,
+        drift_threshold=threshold,
+        drift_min_predictions=min_predictions,
+    )
+    try:
+        resolved = resolve_model_dir(settings)
+        report = check_drift(
+            build_context(settings).records,
+            resolved,
+            now=utcnow(),
+            window_hours=settings.drift_window_hours,
+            threshold=settings.drift_threshold,
+            min_predictions=settings.drift_min_predictions,
+        )
+    except (BaselineMissingError, ConfigurationError) as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+
+    sink = telemetry.current()
+    if not isinstance(sink, telemetry.PrometheusSink):
+        sink = telemetry.PrometheusSink()
+        telemetry.configure(sink)
+    for signal in report.signals:
+        if signal.psi is not None:
+            telemetry.drift_score(str(signal.signal), signal.psi)
+    if metrics_file:
+        err.print(f"drift scores written to {sink.write_textfile(metrics_file)}")
+
+    if json_output:
+        print(report.model_dump_json(indent=2))
+    else:
+        _print_drift(report, resolved)
+    if report.verdict == "drift" and fail_on_drift:
+        raise typer.Exit(1)
+
+
+def _print_drift(report: DriftReport, model_dir: Path) -> None:
+    out = Console() if Console().is_terminal else Console(width=160)
+    start, end = report.window_start, report.window_end
+    hours = (end - start).total_seconds() / 3600 if start and end else 0.0
+    out.print(
+        f"model {report.model_name} v{report.model_version} ({model_dir}); last {hours:g} h: "
+        f"{report.n_predictions} predictions"
+        + (f" ({report.n_other_versions} by other model versions, not compared)" if report.n_other_versions else "")
+    )
+    style = {"stable": "green", "drift": "bold red", "insufficient_data": "yellow"}
+    summary = Table(title=f"drift (PSI; above {report.threshold:g} = drift)")
+    for column in ("signal", "PSI", "verdict"):
+        summary.add_column(column)
+    for s in report.signals:
+        psi = f"{s.psi:.4f}" if s.psi is not None else "-"
+        summary.add_row(str(s.signal), psi, f"[{style[s.verdict]}]{s.verdict}[/]")
+    out.print(summary)
+    for s in report.signals:
+        psi = f"PSI {s.psi:.4f}" if s.psi is not None else "no PSI"
+        out.print(f"\n{s.signal}: baseline vs window ({psi}, [{style[s.verdict]}]{s.verdict}[/])")
+        detail = Table()
+        for column in ("bin" if s.signal == "prediction_confidence" else "class", "baseline %", "window %"):
+            detail.add_column(column)
+        for label, share in s.baseline.items():
+            detail.add_row(label, f"{100 * share:.1f}", f"{100 * s.window.get(label, 0.0):.1f}")
+        out.print(detail)
+    if report.verdict == "insufficient_data":
+        out.print(
+            f"[yellow]{report.n_predictions} predictions in the window, fewer than {report.min_predictions}: "
+            "no score (PSI of a small sample is mostly noise).[/yellow]"
+        )
 
 
 @app.command()
