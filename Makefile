@@ -11,7 +11,8 @@ export DOCFLOW_DATA_DIR
 SAMPLES_DIR ?= $(VENV)/samples
 MODEL_DIR := functions/docflow/default_model
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := tesseract-ocr tesseract-ocr-eng tesseract-ocr-rus fonts-dejavu-core
+# prometheus + prometheus-node-exporter: the live check of the Grafana dashboard (tests/e2e/test_prometheus.py)
+APT_PACKAGES := tesseract-ocr tesseract-ocr-eng tesseract-ocr-rus fonts-dejavu-core prometheus prometheus-node-exporter
 
 CDK_BIN := infra_cdk/node_modules/.bin
 export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 1
@@ -22,7 +23,7 @@ export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 1
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
-system-deps: ## Debian packages: Tesseract with English and Russian, a font for the samples
+system-deps: ## Debian packages: Tesseract with English and Russian, a font for the samples, Prometheus (tests)
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "Installing $$missing"; \
