@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
@@ -117,6 +118,20 @@ class S3BlobStore(BlobStore):
 # Document items also carry gsi1pk/gsi1sk (status, updated_at) — a sparse index for listing by status.
 DOCUMENT_SK = "DOCUMENT"
 UPLOAD_PREFIX = "UPLOAD#"
+_MAX_SORT_KEY_BYTES = 1024  # DynamoDB's limit; an S3 key alone may be 1024 bytes, s3://bucket/ comes on top
+
+
+def upload_sort_key(source: str) -> str:
+    """UPLOAD#<source>; a source too long for a sort key keeps its start and ends with its SHA-256, so the
+    key stays unique and the same on every delivery (the item's `source` attribute keeps it whole)."""
+    key = f"{UPLOAD_PREFIX}{source}"
+    if len(key.encode()) <= _MAX_SORT_KEY_BYTES:
+        return key
+    digest = hashlib.sha256(source.encode()).hexdigest()
+    head = source.encode()[: _MAX_SORT_KEY_BYTES - len(UPLOAD_PREFIX) - len(digest) - 8].decode("utf-8", "ignore")
+    return f"{UPLOAD_PREFIX}{head}…#{digest}"
+
+
 PREDICTION_PREFIX = "PREDICTION#"
 # Counters live under pk = COUNTER#<name>, sk = COUNTER: no status index entry, never listed as documents.
 COUNTER_PREFIX = "COUNTER#"
@@ -213,7 +228,7 @@ class DynamoRecordStore(RecordStore):
 
     def put_upload(self, upload: UploadRecord) -> None:
         item = _to_item(upload)
-        item.update(pk=upload.document_id, sk=f"{UPLOAD_PREFIX}{upload.source}")
+        item.update(pk=upload.document_id, sk=upload_sort_key(upload.source))
         self._call("put upload", self._table.put_item, Item=item)
 
     def _query_prefix(self, document_id: str, prefix: str) -> list[dict[str, Any]]:
