@@ -225,6 +225,31 @@ def _huge_text_layer_pdf(megabytes: int = 50) -> bytes:
     return _text_pdf("", content=content)
 
 
+def _text_wall(megabytes: float) -> bytes:
+    line = b"(" + b"Lorem ipsum dolor sit amet, consectetur adipiscing elit " * 2 + b") Tj T*\n"
+    return b"BT /F1 1 Tf 1 TL 0 790 Td\n" + line * int(megabytes * 1_000_000 // len(line)) + b"ET"
+
+
+def _shared_stream_pdf(pages: int = 500, megabytes: float = 3.9) -> bytes:
+    """Every page draws the same 3.9 MB text stream: each stream is under the limit, but PDFium parses it
+    once per page (3 s and 0.5 GB each: 25 minutes for the document)."""
+    return _text_pdf("", content=_text_wall(megabytes), pages=pages)
+
+
+def _repeated_kids_pdf(pages: int = 400, megabytes: float = 0.5) -> bytes:
+    """ONE page object listed `pages` times in the page tree: one /Contents reference in the file, but
+    PDFium counts (and would parse) `pages` pages."""
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [" + b"5 0 R " * pages + b"] /Count %d >>" % pages,
+        _HELVETICA,
+        _stream(_text_wall(megabytes)),
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
+        b"/Resources << /Font << /F1 3 0 R >> >> >>",
+    ]
+    return _pdf(objects)
+
+
 def _unicode_rtl_png() -> bytes:
     """A scan whose text mixes Hebrew, Arabic and English (OCR'd with eng only: whatever comes out is text)."""
     return _png(render_page("\u05e9\u05dc\u05d5\u05dd \u0645\u0631\u062d\u0628\u0627\n" + MEMO, 850, 1100, 15))
@@ -288,6 +313,12 @@ def _png_zlib_bomb() -> bytes:
 # --------------------------------------------------------------------------------------------------
 
 _R = "REJECTED"
+
+
+@cache
+def _bytes(name: str) -> bytes:
+    return BY_NAME[name].make()
+
 
 CASES: tuple[Case, ...] = (
     Case("zero-bytes", lambda: b"", "empty.pdf", _R, "EMPTY", ("empty",)),
@@ -385,6 +416,22 @@ CASES: tuple[Case, ...] = (
     Case("pdf-page-14400pt", _pdf_page_bomb, "poster.pdf", _R, "TOO_MANY_PIXELS", ("200 dpi",)),
     Case("pdf-page-1pt", _pdf_tiny_page, "dot.pdf", _R, "BAD_DIMENSIONS", ("between",)),
     Case("pdf-50MB-text-layer", _huge_text_layer_pdf, "wall-of-text.pdf", _R, "CONTENT_TOO_LARGE", ("4.0 MiB",)),
+    Case(
+        "pdf-500-pages-one-3.9MB-stream",
+        _shared_stream_pdf,
+        "shared.pdf",
+        _R,
+        "CONTENT_TOO_LARGE",
+        ("every page that draws it",),
+    ),
+    Case(
+        "pdf-one-page-object-400-times",
+        _repeated_kids_pdf,
+        "kids.pdf",
+        _R,
+        "CONTENT_TOO_LARGE",
+        ("every page that draws it",),
+    ),
     Case("html-named-pdf", crafted.html, "invoice.pdf", _R, "UNSUPPORTED_TYPE", ("html",)),
     Case("zip-named-pdf", crafted.zip_archive, "archive.pdf", _R, "UNSUPPORTED_TYPE", ("zip",)),
     Case("elf-named-pdf", crafted.elf_executable, "binary.pdf", _R, "UNSUPPORTED_TYPE", ("elf",)),
@@ -455,11 +502,6 @@ CASES: tuple[Case, ...] = (
 )
 
 BY_NAME = {case.name: case for case in CASES}
-
-
-@cache
-def _bytes(name: str) -> bytes:
-    return BY_NAME[name].make()
 
 
 def outcome_problems(

@@ -369,7 +369,7 @@ def _inspect_pdf(data: bytes, limits: ValidationLimits) -> int:
             raise _corrupt("Corrupt PDF: the document has no readable pages.")
         if count > limits.max_pages:
             raise _too_many_pages(f"{count:,}", limits)
-        _check_pdf_content(data, limits)
+        _check_pdf_content(data, limits, count)
         size = pdfium_c.FS_SIZEF()
         for index in range(count):
             if not pdfium_c.FPDF_GetPageSizeByIndexF(pdf, index, ctypes.byref(size)):
@@ -382,54 +382,100 @@ def _inspect_pdf(data: bytes, limits: ValidationLimits) -> int:
 
 # `stream` keyword (not `endstream`) and its end-of-line; the stream's dictionary precedes it.
 _PDF_STREAM = re.compile(rb"(?<![A-Za-z])stream(?:\r\n|\n|\r)")
-# Streams PDFium never parses as page content: images, fonts, attachments, metadata, object/xref streams.
+_PDF_OBJECT = re.compile(rb"(\d+)\s+\d+\s+obj\b")
+# Streams PDFium never parses as page content: images, fonts, attachments, metadata, xref streams.
 _PDF_NOT_CONTENT = re.compile(
-    rb"/Subtype\s*/(?:Image|Type1C|CIDFontType0C|OpenType)|/Length[123]\b|/Type\s*/(?:EmbeddedFile|Metadata|ObjStm|XRef)"
+    rb"/Subtype\s*/(?:Image|Type1C|CIDFontType0C|OpenType)|/Length[123]\b|/Type\s*/(?:EmbeddedFile|Metadata|XRef)"
 )
+_PDF_OBJECT_STREAM = re.compile(rb"/Type\s*/ObjStm\b")
 _PDF_FLATE = re.compile(rb"/(?:FlateDecode|Fl)\b")
+_PDF_CONTENTS = re.compile(rb"/Contents\s*(?:(\d+)\s+\d+\s+R|\[([^\]]{0,65536})\])")
+_PDF_REFERENCE = re.compile(rb"(\d+)\s+\d+\s+R")
+_PDF_PAGE_OBJECT = re.compile(rb"/Type\s*/Page(?![A-Za-z])")
+_PDF_OBJECT_STREAMS_BYTES = 16 << 20  # page dictionaries hidden in compressed object streams: read this much
 
 
-def _check_pdf_content(data: bytes, limits: ValidationLimits) -> None:
+def _check_pdf_content(data: bytes, limits: ValidationLimits, page_count: int) -> None:
     """Refuse a content-stream bomb before PDFium parses a page.
 
     PDFium expands a page's content streams whole and builds an object per text run: a 170 KB file whose
-    page draws 50 MB of text costs 0.7 GB to load and 6.5 GB to extract. So every deflated stream that may
-    be page content (a page's or a form's drawing and text instructions) is inflated here, the output
-    discarded, up to the limits; raw (unfiltered) streams are bounded by the file size limit already.
+    page draws 50 MB of text costs 0.7 GB to load and 6.5 GB to extract, and 500 pages that all draw one
+    4 MB stream cost 3 s each. So every deflated stream that may be page content is inflated here, the output
+    discarded, and counted once per page that draws it (pages found in the file and in its object streams;
+    pages PDFium counts beyond those, such as one page object listed many times, as the largest page).
+    Raw (unfiltered) streams are bounded by the file size limit. Not counted: form XObjects a page draws
+    through its resources.
     """
     view = memoryview(data)
+    sizes: dict[int, int] = {}  # object number -> expanded size, for streams that may be page content
+    object_streams: list[bytes] = []
     total = 0
     for match in _PDF_STREAM.finditer(data):
         head = data[max(0, match.start() - 4096) : match.start()]
-        dictionary = head[head.rfind(b"obj") + 1 :] if b"obj" in head else head
-        if not _PDF_FLATE.search(dictionary) or _PDF_NOT_CONTENT.search(dictionary):
+        headers = list(_PDF_OBJECT.finditer(head))
+        dictionary = head[headers[-1].end() :] if headers else head
+        if not _PDF_FLATE.search(dictionary):
             continue
-        allowed = min(limits.max_content_stream_bytes, limits.max_content_bytes - total) + 1
-        inflater = zlib.decompressobj()
-        produced, pos = 0, match.end()
-        try:
-            while produced < allowed and not inflater.eof and pos < len(data):
-                chunk = view[pos : pos + 65536]
-                pos += len(chunk)
-                pending: bytes | memoryview = chunk
-                while pending and produced < allowed and not inflater.eof:
-                    produced += len(inflater.decompress(pending, min(allowed - produced, _INFLATE_STEP)))
-                    pending = inflater.unconsumed_tail
-        except zlib.error:
-            continue  # a broken stream is PDFium's to judge (it skips or repairs it); it expands to nothing here
-        total += produced
+        if _PDF_OBJECT_STREAM.search(dictionary):
+            budget = _PDF_OBJECT_STREAMS_BYTES - sum(map(len, object_streams))
+            if budget > 0:
+                object_streams.append(_inflate(view, match.end(), budget, keep=True)[1])
+            continue
+        if _PDF_NOT_CONTENT.search(dictionary):
+            continue
+        produced, _ = _inflate(view, match.end(), min(limits.max_content_stream_bytes, limits.max_content_bytes) + 1)
         if produced > limits.max_content_stream_bytes:
             raise _Rejected(
                 RejectionCode.CONTENT_TOO_LARGE,
                 f"A content stream of the PDF (its text and drawing instructions) at byte {match.start():,} expands "
                 f"to more than {_human_bytes(limits.max_content_stream_bytes)}, the limit per stream.",
             )
+        total += produced
+        if headers:
+            number = int(headers[-1].group(1))
+            sizes[number] = max(sizes.get(number, 0), produced)
         if total > limits.max_content_bytes:
-            raise _Rejected(
-                RejectionCode.CONTENT_TOO_LARGE,
-                f"The PDF's content streams (text and drawing instructions) expand to more than "
-                f"{_human_bytes(limits.max_content_bytes)} in all, the limit per document.",
-            )
+            raise _content_too_large(limits)
+
+    weighted, largest, pages_seen = 0, 0, 0
+    for text in (data, *object_streams):
+        pages_seen += len(_PDF_PAGE_OBJECT.findall(text))
+        for contents in _PDF_CONTENTS.finditer(text):
+            refs = [contents.group(1)] if contents.group(1) else _PDF_REFERENCE.findall(contents.group(2))
+            cost = sum(sizes.get(int(ref), 0) for ref in refs)
+            weighted, largest = weighted + cost, max(largest, cost)
+    weighted += max(0, page_count - pages_seen) * largest
+    if weighted > limits.max_content_bytes:
+        raise _content_too_large(limits, shared=True)
+
+
+def _content_too_large(limits: ValidationLimits, *, shared: bool = False) -> _Rejected:
+    counted = ", counting a stream once for every page that draws it," if shared else ""
+    return _Rejected(
+        RejectionCode.CONTENT_TOO_LARGE,
+        f"The PDF's content streams (text and drawing instructions) expand to more than "
+        f"{_human_bytes(limits.max_content_bytes)} in all{counted} the limit per document.",
+    )
+
+
+def _inflate(view: memoryview, start: int, budget: int, *, keep: bool = False) -> tuple[int, bytes]:
+    """Inflate the zlib stream at `start`, up to `budget` bytes: (bytes produced, them if `keep`).
+    A broken stream counts as what it produced before the error: PDFium judges it (skips or repairs it)."""
+    inflater = zlib.decompressobj()
+    produced, pos, kept = 0, start, bytearray()
+    try:
+        while produced < budget and not inflater.eof and pos < len(view):
+            pending: bytes | memoryview = view[pos : pos + 65536]
+            pos += 65536
+            while pending and produced < budget and not inflater.eof:
+                out = inflater.decompress(pending, min(budget - produced, _INFLATE_STEP))
+                produced += len(out)
+                if keep:
+                    kept += out
+                pending = inflater.unconsumed_tail
+    except zlib.error:
+        pass
+    return produced, bytes(kept)
 
 
 def _check_pdf_page(number: int, width_pt: float, height_pt: float, limits: ValidationLimits) -> None:

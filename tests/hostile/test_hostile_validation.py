@@ -1,0 +1,37 @@
+"""Every hostile case through the Validate domain function alone (no pipeline): the fast check of the codes
+the three fronts assert, and that no case costs more than a second to judge."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from docflow.domain.validation import validate_document
+from docflow.models import ValidationLimits
+from tests.hostile.cases import CASES, Case, outcome_problems
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_validation_decides_each_case(case: Case) -> None:
+    data = case.data()
+    started = time.perf_counter()
+    report = validate_document(data, ValidationLimits())
+    assert time.perf_counter() - started < 1.0
+    if case.status == "REJECTED":
+        assert not outcome_problems(case, "REJECTED", report.code, report.reason, None)
+    else:  # processed or DUPLICATE: validation lets it in; the pipeline decides the rest
+        assert report.accepted, report.reason
+
+
+def test_content_limit_counts_what_the_stream_expands_to() -> None:
+    from tests.hostile.cases import _huge_text_layer_pdf
+
+    small_limit = ValidationLimits(max_content_stream_bytes=1024 * 1024)
+    assert validate_document(_huge_text_layer_pdf(2), small_limit).code == "CONTENT_TOO_LARGE"
+    assert validate_document(_huge_text_layer_pdf(2), ValidationLimits()).accepted  # 2 MB < 4 MiB
+    total = ValidationLimits(max_content_stream_bytes=3 * 1024 * 1024, max_content_bytes=1024 * 1024)
+    report = validate_document(_huge_text_layer_pdf(2), total)
+    assert report.code == "CONTENT_TOO_LARGE" and "in all" in (report.reason or "")
