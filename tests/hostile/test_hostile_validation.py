@@ -35,3 +35,18 @@ def test_content_limit_counts_what_the_stream_expands_to() -> None:
     total = ValidationLimits(max_content_stream_bytes=3 * 1024 * 1024, max_content_bytes=1024 * 1024)
     report = validate_document(_huge_text_layer_pdf(2), total)
     assert report.code == "CONTENT_TOO_LARGE" and "in all" in (report.reason or "")
+
+
+def test_the_pdf_engine_cannot_run_javascript() -> None:
+    """The javascript and embedded-file cases are PROCESSED on the strength of this: the PDFium build has no
+    JavaScript engine (V8) nor XFA, and docflow never initialises a form-fill environment (which is where
+    PDFium would run document JavaScript)."""
+    from pathlib import Path
+
+    import pypdfium2.version
+
+    assert not {"V8", "XFA"} & set(pypdfium2.version.PDFIUM_INFO.flags)
+    package = Path(__file__).resolve().parents[2] / "functions" / "docflow"
+    assert not [
+        p for p in package.rglob("*.py") if "FormFillEnvironment" in p.read_text() or "init_forms" in p.read_text()
+    ]
