@@ -45,6 +45,8 @@ FUNCTIONS: dict[str, FunctionSpec] = {
     "MergeText": FunctionSpec("docflow.handlers.merge_text.handler", 512, 60, ("base",)),
     "Classify": FunctionSpec("docflow.handlers.classify.handler", 1024, 60, ("base", "numpy", "ml")),
     "RecordFailure": FunctionSpec("docflow.handlers.record_failure.handler", 256, 30, ("base",)),
+    # Not a pipeline step: the scheduled drift job (reads records and the champion's baseline, emits DriftScore).
+    "Drift": FunctionSpec("docflow.handlers.drift.handler", 512, 300, ("base",)),
 }
 
 # The REST API: every endpoint in one function (synchronous upload-and-predict OCRs and classifies, so it
@@ -84,3 +86,24 @@ TRAINING_TIMEOUT_HOURS = 4  # the whole execution: data preparation, a queued an
 TRAINING_IMAGE_ACCOUNT = "763104351884"
 TRAINING_IMAGE_REPOSITORY = "pytorch-training"
 TRAINING_IMAGE_TAG = "2.5-{device}-py311"
+
+# Monitoring: the CloudWatch dashboard, the alarms (to one SNS topic) and the drift job's schedule.
+METRICS_NAMESPACE = "Docflow"
+ALARM_EMAIL_CONTEXT = "alarmEmail"  # cdk deploy -c alarmEmail=ops@example.com subscribes that address
+DRIFT_SCHEDULE_MINUTES = 60
+ALARM_PERIOD_MINUTES = 5
+# Any failed execution or any message in the dead-letter queue is worth a look.
+FAILED_EXECUTIONS_THRESHOLD = 1
+DLQ_MESSAGES_THRESHOLD = 1
+# Shares of the documents processed in one period (metric math over DocumentsProcessed by status), judged
+# only when at least RATE_MIN_DOCUMENTS were processed in it, so one failure out of two is not an outage.
+ERROR_RATE_THRESHOLD = 0.05  # FAILED / processed
+REVIEW_RATE_THRESHOLD = 0.30  # NEEDS_REVIEW / processed
+RATE_MIN_DOCUMENTS = 20
+RATE_EVALUATION_PERIODS = 3  # periods in a row (15 minutes) before the rate alarms fire
+# PSI above which a signal has drifted: the alarm's threshold, and DOCFLOW_DRIFT_THRESHOLD of the drift job.
+DRIFT_PSI_THRESHOLD = 0.2
+DRIFT_WINDOW_HOURS = 24  # DOCFLOW_DRIFT_WINDOW_HOURS of the drift job: the predictions each run compares
+DRIFT_SIGNALS = ("class_distribution", "prediction_confidence")
+TERMINAL_STATUSES = ("CLASSIFIED", "NEEDS_REVIEW", "REJECTED", "DUPLICATE", "FAILED")
+PIPELINE_STEPS = ("Validate", "ExtractText", "ExtractPages", "MergeText", "Classify", "RecordOutcome", "RecordFailure")

@@ -10,6 +10,7 @@ from constructs import Construct
 from infra_cdk import constants as c
 from infra_cdk.constructs.api import RestApi
 from infra_cdk.constructs.functions import PipelineFunctions
+from infra_cdk.constructs.monitoring import Monitoring
 from infra_cdk.constructs.pipeline import DocumentPipeline
 from infra_cdk.constructs.storage import Storage
 from infra_cdk.constructs.training import TrainingLoop
@@ -42,6 +43,16 @@ class DocflowStack(Stack):
             instance_type=self.node.try_get_context("trainingInstanceType"),
             mlflow_tracking_arn=self.node.try_get_context("mlflowTrackingArn"),
         )
+        self.monitoring = Monitoring(
+            self,
+            "Monitoring",
+            functions={**self.functions.functions, "Api": self.api.function, **self.training.functions},
+            drift_function=self.functions["Drift"],
+            state_machine=self.pipeline.state_machine,
+            dead_letter_queue=self.trigger.dlq,
+            removal_policy=removal,
+            alarm_email=self.node.try_get_context(c.ALARM_EMAIL_CONTEXT),
+        )
 
         outputs = {
             "DocumentsBucket": self.storage.documents.bucket_name,
@@ -54,6 +65,8 @@ class DocflowStack(Stack):
             "ApiKeyId": self.api.key.key_id,
             "TrainingStateMachineArn": self.training.state_machine.state_machine_arn,
             "TrainingJobRoleArn": self.training.job_role.role_arn,
+            "AlarmTopicArn": self.monitoring.topic.topic_arn,
+            "DashboardName": self.monitoring.dashboard.dashboard_name,
         }
         for name, value in outputs.items():
             CfnOutput(self, name, value=value)

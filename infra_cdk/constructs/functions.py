@@ -103,6 +103,9 @@ class PipelineFunctions(Construct):
         storage.models.grant_read(f["Classify"])
         for name in ("Validate", "RecordOutcome", "Classify", "RecordFailure"):
             table.grant_read_write_data(f[name])
+        # The drift job reads the recent records (the by-status index) and the champion's baseline.
+        table.grant_read_data(f["Drift"])
+        storage.models.grant_read(f["Drift"])
 
     def __getitem__(self, name: str) -> lambda_.Function:
         return self.functions[name]

@@ -95,7 +95,7 @@ def test_rule_matches_incoming_prefix_and_targets_pipeline_with_dlq(template: Te
 def test_functions_run_python312_with_one_role_each_and_single_threaded_ocr(template: Template) -> None:
     functions = template.find_resources("AWS::Lambda::Function")
     pipeline = {k: v for k, v in functions.items() if v["Properties"].get("Handler", "").startswith("docflow.")}
-    assert len(pipeline) == 8  # seven pipeline steps and the API
+    assert len(pipeline) == 9  # seven pipeline steps, the drift job and the API
     roles = {json.dumps(f["Properties"]["Role"]) for f in pipeline.values()}
     assert len(roles) == len(pipeline)
     for fn in pipeline.values():
