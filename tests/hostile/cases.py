@@ -250,6 +250,43 @@ def _repeated_kids_pdf(pages: int = 400, megabytes: float = 0.5) -> bytes:
     return _pdf(objects)
 
 
+RTL_LINE = (  # "internal memo" in Hebrew, then in Arabic
+    "\u05de\u05d6\u05db\u05e8 \u05e4\u05e0\u05d9\u05de\u05d9 \u2014 "
+    "\u0645\u0630\u0643\u0631\u0629 \u062f\u0627\u062e\u0644\u064a\u0629"
+)
+DEJAVU = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
+
+
+def _unicode_rtl_pdf() -> bytes:
+    """A text layer in Hebrew and Arabic, a right-to-left override around "evil.exe", then the memo: drawn
+    with an embedded TrueType font (PDFium's own page editing API), so the layer is real Unicode."""
+    import ctypes
+
+    import pypdfium2 as pdfium
+    import pypdfium2.raw as pdfium_c
+
+    with open(DEJAVU, "rb") as handle:
+        font_bytes = handle.read()
+    document = pdfium.PdfDocument.new()
+    try:
+        page = document.new_page(612, 792)
+        buffer = (ctypes.c_uint8 * len(font_bytes)).from_buffer_copy(font_bytes)
+        font = pdfium_c.FPDFText_LoadFont(document.raw, buffer, len(font_bytes), pdfium_c.FPDF_FONT_TRUETYPE, True)
+        for number, line in enumerate([RTL_LINE, "\u202eevil.exe\u202c", *MEMO.splitlines()]):
+            text = pdfium_c.FPDFPageObj_CreateTextObj(document.raw, font, 11.0)
+            wide = ctypes.create_string_buffer((line + "\0").encode("utf-16-le"))
+            pdfium_c.FPDFText_SetText(text, ctypes.cast(wide, pdfium_c.FPDF_WIDESTRING))
+            pdfium_c.FPDFPageObj_Transform(text, 1, 0, 0, 1, 72, 720 - 14 * number)
+            pdfium_c.FPDFPage_InsertObject(page.raw, text)
+        pdfium_c.FPDFPage_GenerateContent(page.raw)
+        pdfium_c.FPDFFont_Close(font)
+        out = io.BytesIO()
+        document.save(out)
+        return out.getvalue()
+    finally:
+        document.close()
+
+
 def _unicode_rtl_png() -> bytes:
     """A scan whose text mixes Hebrew, Arabic and English (OCR'd with eng only: whatever comes out is text)."""
     return _png(render_page("\u05e9\u05dc\u05d5\u05dd \u0645\u0631\u062d\u0628\u0627\n" + MEMO, 850, 1100, 15))
@@ -457,6 +494,14 @@ CASES: tuple[Case, ...] = (
     ),
     Case("jpeg-absurd-dpi", lambda: _jpeg_with_density(65_535), "dpi.jpg", PROCESSED, text_source="ocr"),
     Case("oversized-50MiB-plus-1", _oversized, "huge.pdf", _R, "TOO_LARGE", ("52,428,800",)),
+    Case(
+        "pdf-unicode-rtl-text-layer",
+        _unicode_rtl_pdf,
+        "\u05de\u05d6\u05db\u05e8.pdf",
+        PROCESSED,
+        text_source="pdf_text",
+        why="Hebrew, Arabic and a U+202E override in the text layer are text like any other",
+    ),
     Case(
         "unicode-rtl-name-and-text",
         _unicode_rtl_png,

@@ -50,3 +50,18 @@ def test_the_pdf_engine_cannot_run_javascript() -> None:
     assert not [
         p for p in package.rglob("*.py") if "FormFillEnvironment" in p.read_text() or "init_forms" in p.read_text()
     ]
+
+
+def test_a_right_to_left_text_layer_is_read_as_text() -> None:
+    from docflow.domain.extraction import extract_text
+    from docflow.models import MediaType, OcrOptions
+    from tests.hostile.cases import BY_NAME
+
+    result = extract_text(BY_NAME["pdf-unicode-rtl-text-layer"].data(), MediaType.PDF, OcrOptions())
+    assert result.text_source == "pdf_text"
+    # PDFium gives the letters of each right-to-left run in visual order; every one of them is there.
+    from tests.hostile.cases import RTL_LINE
+
+    hebrew_and_arabic = set(RTL_LINE) - set(" \u2014")
+    assert hebrew_and_arabic <= set(result.text)
+    assert "\u202e" in result.text and "MEMORANDUM" in result.text
