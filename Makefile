@@ -74,11 +74,8 @@ typecheck: install ## mypy
 mlflow-ui: install ## MLflow UI (runs, models, registry) for DOCFLOW_HOME on http://127.0.0.1:5000
 	$(BIN)/mlflow ui --backend-store-uri "sqlite:///$$(realpath -m $${DOCFLOW_HOME:-$$HOME/.docflow})/mlflow.db" --default-artifact-root "$$(realpath -m $${DOCFLOW_HOME:-$$HOME/.docflow})/mlruns" --host 127.0.0.1 --port 5000
 
-bench: model ## Benchmarks: OCR accuracy and throughput, classifier latency
-	$(BIN)/python bench/ocr_cer.py
-	$(BIN)/python bench/throughput.py
-	$(BIN)/python bench/classify_latency.py
-	$(BIN)/python bench/api_throughput.py
+bench: model ## Benchmarks (OCR, throughput, latency, cold starts, faults, big PDF, AWS cost): a table + bench/results/bench.json
+	$(BIN)/python bench/run_all.py
 
 layers: install ## Build the Lambda layers from manylinux wheels (no Docker)
 	$(BIN)/python layers/build.py
