@@ -209,7 +209,9 @@ class TrainingLoop(Construct):
         )
 
         # -- the state machine -----------------------------------------------------------------------
-        failed = sfn.Fail(self, "Training loop failed", error_path="$.error.Error", cause_path="$.error.Cause")
+        # The caught error's cause (a Lambda's errorType and message, or the failed job's DescribeTrainingJob
+        # with its FailureReason) becomes the execution's; the error name is fixed, so an alarm can match it.
+        failed = sfn.Fail(self, "Training loop failed", error="TrainingLoopFailed", cause_path="$.error.Cause")
 
         def invoke(state_name: str, fn: lambda_.IFunction, **kwargs: object) -> tasks.LambdaInvoke:
             task = tasks.LambdaInvoke(

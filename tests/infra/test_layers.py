@@ -39,6 +39,13 @@ if "extract" in module or "validate" in module or module.endswith(".api"):
     page = Image.new("L", (900, 200), 255)
     ImageDraw.Draw(page).text((20, 80), "INVOICE NUMBER 12345", fill=0, font_size=40)
     out["ocr"] = TesserocrEngine().recognize(page, OcrOptions()).text
+if "training_gate" in module:  # the promotion gate scores through onnxruntime, without scikit-learn
+    from docflow.settings import DEFAULT_MODEL_DIR
+    from docflow_training.registry import GatePolicy, HeldOutDoc, compare_on_holdout, text_sha256
+    memo = "MEMORANDUM TO: all staff FROM: J. Smith"
+    docs = [HeldOutDoc("memo.txt", "memo", text_sha256(memo), memo)]
+    same = compare_on_holdout(2, lambda: DEFAULT_MODEL_DIR, 1, lambda: DEFAULT_MODEL_DIR, docs, None, GatePolicy())
+    out["gate"] = {"promoted": same.promoted, "macro_f1": same.challenger_scores.macro_f1}
 print(json.dumps(out))
 """
 
@@ -55,7 +62,7 @@ def runtime_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return target
 
 
-SPECS = {**c.FUNCTIONS, "Api": c.API_FUNCTION}
+SPECS = {**c.FUNCTIONS, **c.TRAINING_FUNCTIONS, "Api": c.API_FUNCTION}
 
 
 @pytest.mark.skipif(PYTHON312 is None, reason="no python3.12 interpreter to stand in for the Lambda runtime")
@@ -83,3 +90,5 @@ def test_function_runs_on_its_layers_alone(name: str, runtime_dir: Path) -> None
         assert out["prediction"] == "memo"
     if "ocr" in out:
         assert "INVOICE" in out["ocr"]
+    if "gate" in out:  # a model is no better than itself: refused, having scored the memo right
+        assert out["gate"] == {"promoted": False, "macro_f1": 1.0}

@@ -33,7 +33,7 @@ def function_sizes() -> dict[str, int]:
 
     layer_sizes = {name: _size(build_layer(name)) for name in LAYERS}
     code = _size(c.FUNCTIONS_DIR, CODE_EXCLUDES)
-    specs = {**c.FUNCTIONS, "Api": c.API_FUNCTION}
+    specs = {**c.FUNCTIONS, **c.TRAINING_FUNCTIONS, "Api": c.API_FUNCTION}
     return {name: code + sum(layer_sizes[layer] for layer in spec.layers) for name, spec in specs.items()}
 
 

@@ -110,7 +110,8 @@ def _definition_with(arns: dict[str, str]) -> str:
         for logical, res in functions.items()
         if res["Properties"].get("Handler") in by_handler
     }
-    sm = next(iter(template.find_resources("AWS::StepFunctions::StateMachine").values()))
+    machines = template.find_resources("AWS::StepFunctions::StateMachine")
+    sm = next(v for k, v in machines.items() if k.startswith("PipelineStateMachine"))  # not the training loop
     parts = sm["Properties"]["DefinitionString"]["Fn::Join"][1]
     out = []
     for part in parts:

@@ -120,7 +120,8 @@ def test_unknown_hyperparameters_fail_loudly() -> None:
 
 def test_job_paths_follow_the_container_contract(tmp_path: Path) -> None:
     (tmp_path / "train").mkdir()
-    (tmp_path / "fb").mkdir()
+    (tmp_path / "fb" / "memo").mkdir(parents=True)  # a channel is a data set when it has <class>/*.txt
+    (tmp_path / "fb" / "memo" / "1.txt").write_text("MEMORANDUM")
     env = {
         "SM_CHANNEL_TRAIN": str(tmp_path / "train"),
         "SM_CHANNEL_FEEDBACK": str(tmp_path / "fb"),
