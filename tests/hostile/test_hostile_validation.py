@@ -65,3 +65,15 @@ def test_a_right_to_left_text_layer_is_read_as_text() -> None:
     hebrew_and_arabic = set(RTL_LINE) - set(" \u2014")
     assert hebrew_and_arabic <= set(result.text)
     assert "\u202e" in result.text and "MEMORANDUM" in result.text
+
+
+def test_an_upload_of_a_1024_byte_key_fits_a_dynamodb_sort_key() -> None:
+    from docflow.adapters.aws import UPLOAD_PREFIX, upload_sort_key
+
+    short = "s3://bucket/incoming/memo.pdf"
+    assert upload_sort_key(short) == UPLOAD_PREFIX + short  # unchanged where it fits
+    long_a = "s3://docflow-documents-test/incoming/" + "\u05d0" * 600 + "a.png"  # 2-byte characters, > 1024 bytes
+    long_b = long_a[:-5] + "b.png"
+    keys = {upload_sort_key(long_a), upload_sort_key(long_b)}
+    assert len(keys) == 2 and upload_sort_key(long_a) in keys  # distinct, and the same on every delivery
+    assert all(len(key.encode()) <= 1024 and key.startswith(UPLOAD_PREFIX + "s3://docflow") for key in keys)
