@@ -63,8 +63,10 @@ def processed(status: str) -> cw.Metric:
 
 def share_of_processed(status: str, label: str) -> cw.MathExpression:
     """``status``'s share of the documents that reached a terminal status in a period; 0 for a period with
-    fewer than RATE_MIN_DOCUMENTS of them (a rate of 1 of 2 is noise, not an outage)."""
-    total = "(" + " + ".join(f"FILL({i}, 0)" for i in STATUS_IDS.values()) + ")"
+    fewer than RATE_MIN_DOCUMENTS of them (a rate of 1 of 2 is noise, not an outage). The total is SUM over
+    the array of per-status series, which adds what each timestamp has: a status that reported nothing in
+    the whole window (no DUPLICATE for days) must not empty the denominator, as it would in a + b."""
+    total = "SUM([" + ", ".join(STATUS_IDS.values()) + "])"
     return cw.MathExpression(
         expression=f"IF({total} >= {c.RATE_MIN_DOCUMENTS}, FILL({STATUS_IDS[status]}, 0) / {total}, 0)",
         using_metrics={i: processed(s) for s, i in STATUS_IDS.items()},

@@ -168,8 +168,8 @@ def test_rate_alarms_divide_one_status_by_all_processed(
         by_status[dims["status"]] = query_id
     assert set(by_status) == set(c.TERMINAL_STATUSES)
     text = expression["Expression"]
-    total = " + ".join(f"FILL({by_status[s]}, 0)" for s in c.TERMINAL_STATUSES)
-    assert text == f"IF(({total}) >= {c.RATE_MIN_DOCUMENTS}, FILL({by_status[status]}, 0) / ({total}), 0)"
+    total = "SUM([" + ", ".join(by_status[s] for s in c.TERMINAL_STATUSES) + "])"
+    assert text == f"IF({total} >= {c.RATE_MIN_DOCUMENTS}, FILL({by_status[status]}, 0) / {total}, 0)"
 
 
 @pytest.mark.parametrize("signal", c.DRIFT_SIGNALS)
