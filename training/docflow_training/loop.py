@@ -282,19 +282,19 @@ def evaluate_and_gate(
         decision = GateDecision(version, True, "no champion yet: the first model is promoted", policy=policy)
     else:
         source = BlobChampionSource(models, settings.models_prefix, cache_root=work / "champion", ttl_seconds=0)
+        trained_on: set[str] | None
         try:
-            manifest: set[str] | None = json.loads(
-                models.get(f"{settings.models_prefix}{pointer.model_dir}/{TRAIN_MANIFEST_FILE}")
-            )["text_sha256"]
+            raw = models.get(f"{settings.models_prefix}{pointer.model_dir}/{TRAIN_MANIFEST_FILE}")
+            trained_on = set(json.loads(raw)["text_sha256"])
         except BlobNotFoundError:
-            manifest = None  # published by `docflow train` from the MLflow registry: its manifest stays there
+            trained_on = None  # published by `docflow train` from the MLflow registry: its manifest stays there
         decision = compare_on_holdout(
             version,
             lambda: candidate,
             pointer.version,
             source.resolve,
             holdout,
-            set(manifest) if manifest is not None else None,
+            trained_on,
             policy,
         )
     record = {
@@ -345,7 +345,10 @@ def publish_candidate(
         )
     run_id = None
     if (output / RESULT_FILE).is_file():
-        run_id = json.loads((output / RESULT_FILE).read_text(encoding="utf-8")).get("run_id")
+        result = json.loads((output / RESULT_FILE).read_text(encoding="utf-8"))
+        # Only a run on a managed MLflow server outlives the job; a SQLite store in the container does not.
+        if str(result.get("tracking_uri") or "").startswith("arn:"):
+            run_id = result.get("run_id")
     pointer = publish_dir(
         model_dir, settings.registered_model, version, run_id, BlobPublishTarget(models, settings.models_prefix)
     )
