@@ -125,7 +125,7 @@ def score_model(model_dir: Path, docs: Sequence[HeldOutDoc], batch_size: int = 3
     return Scores(
         n_docs=len(docs),
         accuracy=float(np.mean([t == p for t, p in zip(y_true, y_pred, strict=True)])) if docs else 0.0,
-        macro_f1=float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)) if labels else 0.0,
+        macro_f1=float(np.mean(f1s)) if labels else 0.0,
         recall={label: float(r) for label, r in zip(labels, recalls, strict=True)},
         support={label: y_true.count(label) for label in labels},
     )
@@ -419,8 +419,6 @@ class Registry:
                     champion_version=champion_version,
                     policy=policy,
                 )
-            holdout = read_holdout(holdout_path)
-            seen: set[str] = set()
             manifest = (
                 self._run_artifact(champion.run_id, TRAIN_MANIFEST_FILE, work / "champion") if champion.run_id else None
             )
