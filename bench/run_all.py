@@ -72,6 +72,7 @@ def table(r: dict[str, Any]) -> list[tuple[str, str, str]]:
     if ps := r.get("pipeline_share", {}).get("outside_ocr"):
         add("time outside OCR, per document", f"{100 * ps['outside_ocr_share_per_document']:.1f} %", "<= 5 %")
         add("time outside OCR, end to end (start-up, idle)", f"{100 * ps['outside_ocr_share_end_to_end']:.1f} %")
+        add("  step seconds (36 docs) vs OCR seconds", f"{ps['step_s']} vs {ps['ocr_s']}")
     if cl := r.get("classify_latency"):
         add("classify p50 / p99 (one thread)", f"{cl['classify_p50_ms']} / {cl['classify_p99_ms']} ms")
     for name, cs in r.get("cold_start", {}).items():
@@ -86,8 +87,8 @@ def table(r: dict[str, Any]) -> list[tuple[str, str, str]]:
         )
     for row in r.get("pipeline_share", {}).get("scaling", []):
         add(
-            f"pages/s at {row['documents']} documents (tiny scans): wall; in workers",
-            f"{row['pages_per_s']}; {row.get('pages_per_s_in_workers')}",
+            f"pages/s at {row['documents']} docs (tiny scans): wall; in workers; median s/doc",
+            f"{row['pages_per_s']}; {row.get('pages_per_s_in_workers')}; {row['document_s_median']}",
             "flat",
         )
     if (fr := r.get("fault_run")) and "documents" in fr:
