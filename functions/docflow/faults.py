@@ -84,7 +84,7 @@ def parse_faults(spec: str) -> tuple[Fault, ...]:
             faults.append(
                 Fault(
                     step=step,
-                    kind=kind,  # type: ignore[arg-type]  # the regex admits only the two literals
+                    kind=kind,  # the regex admits only the two literals
                     times=int(match["times"] or 1),
                     rate=float(match["rate"] or 1.0),
                 )
