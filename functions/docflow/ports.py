@@ -20,18 +20,19 @@ class BlobStore(ABC):
     def put(self, key: str, data: bytes, content_type: str | None = None) -> None: ...
 
     @abstractmethod
-    def get(self, key: str) -> bytes:
-        """Raise BlobNotFoundError when absent."""
+    def get(self, key: str, version_id: str | None = None) -> bytes:
+        """The object's bytes; with version_id, that version's (a versioned bucket keeps every one).
+        Raise BlobNotFoundError when absent."""
 
     @abstractmethod
     def exists(self, key: str) -> bool: ...
 
     @abstractmethod
-    def size(self, key: str) -> int:
+    def size(self, key: str, version_id: str | None = None) -> int:
         """Bytes in the object, without reading it. Raise BlobNotFoundError when absent."""
 
     @abstractmethod
-    def iter_chunks(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+    def iter_chunks(self, key: str, chunk_size: int = 1 << 20, version_id: str | None = None) -> Iterator[bytes]:
         """Stream the object (hash a file too big to hold in memory)."""
 
     @abstractmethod
@@ -66,7 +67,10 @@ class RecordStore(ABC):
     ) -> tuple[list[DocumentRecord], str | None]: ...
 
     @abstractmethod
-    def put_upload(self, upload: UploadRecord) -> None: ...
+    def put_upload(self, upload: UploadRecord) -> None:
+        """Insert or replace the record of this object (source and version). A record of a known version
+        also replaces its source's record written before any version was known: the API's RECEIVED, put
+        before the bytes (whose arrival starts the pipeline) so that a poll right after the 202 finds it."""
 
     @abstractmethod
     def list_uploads(self, document_id: str) -> list[UploadRecord]: ...

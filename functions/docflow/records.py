@@ -15,6 +15,7 @@ class DocumentRecord(BaseModel):
     document_id: str
     status: Status
     source: str  # the first upload's source (path given to the CLI, or bucket/key)
+    version_id: str | None = None  # the first upload's object version (S3 versioned bucket)
     blob_key: str | None = None  # where the bytes are kept in the blob store
     media_type: str | None = None
     size_bytes: int | None = None
@@ -33,14 +34,26 @@ class DocumentRecord(BaseModel):
     updated_at: datetime = Field(default_factory=utcnow)
 
 
+def object_id(source: str, version_id: str | None) -> str:
+    """One uploaded object: its source, and its version where the store keeps versions (S3's
+    s3://bucket/key?versionId=... form). With the content hash it is the idempotency key: a delivery of
+    an object already on record is a replay, not new work."""
+    return f"{source}?versionId={version_id}" if version_id else source
+
+
 class UploadRecord(BaseModel):
     """One uploaded object and its own terminal status (DUPLICATE for a repeat of known content)."""
 
     document_id: str
     source: str
+    version_id: str | None = None
     status: Status
     duplicate_of: str | None = None
     received_at: datetime = Field(default_factory=utcnow)
+
+    @property
+    def object_id(self) -> str:
+        return object_id(self.source, self.version_id)
 
 
 class PredictionRecord(BaseModel):

@@ -1,7 +1,8 @@
 """Hostile inputs through the synthesized state machine: moto's ASL engine, the project's real handlers, moto
 S3 and DynamoDB. Each case's bytes are put under incoming/ with its hostile key (control characters, %XX and
 +, Unicode with a right-to-left override, 1 022 bytes, ../) and the S3 "Object Created" event (the shape
-of tests/events/s3_object_created.json, key URL-encoded as S3 sends it) starts one execution.
+of tests/events/s3_object_created.json with the version put, key URL-encoded as S3 sends it) starts one
+execution.
 
 Every execution must SUCCEED (a REJECTED or DUPLICATE document is an outcome, not a failure) with the case's
 exact outcome in its output and in the DynamoDB record, within 30 s.
@@ -15,28 +16,20 @@ import time
 import zipfile
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import quote_plus
 
 import boto3
 import pytest
 from moto import mock_aws
 
 from infra_cdk import constants as c
-from tests.aws_fixtures import BUCKET, TABLE, create_resources
+from tests.aws_fixtures import BUCKET, TABLE, create_resources, object_created
 from tests.hostile.cases import BY_NAME, cases_for, outcome_problems
-from tests.integration.test_handlers import EVENT
 from tests.integration.test_state_machine_asl import REGION, Faults, _definition_with, _serve_with_real_handlers
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 CASES = cases_for("asl")
 PER_EXECUTION_LIMIT_S = 30
-
-
-def _event(key: str, size: int) -> dict[str, Any]:
-    event: dict[str, Any] = json.loads(json.dumps(EVENT))
-    event["detail"]["object"].update(key=quote_plus(key, safe="/"), size=size)
-    return event
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +79,7 @@ def executions() -> Iterator[dict[str, Any]]:
                     arn = sfn.start_execution(
                         stateMachineArn=machine,
                         name=f"hostile-{number}",
-                        input=json.dumps(_event(case.s3_key, len(data))),
+                        input=json.dumps(object_created(case.s3_key, s3=s3)),
                     )["executionArn"]
                     while (desc := sfn.describe_execution(executionArn=arn))["status"] == "RUNNING":
                         assert time.monotonic() - started < 120, f"{case.name}: execution still running"

@@ -22,7 +22,7 @@ import pytest
 from moto import mock_aws
 
 from docflow.samples import MEMO, text_pdf
-from tests.aws_fixtures import BUCKET, TABLE, create_resources
+from tests.aws_fixtures import BUCKET, TABLE, create_resources, object_created
 
 pytestmark = pytest.mark.integration
 
@@ -95,8 +95,7 @@ def _pipeline(key: str) -> dict[str, Any]:
     """What the EventBridge rule and the state machine do with the object the API wrote."""
     from docflow.handlers import classify, extract_text, record_outcome, validate
 
-    s3_event = json.loads((EVENTS / "s3_object_created.json").read_text())
-    s3_event["detail"]["object"]["key"] = key
+    s3_event = object_created(key)
     ctx = FakeLambdaContext()
     state = validate.handler(s3_event, ctx)
     if not state["proceed"]:

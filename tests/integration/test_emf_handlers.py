@@ -8,7 +8,6 @@ import json
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import boto3
@@ -16,11 +15,10 @@ import pytest
 from moto import mock_aws
 
 from docflow.samples import LETTER, MEMO, render_page, text_pdf
-from tests.aws_fixtures import BUCKET, TABLE, create_resources
+from tests.aws_fixtures import BUCKET, TABLE, create_resources, object_created
 
 pytestmark = pytest.mark.integration
 
-EVENT = json.loads((Path(__file__).parents[1] / "events" / "s3_object_created.json").read_text())
 
 # The metrics contract (issue #7): each metric's exact dimension set (service is powertools' default).
 CONTRACT: dict[str, tuple[str, frozenset[str]]] = {
@@ -117,9 +115,7 @@ def invoke(capsys: pytest.CaptureFixture[str]) -> Invoker:
 
 
 def _event(key: str) -> dict[str, Any]:
-    event = json.loads(json.dumps(EVENT))
-    event["detail"]["object"]["key"] = key
-    return event
+    return object_created(key)
 
 
 def _step(metrics: list[Metric], step: str) -> None:

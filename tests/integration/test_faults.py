@@ -8,7 +8,6 @@ the record store, so "N times" holds across invocations and processes.
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,8 +25,8 @@ from docflow.pipeline.runner import Runner
 from docflow.pipeline.state import DocumentRef
 from docflow.samples import MEMO, text_pdf
 from docflow.settings import Settings, get_settings
-from tests.aws_fixtures import BUCKET, TABLE, create_resources
-from tests.integration.test_handlers import EVENT, FakeLambdaContext
+from tests.aws_fixtures import BUCKET, TABLE, create_resources, object_created
+from tests.integration.test_handlers import FakeLambdaContext
 
 pytestmark = pytest.mark.integration
 
@@ -195,8 +194,7 @@ def test_handlers_fail_transiently_n_times_across_invocations(aws: Any, monkeypa
 
     monkeypatch.setenv("DOCFLOW_FAULTS", "ExtractText=transient:2")
     aws.put_object(Bucket=BUCKET, Key="incoming/memo.pdf", Body=MEMO_PDF)
-    event = json.loads(json.dumps(EVENT))
-    event["detail"]["object"]["key"] = "incoming/memo.pdf"
+    event = object_created("incoming/memo.pdf")
     ctx = FakeLambdaContext()
     _fresh_container()
     state = validate.handler(event, ctx)

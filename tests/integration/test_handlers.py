@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import boto3
@@ -13,11 +12,11 @@ import pytest
 from moto import mock_aws
 
 from docflow.samples import LETTER, MEMO, render_page, text_pdf
-from tests.aws_fixtures import BUCKET, TABLE, create_resources
+from tests.aws_fixtures import BUCKET, EVENT, TABLE, create_resources, object_created
+
+__all__ = ["EVENT", "FakeLambdaContext"]
 
 pytestmark = pytest.mark.integration
-
-EVENT = json.loads((Path(__file__).parents[1] / "events" / "s3_object_created.json").read_text())
 
 
 @dataclass
@@ -39,9 +38,8 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
 
 
 def _event(key: str) -> dict[str, Any]:
-    event = json.loads(json.dumps(EVENT))
-    event["detail"]["object"]["key"] = key
-    return event
+    """S3's event for the object now under key (a versioned bucket: the event names its version)."""
+    return object_created(key)
 
 
 def _record(document_id: str) -> dict[str, Any]:
@@ -86,7 +84,7 @@ def test_scanned_letter_is_ocrd_and_url_encoded_keys_work(aws: Any) -> None:
     buf = io.BytesIO()
     render_page(LETTER).save(buf, "PNG")
     aws.put_object(Bucket=BUCKET, Key="incoming/my letter.png", Body=buf.getvalue())
-    state = _run(_event("incoming/my+letter.png"))  # S3 notifications URL-encode keys
+    state = _run(_event("incoming/my letter.png"))  # its event carries the key URL-encoded: my+letter.png
     assert state["text_source"] == "ocr"
     assert state["status"] in ("CLASSIFIED", "NEEDS_REVIEW")
     assert _record(state["document_id"])["status"] == state["status"]

@@ -1,10 +1,13 @@
 """At-least-once delivery: the same S3 event twice gives one record and one prediction.
 
 EventBridge may deliver an "Object Created" event more than once, and two deliveries may run at once.
-The idempotency key is the content hash (document_id) plus the object: Validate's conditional create of
-the document record lets exactly one delivery own the work; a later or concurrent delivery of the same
-object reports the outcome on record (replay). Another object with the same bytes is DUPLICATE of the first.
-Checked through the Lambda handlers and through the synthesized state machine.
+The idempotency key is the content hash (document_id) plus the object version the event names: Validate
+reads that very version (the key may have been written again since), its conditional create of the document
+record lets exactly one delivery own the work, and a later or concurrent delivery of the same object version
+reports the outcome on record (replay). Another object or version with the same bytes is DUPLICATE of the
+first; a delivery of an object already recorded (rejected, duplicate) is a replay too. The bucket is
+versioned as the stack's is, and every event carries the version id S3 gave the put. Checked through the
+Lambda handlers and through the synthesized state machine.
 """
 
 from __future__ import annotations
@@ -21,10 +24,10 @@ import pytest
 from boto3.dynamodb.conditions import Key
 from moto import mock_aws
 
-from docflow.samples import MEMO, text_pdf
-from tests.aws_fixtures import BUCKET, TABLE, create_resources
+from docflow.samples import LETTER, MEMO, text_pdf
+from tests.aws_fixtures import BUCKET, TABLE, create_resources, object_created
 from tests.integration import test_state_machine_asl as asl
-from tests.integration.test_handlers import EVENT, FakeLambdaContext
+from tests.integration.test_handlers import FakeLambdaContext
 
 pytestmark = pytest.mark.integration
 
@@ -36,10 +39,9 @@ machine = asl.machine
 faults = asl.faults
 
 
-def _event(key: str, version_id: str = "v1", etag: str = "etag-1") -> dict[str, Any]:
-    event = json.loads(json.dumps(EVENT))
-    event["detail"]["object"].update({"key": key, "version-id": version_id, "etag": etag})
-    return event
+def _event(key: str) -> dict[str, Any]:
+    """S3's event for the version now under key."""
+    return object_created(key)
 
 
 def _items(document_id: str) -> dict[str, list[dict[str, Any]]]:
@@ -114,12 +116,84 @@ def test_handlers_same_event_twice_at_once(aws: Any) -> None:
 def test_handlers_other_version_same_bytes_other_name_is_duplicate(aws: Any) -> None:
     aws.put_object(Bucket=BUCKET, Key="incoming/memo.pdf", Body=MEMO_PDF)
     aws.put_object(Bucket=BUCKET, Key="incoming/copy.pdf", Body=MEMO_PDF)
-    first = _rest(_validate(_event("incoming/memo.pdf", "v1", "e1")))
-    copy = _rest(_validate(_event("incoming/copy.pdf", "v7", "e7")))
+    first = _rest(_validate(_event("incoming/memo.pdf")))
+    copy = _rest(_validate(_event("incoming/copy.pdf")))
     assert copy["status"] == "DUPLICATE" and copy["duplicate_of"] == first["document_id"] == MEMO_ID
     items = _items(MEMO_ID)
     assert len(items["DOCUMENT"]) == 1 and len(items["PREDICTION#"]) == 1
     assert sorted(u["status"] for u in items["UPLOAD#"]) == sorted([first["status"], "DUPLICATE"])
+
+
+def test_handlers_redelivery_reads_the_events_version_after_the_key_was_overwritten(aws: Any) -> None:
+    aws.put_object(Bucket=BUCKET, Key="incoming/scan.pdf", Body=MEMO_PDF)
+    memo_event = _event("incoming/scan.pdf")
+    first = _rest(_validate(memo_event))
+    letter_pdf = text_pdf([LETTER])
+    aws.put_object(Bucket=BUCKET, Key="incoming/scan.pdf", Body=letter_pdf)  # the key now holds a letter
+    letter_event = _event("incoming/scan.pdf")
+    # The memo's event, delivered again: its version's bytes are read (the memo), so it is a replay ...
+    again = _rest(_validate(memo_event))
+    assert again["replay"] is True and again["document_id"] == MEMO_ID and again["status"] == first["status"]
+    # ... and the letter's own event is new work on the letter.
+    letter = _rest(_validate(letter_event))
+    assert letter["replay"] is False and letter["document_id"] == hashlib.sha256(letter_pdf).hexdigest()
+    assert letter["status"] in ("CLASSIFIED", "NEEDS_REVIEW")
+    assert len(_all_documents()) == 2
+    assert len(_items(MEMO_ID)["PREDICTION#"]) == 1 and len(_items(letter["document_id"])["PREDICTION#"]) == 1
+    memo_version = memo_event["detail"]["object"]["version-id"]
+    [upload] = _items(MEMO_ID)["UPLOAD#"]
+    assert upload["version_id"] == memo_version
+    assert _items(MEMO_ID)["DOCUMENT"][0]["version_id"] == memo_version
+
+
+def test_handlers_same_bytes_put_again_as_a_new_version_is_duplicate_once(aws: Any) -> None:
+    aws.put_object(Bucket=BUCKET, Key="incoming/memo.pdf", Body=MEMO_PDF)
+    v1 = _event("incoming/memo.pdf")
+    first = _rest(_validate(v1))
+    aws.put_object(Bucket=BUCKET, Key="incoming/memo.pdf", Body=MEMO_PDF)  # the user sends it again
+    v2 = _event("incoming/memo.pdf")
+    assert v2["detail"]["object"]["version-id"] != v1["detail"]["object"]["version-id"]
+    second = _rest(_validate(v2))
+    assert second["status"] == "DUPLICATE" and second["replay"] is False and second["duplicate_of"] == MEMO_ID
+    assert v1["detail"]["object"]["version-id"] in second["reason"]
+    # v2's event delivered again: the DUPLICATE outcome on record, not a second one
+    again = _validate(v2)
+    assert again["replay"] is True and again["status"] == "DUPLICATE" and again["proceed"] is False
+    _rest(again)
+    items = _items(MEMO_ID)
+    assert len(items["PREDICTION#"]) == 1 and items["DOCUMENT"][0]["status"] == first["status"]
+    assert sorted((u["version_id"], u["status"]) for u in items["UPLOAD#"]) == sorted(
+        [
+            (v1["detail"]["object"]["version-id"], first["status"]),
+            (v2["detail"]["object"]["version-id"], "DUPLICATE"),
+        ]
+    )
+
+
+def test_handlers_rejected_object_delivered_again_is_recorded_once(aws: Any) -> None:
+    html = b"<html><body>not a document</body></html>"
+    aws.put_object(Bucket=BUCKET, Key="incoming/page.pdf", Body=html)
+    event = _event("incoming/page.pdf")
+    first = _rest(_validate(event))
+    assert first["status"] == "REJECTED" and first["replay"] is False
+    received = _items(first["document_id"])["UPLOAD#"][0]["received_at"]
+    again = _rest(_validate(event))
+    assert again["status"] == "REJECTED" and again["replay"] is True and again["code"] == first["code"]
+    items = _items(first["document_id"])
+    assert len(items["DOCUMENT"]) == 1 and len(items["UPLOAD#"]) == 1
+    assert items["UPLOAD#"][0]["received_at"] == received  # not written again
+
+
+def test_handlers_event_for_a_deleted_version_fails_permanently(aws: Any) -> None:
+    from docflow.errors import PermanentError
+
+    aws.put_object(Bucket=BUCKET, Key="incoming/memo.pdf", Body=MEMO_PDF)
+    event = _event("incoming/memo.pdf")
+    aws.put_object(Bucket=BUCKET, Key="incoming/memo.pdf", Body=text_pdf([LETTER]))
+    aws.delete_object(Bucket=BUCKET, Key="incoming/memo.pdf", VersionId=event["detail"]["object"]["version-id"])
+    # The key still holds the letter, but the event names the memo's version: never process the wrong bytes.
+    with pytest.raises(PermanentError, match="not found"):
+        _validate(event)
 
 
 # -- the state machine ------------------------------------------------------------------------------------
@@ -159,7 +233,7 @@ def test_state_machine_same_event_twice_at_once_then_again_then_a_copy(machine: 
     assert status == "SUCCEEDED" and late["replay"] is True and late["status"] == owner["status"]
     # Another object version with the same bytes under another name.
     machine["s3"].put_object(Bucket=BUCKET, Key="incoming/copy.pdf", Body=MEMO_PDF)
-    status, copy = _wait(machine, _start(machine, _event("incoming/copy.pdf", "v2", "e2")))
+    status, copy = _wait(machine, _start(machine, _event("incoming/copy.pdf")))
     assert status == "SUCCEEDED" and copy["status"] == "DUPLICATE" and copy["duplicate_of"] == MEMO_ID
 
     items = _items(MEMO_ID)

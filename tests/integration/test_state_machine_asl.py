@@ -22,9 +22,9 @@ from moto.awslambda.models import LambdaFunction
 
 from docflow.samples import MEMO, text_pdf
 from infra_cdk import constants as c
-from tests.aws_fixtures import BUCKET, TABLE, create_resources
+from tests.aws_fixtures import BUCKET, TABLE, create_resources, object_created
 from tests.infra.synth import synth_stack
-from tests.integration.test_handlers import EVENT, FakeLambdaContext
+from tests.integration.test_handlers import FakeLambdaContext
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -159,8 +159,7 @@ def machine(faults: Faults, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[st
 
 def _execute(machine: dict[str, Any], key: str, body: bytes, timeout: float = 180) -> tuple[str, dict[str, Any]]:
     machine["s3"].put_object(Bucket=BUCKET, Key=key, Body=body)
-    event = json.loads(json.dumps(EVENT))
-    event["detail"]["object"]["key"] = key
+    event = object_created(key, s3=machine["s3"])
     execution = machine["sfn"].start_execution(stateMachineArn=machine["arn"], input=json.dumps(event))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

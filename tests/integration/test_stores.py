@@ -58,6 +58,22 @@ def test_missing_blob_is_a_clear_error(stores: tuple[BlobStore, RecordStore]) ->
         blobs.size("nope")
 
 
+def test_s3_reads_the_version_asked_for() -> None:
+    with mock_aws():
+        s3 = create_resources()["s3"]
+        blobs = S3BlobStore(BUCKET)
+        v1 = s3.put_object(Bucket=BUCKET, Key="incoming/a.pdf", Body=b"first")["VersionId"]
+        s3.put_object(Bucket=BUCKET, Key="incoming/a.pdf", Body=b"second, longer")
+        assert blobs.get("incoming/a.pdf") == b"second, longer"
+        assert blobs.get("incoming/a.pdf", version_id=v1) == b"first"
+        assert blobs.size("incoming/a.pdf", version_id=v1) == 5
+        assert b"".join(blobs.iter_chunks("incoming/a.pdf", chunk_size=2, version_id=v1)) == b"first"
+        s3.delete_object(Bucket=BUCKET, Key="incoming/a.pdf", VersionId=v1)
+        for read in (blobs.get, blobs.size):
+            with pytest.raises(BlobNotFoundError):
+                read("incoming/a.pdf", version_id=v1)
+
+
 def test_create_document_is_conditional(stores: tuple[BlobStore, RecordStore]) -> None:
     _, records = stores
     # Given a document created once
@@ -124,6 +140,25 @@ def test_uploads_and_prediction_history(stores: tuple[BlobStore, RecordStore]) -
     assert [(p.model_version, p.predicted_class) for p in history] == [("1", "memo"), ("2", "letter")]
 
 
+def test_uploads_are_one_per_object_version_and_replace_the_versionless_placeholder(
+    stores: tuple[BlobStore, RecordStore],
+) -> None:
+    _, records = stores
+    src = "s3://docs/incoming/a.pdf"
+    # The API's record, written before the bytes (and so before their version) exist
+    records.put_upload(UploadRecord(document_id="d4", source=src, status=Status.RECEIVED))
+    # The pipeline's record of the version S3 gave the put replaces it
+    records.put_upload(UploadRecord(document_id="d4", source=src, version_id="v1", status=Status.CLASSIFIED))
+    assert [(u.version_id, u.status) for u in records.list_uploads("d4")] == [("v1", Status.CLASSIFIED)]
+    # Another version of the same key is another upload; the same version again stays one
+    records.put_upload(UploadRecord(document_id="d4", source=src, version_id="v2", status=Status.DUPLICATE))
+    records.put_upload(UploadRecord(document_id="d4", source=src, version_id="v2", status=Status.DUPLICATE))
+    assert sorted((u.object_id, u.status) for u in records.list_uploads("d4")) == [
+        (f"{src}?versionId=v1", Status.CLASSIFIED),
+        (f"{src}?versionId=v2", Status.DUPLICATE),
+    ]
+
+
 def test_documents_updated_in_a_window(stores: tuple[BlobStore, RecordStore]) -> None:
     _, records = stores
     now = utcnow()
@@ -143,9 +178,7 @@ def test_documents_updated_in_a_window(stores: tuple[BlobStore, RecordStore]) ->
             ).model_copy(update={"predicted_class": "memo", "confidence": 0.75, "model_version": "3"})
         )
     # When the last hour is listed for the two statuses that carry a prediction
-    window = records.list_documents_updated(
-        ["CLASSIFIED", "NEEDS_REVIEW"], now - timedelta(hours=1), now
-    )
+    window = records.list_documents_updated(["CLASSIFIED", "NEEDS_REVIEW"], now - timedelta(hours=1), now)
     # Then exactly the documents updated inside [since, until) come back, oldest first, with their prediction
     assert [r.document_id for r in window] == ["w1", "w2", "w3"]
     assert all(r.predicted_class == "memo" and r.confidence == 0.75 and r.model_version == "3" for r in window)

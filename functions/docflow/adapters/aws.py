@@ -50,6 +50,11 @@ def _translate(exc: Exception, what: str) -> Exception:
     return exc
 
 
+def _missing(exc: ClientError) -> bool:
+    """No such key, or no such version of it (deleted since its event was sent); HEAD answers a bare 404."""
+    return exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "NoSuchVersion", "404", "NotFound")
+
+
 class S3BlobStore(BlobStore):
     def __init__(self, bucket: str) -> None:
         if not bucket:
@@ -67,12 +72,16 @@ class S3BlobStore(BlobStore):
         except (ClientError, BotoCoreError) as exc:
             raise _translate(exc, f"put s3://{self.bucket}/{key}") from exc
 
-    def get(self, key: str) -> bytes:
+    @staticmethod
+    def _version(version_id: str | None) -> dict[str, str]:
+        return {"VersionId": version_id} if version_id else {}
+
+    def get(self, key: str, version_id: str | None = None) -> bytes:
         try:
-            body: bytes = self._s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            body: bytes = self._s3.get_object(Bucket=self.bucket, Key=key, **self._version(version_id))["Body"].read()
             return body
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            if _missing(exc):
                 raise BlobNotFoundError(key) from None
             raise _translate(exc, f"get s3://{self.bucket}/{key}") from exc
         except BotoCoreError as exc:
@@ -83,23 +92,23 @@ class S3BlobStore(BlobStore):
             self._s3.head_object(Bucket=self.bucket, Key=key)
             return True
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+            if _missing(exc):
                 return False
             raise _translate(exc, f"head s3://{self.bucket}/{key}") from exc
 
-    def size(self, key: str) -> int:
+    def size(self, key: str, version_id: str | None = None) -> int:
         try:
-            return int(self._s3.head_object(Bucket=self.bucket, Key=key)["ContentLength"])
+            return int(self._s3.head_object(Bucket=self.bucket, Key=key, **self._version(version_id))["ContentLength"])
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+            if _missing(exc):
                 raise BlobNotFoundError(key) from None
             raise _translate(exc, f"head s3://{self.bucket}/{key}") from exc
 
-    def iter_chunks(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+    def iter_chunks(self, key: str, chunk_size: int = 1 << 20, version_id: str | None = None) -> Iterator[bytes]:
         try:
-            body = self._s3.get_object(Bucket=self.bucket, Key=key)["Body"]
+            body = self._s3.get_object(Bucket=self.bucket, Key=key, **self._version(version_id))["Body"]
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            if _missing(exc):
                 raise BlobNotFoundError(key) from None
             raise _translate(exc, f"get s3://{self.bucket}/{key}") from exc
         yield from body.iter_chunks(chunk_size)
@@ -122,8 +131,9 @@ _MAX_SORT_KEY_BYTES = 1024  # DynamoDB's limit; an S3 key alone may be 1024 byte
 
 
 def upload_sort_key(source: str) -> str:
-    """UPLOAD#<source>; a source too long for a sort key keeps its start and ends with its SHA-256, so the
-    key stays unique and the same on every delivery (the item's `source` attribute keeps it whole)."""
+    """UPLOAD#<source>, the source being an object id (the source and its version); one too long for a sort
+    key keeps its start and ends with its SHA-256, so the key stays unique and the same on every delivery (the
+    item's `source` attribute keeps it whole)."""
     key = f"{UPLOAD_PREFIX}{source}"
     if len(key.encode()) <= _MAX_SORT_KEY_BYTES:
         return key
@@ -228,8 +238,20 @@ class DynamoRecordStore(RecordStore):
 
     def put_upload(self, upload: UploadRecord) -> None:
         item = _to_item(upload)
-        item.update(pk=upload.document_id, sk=upload_sort_key(upload.source))
-        self._call("put upload", self._table.put_item, Item=item)
+        item.update(pk=upload.document_id, sk=upload_sort_key(upload.object_id))
+        if upload.version_id is None:
+            self._call("put upload", self._table.put_item, Item=item)
+            return
+        # One transaction: never both records, never neither (the resource's client takes plain values).
+        placeholder = {"pk": upload.document_id, "sk": upload_sort_key(upload.source)}
+        self._call(
+            "put upload",
+            self._table.meta.client.transact_write_items,
+            TransactItems=[
+                {"Put": {"TableName": self.table_name, "Item": item}},
+                {"Delete": {"TableName": self.table_name, "Key": placeholder}},
+            ],
+        )
 
     def _query_prefix(self, document_id: str, prefix: str) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []

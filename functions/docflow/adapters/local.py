@@ -42,7 +42,8 @@ class LocalBlobStore(BlobStore):
             Path(tmp).unlink(missing_ok=True)
             raise
 
-    def get(self, key: str) -> bytes:
+    # A directory keeps one version of each file: version_id (an S3 notion) names no other bytes here.
+    def get(self, key: str, version_id: str | None = None) -> bytes:
         try:
             return self._path(key).read_bytes()
         except FileNotFoundError:
@@ -51,13 +52,13 @@ class LocalBlobStore(BlobStore):
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
-    def size(self, key: str) -> int:
+    def size(self, key: str, version_id: str | None = None) -> int:
         try:
             return self._path(key).stat().st_size
         except FileNotFoundError:
             raise BlobNotFoundError(key) from None
 
-    def iter_chunks(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+    def iter_chunks(self, key: str, chunk_size: int = 1 << 20, version_id: str | None = None) -> Iterator[bytes]:
         try:
             with self._path(key).open("rb") as fh:
                 while chunk := fh.read(chunk_size):
@@ -201,10 +202,22 @@ class SqliteRecordStore(RecordStore):
         return records, next_cursor
 
     def put_upload(self, upload: UploadRecord) -> None:
-        self._connect().execute(
-            "INSERT OR REPLACE INTO uploads (document_id, source, status, data) VALUES (?, ?, ?, ?)",
-            (upload.document_id, upload.source, upload.status, upload.model_dump_json()),
-        )
+        # The key column holds the object id (source, and version where there is one): a row per object.
+        insert = "INSERT OR REPLACE INTO uploads (document_id, source, status, data) VALUES (?, ?, ?, ?)"
+        row = (upload.document_id, upload.object_id, upload.status, upload.model_dump_json())
+        conn = self._connect()
+        if upload.version_id is None:
+            conn.execute(insert, row)
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(insert, row)
+            placeholder = (upload.document_id, upload.source)
+            conn.execute("DELETE FROM uploads WHERE document_id = ? AND source = ?", placeholder)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
     def list_uploads(self, document_id: str) -> list[UploadRecord]:
         rows = (

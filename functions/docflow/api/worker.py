@@ -107,7 +107,7 @@ def process_upload(job: PendingUpload, ctx: StepContext) -> Status:
         record_interrupted(job, ctx, "the server stopped while this document was being processed")
     state = Runner(ctx).run(_ref(job))
     status = state.status
-    if state.replay:
+    if state.replay and not status.terminal:  # a replay of a document still in progress: its status now
         replayed = ctx.records.get_document(job.document_id)
         status = replayed.status if replayed else status
     # The API wrote a RECEIVED upload record keyed by the content hash; make sure it ends terminal even

@@ -11,6 +11,7 @@ import json
 from pydantic import BaseModel, Field
 
 from docflow.models import Prediction, Status
+from docflow.records import object_id
 
 
 class DocumentRef(BaseModel):
@@ -18,8 +19,12 @@ class DocumentRef(BaseModel):
 
     key: str
     bucket: str | None = None
-    version_id: str | None = None
+    version_id: str | None = None  # the S3 object version the event names: the bytes read are that version's
     source: str  # what the user named: a CLI path, s3://bucket/key, an API upload's file name
+
+    @property
+    def object_id(self) -> str:
+        return object_id(self.source, self.version_id)
 
 
 class StepError(BaseModel):

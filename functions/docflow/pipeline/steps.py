@@ -21,7 +21,7 @@ from docflow.faults import fault_point
 from docflow.models import ExtractionResult, MediaType, RejectionCode, Status, utcnow
 from docflow.pipeline.state import PagePart, PageRange, PageRangeTask, PipelineState
 from docflow.ports import BlobNotFoundError
-from docflow.records import DocumentRecord, PredictionRecord, UploadRecord
+from docflow.records import DocumentRecord, PredictionRecord, UploadRecord, object_id
 
 if TYPE_CHECKING:
     from docflow.domain.classifier import TextClassifier
@@ -47,6 +47,7 @@ def document_record(state: PipelineState, existing: DocumentRecord | None = None
         "document_id": state.document_id,
         "status": state.status,
         "source": state.ref.source,
+        "version_id": state.ref.version_id,
         "blob_key": state.ref.key,
         "media_type": state.media_type,
         "size_bytes": state.size_bytes,
@@ -67,11 +68,24 @@ def document_record(state: PipelineState, existing: DocumentRecord | None = None
     return DocumentRecord(**{**values, **fields})
 
 
-def _read_blob(ctx: StepContext, key: str) -> bytes:
+def _read_blob(ctx: StepContext, key: str, version_id: str | None = None) -> bytes:
     try:
-        return ctx.blobs.get(key)
+        return ctx.blobs.get(key, version_id=version_id)
     except BlobNotFoundError:
-        raise PermanentError(f"object {key!r} not found in {ctx.blobs.describe()}") from None
+        version = f" version {version_id}" if version_id else ""
+        raise PermanentError(f"object {key!r}{version} not found in {ctx.blobs.describe()}") from None
+
+
+def _read_document(ctx: StepContext, state: PipelineState) -> bytes:
+    """The uploaded bytes: the very object version the event named, even if the key was written again since."""
+    return _read_blob(ctx, state.ref.key, state.ref.version_id)
+
+
+def _recorded(ctx: StepContext, state: PipelineState, document_id: str, outcome: Status) -> bool:
+    """Whether a delivery of this very object was recorded before with this outcome (at-least-once delivery).
+    Not a RECEIVED placeholder (the API's, before the pipeline ran) nor a FAILED one (a retry runs again)."""
+    wanted = state.ref.object_id
+    return any(u.object_id == wanted and u.status == outcome for u in ctx.records.list_uploads(document_id))
 
 
 @fault_point("Validate")
@@ -82,14 +96,14 @@ def validate_step(state: PipelineState, ctx: StepContext) -> PipelineState:
     started = time.perf_counter()
     limits = ctx.settings.limits
     try:
-        size = ctx.blobs.size(state.ref.key)
+        size = ctx.blobs.size(state.ref.key, version_id=state.ref.version_id)
     except BlobNotFoundError:
         raise PermanentError(f"object {state.ref.key!r} not found in {ctx.blobs.describe()}") from None
 
     if size > limits.max_bytes:
         # Hash by streaming: never hold an oversized upload in memory.
         digest = hashlib.sha256()
-        for chunk in ctx.blobs.iter_chunks(state.ref.key):
+        for chunk in ctx.blobs.iter_chunks(state.ref.key, version_id=state.ref.version_id):
             digest.update(chunk)
         rejected = state.model_copy(
             update={
@@ -101,10 +115,9 @@ def validate_step(state: PipelineState, ctx: StepContext) -> PipelineState:
                 "timings": _elapsed(state, "validate", started),
             }
         )
-        telemetry.document_uploaded()
-        return rejected
+        return _rejected(rejected, ctx)
 
-    report = validate_document(_read_blob(ctx, state.ref.key), limits)
+    report = validate_document(_read_document(ctx, state), limits)
     base = state.model_copy(
         update={
             "document_id": report.document_id,
@@ -114,14 +127,16 @@ def validate_step(state: PipelineState, ctx: StepContext) -> PipelineState:
         }
     )
     if not report.accepted:
-        telemetry.document_uploaded()
-        return base.model_copy(
-            update={
-                "status": Status.REJECTED,
-                "code": report.code,
-                "reason": report.reason,
-                "timings": _elapsed(state, "validate", started),
-            }
+        return _rejected(
+            base.model_copy(
+                update={
+                    "status": Status.REJECTED,
+                    "code": report.code,
+                    "reason": report.reason,
+                    "timings": _elapsed(state, "validate", started),
+                }
+            ),
+            ctx,
         )
 
     fresh = document_record(base, status=Status.PROCESSING)
@@ -136,21 +151,33 @@ def validate_step(state: PipelineState, ctx: StepContext) -> PipelineState:
         # A failed document may be sent again: that is the user's retry.
         ctx.records.put_document(fresh)
         update.update(status=Status.PROCESSING, proceed=True)
-    elif existing.source == state.ref.source:
-        # Idempotency key: (content hash, object). The same object delivered again (EventBridge is
-        # at-least-once; the CLI run twice) or its identical bytes put again as a new version: report the
-        # outcome already on record (or in progress, when a concurrent delivery owns it); never process
-        # or count it twice. Other content under this name has another hash: new work.
+    elif (existing.source, existing.version_id) == (state.ref.source, state.ref.version_id):
+        # Idempotency key: (content hash, object version). The object that owns this content, delivered
+        # again (EventBridge is at-least-once; the CLI run twice): report the outcome on record (or in
+        # progress, when a concurrent delivery owns it); never process or count it twice.
         update.update(status=existing.status, replay=True, reason=existing.reason, code=existing.code)
     else:
+        # Known content from another object: another name, or the same name put again as a new version.
+        # A delivery of that object seen before is a replay of its DUPLICATE outcome, recorded once.
+        first = object_id(existing.source, existing.version_id)
         update.update(
             status=Status.DUPLICATE,
             duplicate_of=existing.document_id,
-            reason=f"same content as {existing.source} (document {existing.document_id[:12]}…)",
+            reason=f"same content as {first} (document {existing.document_id[:12]}…)",
+            replay=_recorded(ctx, state, existing.document_id, Status.DUPLICATE),
         )
     if not update.get("replay"):
         telemetry.document_uploaded()
     return base.model_copy(update=update)
+
+
+def _rejected(state: PipelineState, ctx: StepContext) -> PipelineState:
+    """A rejection; a redelivery of an object already rejected is a replay (recorded and counted once)."""
+    assert state.document_id is not None
+    if _recorded(ctx, state, state.document_id, Status.REJECTED):
+        return state.model_copy(update={"replay": True})
+    telemetry.document_uploaded()
+    return state
 
 
 def page_ranges(pages: int, per_chunk: int) -> list[PageRange]:
@@ -159,6 +186,13 @@ def page_ranges(pages: int, per_chunk: int) -> list[PageRange]:
         PageRange(first_page=first, last_page=min(first + per_chunk - 1, pages))
         for first in range(1, pages + 1, per_chunk)
     ]
+
+
+def _upload(state: PipelineState, document_id: str, status: Status, duplicate_of: str | None = None) -> UploadRecord:
+    ref = state.ref
+    return UploadRecord(
+        document_id=document_id, source=ref.source, version_id=ref.version_id, status=status, duplicate_of=duplicate_of
+    )
 
 
 @fault_point("RecordOutcome")
@@ -172,14 +206,7 @@ def record_outcome_step(state: PipelineState, ctx: StepContext) -> PipelineState
         ctx.records.put_document(document_record(state))
     elif state.status != Status.DUPLICATE:
         raise PermanentError(f"record outcome cannot record status {state.status}")
-    ctx.records.put_upload(
-        UploadRecord(
-            document_id=state.document_id,
-            source=state.ref.source,
-            status=state.status,
-            duplicate_of=state.duplicate_of,
-        )
-    )
+    ctx.records.put_upload(_upload(state, state.document_id, state.status, state.duplicate_of))
     # Its pipeline was validation alone: that is its time to a terminal status.
     telemetry.document_processed(state.status, sum(state.timings.values()))
     return state
@@ -196,7 +223,7 @@ def _extract(
     options = ctx.settings.ocr
     if state.languages:
         options = options.model_copy(update={"languages": state.languages})
-    data = _read_blob(ctx, state.ref.key)
+    data = _read_document(ctx, state)
     return extract_text(data, MediaType(state.media_type), options, ctx.ocr_engine, first_page, last_page)
 
 
@@ -332,7 +359,7 @@ def _record_classification(state: PipelineState, ctx: StepContext) -> DocumentRe
         )
     )
     ctx.records.put_document(record)
-    ctx.records.put_upload(UploadRecord(document_id=state.document_id, source=state.ref.source, status=state.status))
+    ctx.records.put_upload(_upload(state, state.document_id, state.status))
     return record
 
 
@@ -351,7 +378,7 @@ def record_failure_step(state: PipelineState, ctx: StepContext) -> PipelineState
     # must not overwrite the original's outcome.
     if existing is None or state.proceed:
         ctx.records.put_document(document_record(failed, existing))
-    ctx.records.put_upload(UploadRecord(document_id=document_id, source=state.ref.source, status=Status.FAILED))
+    ctx.records.put_upload(_upload(state, document_id, Status.FAILED))
     if state.document_id is None:  # it failed before Validate counted it: it is an upload all the same
         telemetry.document_uploaded()
     if state.proceed and existing is not None:
