@@ -205,13 +205,24 @@ def test_rejected_duplicate_and_redelivery(aws: Any, invoke: Invoker) -> None:
     assert processed.dimensions["status"] == "REJECTED" and processed.values == [1.0]
     assert named(metrics, "PipelineSeconds")[0].dimensions["status"] == "REJECTED"
     _step(metrics, "RecordOutcome")
+    # Its event delivered again: a replay, counted neither as uploaded nor as processed
+    state, metrics = invoke(validate.handler, _event("incoming/page.pdf"))
+    assert state["replay"] is True and {m.name for m in metrics} == {"StepSeconds"}
+    state, metrics = invoke(record_outcome.handler, state)
+    assert {m.name for m in metrics} == {"StepSeconds"}
 
     # The original is validated; its copy under another name ends DUPLICATE
     invoke(validate.handler, _event("incoming/a.pdf"))
-    state, metrics = invoke(validate.handler, _event("incoming/b.pdf"))
+    b_event = _event("incoming/b.pdf")
+    state, metrics = invoke(validate.handler, b_event)
     assert state["status"] == "DUPLICATE" and named(metrics, "DocumentsUploaded")[0].values == [1.0]
     state, metrics = invoke(record_outcome.handler, state)
     assert [m.dimensions["status"] for m in named(metrics, "DocumentsProcessed")] == ["DUPLICATE"]
+    # The copy's event delivered again: the same, once
+    state, metrics = invoke(validate.handler, b_event)
+    assert state["replay"] is True and state["status"] == "DUPLICATE" and {m.name for m in metrics} == {"StepSeconds"}
+    state, metrics = invoke(record_outcome.handler, state)
+    assert {m.name for m in metrics} == {"StepSeconds"}
 
     # The original's event delivered again: a replay, nothing counted twice
     state, metrics = invoke(validate.handler, _event("incoming/a.pdf"))
