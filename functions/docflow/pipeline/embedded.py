@@ -121,6 +121,19 @@ def _init_worker(settings: Settings) -> None:
     global _worker_ctx
     os.environ["OMP_THREAD_LIMIT"] = "1"
     _worker_ctx = build_context(settings)
+    _warm_up(_worker_ctx)
+
+
+def _warm_up(ctx: StepContext) -> None:
+    """Load what documents need before the first one arrives (the model's onnxruntime session and tokenizer,
+    the image and PDF engines), once per worker: a document's time is then its own work, not start-up."""
+    try:
+        import docflow.domain.extraction
+        import docflow.domain.validation  # noqa: F401
+
+        ctx.classifier()
+    except Exception:  # the document that needs it fails with the cause, as a row; never the whole pool
+        return
 
 
 def _work(path: str, source: str, languages: str | None) -> tuple[DocumentResult, list[telemetry.Emission]]:

@@ -1,0 +1,38 @@
+"""Embedded workers load the model before their first document, and a model that cannot load does not
+take the pool down: the documents that need it end FAILED with the cause, each its own row."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from docflow.domain.classifier import load_classifier
+from docflow.models import Status
+from docflow.pipeline import embedded
+from docflow.samples import MEMO, text_pdf
+from docflow.settings import DEFAULT_MODEL_DIR, Settings
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_worker_loads_the_model_at_start(docflow_home: Path) -> None:
+    load_classifier.cache_clear()
+    embedded._init_worker(Settings(home=docflow_home, model_dir=DEFAULT_MODEL_DIR))
+    assert load_classifier.cache_info().currsize == 1  # loaded before any document
+    assert embedded._worker_ctx is not None
+    embedded._worker_ctx.classifier()
+    assert load_classifier.cache_info().misses == 1  # the documents reuse it
+
+
+def test_a_model_that_cannot_load_fails_documents_not_the_pool(docflow_home: Path, tmp_path: Path) -> None:
+    load_classifier.cache_clear()
+    files = []
+    for name in ("a.pdf", "b.pdf"):
+        path = tmp_path / name
+        path.write_bytes(text_pdf([f"{MEMO}\n{name}"]))
+        files.append((path, str(path)))
+    settings = Settings(home=docflow_home, model_dir=tmp_path / "no-model")
+    results = embedded.process_paths(files, settings, workers=2)
+    assert [r.status for r in results] == [Status.FAILED, Status.FAILED]
+    assert all("no-model" in (r.reason or "") for r in results), [r.reason for r in results]
