@@ -59,6 +59,11 @@ class RecordStore(ABC):
         """Insert or replace."""
 
     @abstractmethod
+    def restart_document(self, record: DocumentRecord) -> bool:
+        """Replace the document's record only while it is FAILED (a retry takes it over). False when it is
+        not FAILED any more: another delivery restarted it first."""
+
+    @abstractmethod
     def get_document(self, document_id: str) -> DocumentRecord | None: ...
 
     @abstractmethod
@@ -69,8 +74,14 @@ class RecordStore(ABC):
     @abstractmethod
     def put_upload(self, upload: UploadRecord) -> None:
         """Insert or replace the record of this object (source and version). A record of a known version
-        also replaces its source's record written before any version was known: the API's RECEIVED, put
+        also removes its source's RECEIVED record written before any version was known: the API's, put
         before the bytes (whose arrival starts the pipeline) so that a poll right after the 202 finds it."""
+
+    @abstractmethod
+    def create_upload(self, upload: UploadRecord) -> UploadRecord | None:
+        """put_upload, unless this object's record already holds an outcome (any status but RECEIVED or
+        FAILED). Return None when written, else the record on file (nothing written): of two deliveries of
+        one object, exactly one records it."""
 
     @abstractmethod
     def list_uploads(self, document_id: str) -> list[UploadRecord]: ...

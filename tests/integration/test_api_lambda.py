@@ -151,6 +151,21 @@ def test_binary_multipart_upload_lands_in_incoming_and_the_pipeline_finishes_it(
         assert status == 200 and len(history["predictions"]) == 1
 
 
+def test_an_upload_whose_validation_fails_ends_failed_not_received(aws: Any) -> None:
+    from docflow.handlers import record_failure
+
+    status, _, body = _invoke(_event("apigw_upload_document.json"))
+    assert status == 202, body
+    [key] = [o["Key"] for o in aws.list_objects_v2(Bucket=BUCKET).get("Contents", [])]
+    # Validate failed past its retries: the Catch hands RecordFailure the S3 event with $.error
+    failed_event = {**object_created(key), "error": {"Error": "TransientError", "Cause": "S3 throttled"}}
+    assert record_failure.handler(failed_event, FakeLambdaContext())["status"] == "FAILED"
+    # The client polling its document sees the failure, and one upload record: the RECEIVED one is replaced
+    status, _, doc = _invoke(_event("apigw_get_document.json", DOCUMENT_ID=body["document_id"]))
+    assert status == 200 and doc["status"] == "FAILED" and doc["terminal"] is True
+    assert [u["status"] for u in doc["uploads"]] == ["FAILED"]
+
+
 def test_predict_text_event_answers_with_the_seed_fields(aws: Any) -> None:
     status, _, body = _invoke(_event("apigw_predict_text.json"))
     assert status == 200, body

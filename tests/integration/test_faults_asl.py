@@ -67,3 +67,21 @@ def test_permanent_fault_is_caught_recorded_failed_and_the_upload_kept(machine: 
     assert record["reason"] == "injected permanent fault in Classify (DOCFLOW_FAULTS)"
     assert machine["s3"].get_object(Bucket=BUCKET, Key="incoming/memo.pdf")["Body"].read() == MEMO_PDF
     assert _counter(counter_name("Classify", MEMO_ID)) == 1
+
+
+def test_a_failure_in_validate_is_recorded_on_the_content_from_the_s3_event(
+    machine: dict[str, Any], faults: Faults
+) -> None:
+    # RecordFailure then gets the S3 event itself (the Catch adds $.error to Validate's input)
+    _set_function_env(machine, "Validate", {"DOCFLOW_FAULTS": "Validate=permanent"})
+    status, run = _execute(machine, "incoming/memo.pdf", MEMO_PDF)
+    assert status == "FAILED"
+    assert _entered(run["history"])[-2:] == ["Record failure", "Document failed"]
+    # Keyed by the content (the bytes could be read): the document an API client polls, and a retry finds
+    record = _record(MEMO_ID)
+    assert record["status"] == "FAILED" and record["code"] == "PermanentError"
+    assert record["reason"] == "injected permanent fault in Validate (DOCFLOW_FAULTS)"
+    table = boto3.resource("dynamodb", region_name="us-east-1").Table(TABLE)
+    [upload] = [i for i in table.scan()["Items"] if i["sk"].startswith("UPLOAD#")]
+    version = machine["s3"].head_object(Bucket=BUCKET, Key="incoming/memo.pdf")["VersionId"]
+    assert (upload["pk"], upload["status"], upload["version_id"]) == (MEMO_ID, "FAILED", version)

@@ -184,6 +184,49 @@ def test_handlers_rejected_object_delivered_again_is_recorded_once(aws: Any) -> 
     assert items["UPLOAD#"][0]["received_at"] == received  # not written again
 
 
+@pytest.mark.parametrize("case", ["rejected", "duplicate"])
+def test_handlers_an_outcome_at_validation_delivered_twice_at_once_is_recorded_once(aws: Any, case: str) -> None:
+    from docflow.handlers import record_outcome
+
+    if case == "duplicate":
+        aws.put_object(Bucket=BUCKET, Key="incoming/memo.pdf", Body=MEMO_PDF)
+        _rest(_validate(_event("incoming/memo.pdf")))
+        aws.put_object(Bucket=BUCKET, Key="incoming/copy.pdf", Body=MEMO_PDF)
+        event, status = _event("incoming/copy.pdf"), "DUPLICATE"
+    else:
+        aws.put_object(Bucket=BUCKET, Key="incoming/page.pdf", Body=b"<html><body>not a document</body></html>")
+        event, status = _event("incoming/page.pdf"), "REJECTED"
+    # Both deliveries validate before either records: neither can tell it is a replay yet ...
+    a, b = _validate(event), _validate(event)
+    assert (a["status"], b["status"]) == (status, status) and not a["replay"] and not b["replay"]
+    # ... so RecordOutcome decides: one records the outcome, the other finds it on record
+    first = record_outcome.handler(a, FakeLambdaContext())
+    second = record_outcome.handler(b, FakeLambdaContext())
+    assert (first["replay"], second["replay"]) == (False, True)
+    uploads = _items(a["document_id"])["UPLOAD#"]
+    mine = [u for u in uploads if u["version_id"] == event["detail"]["object"]["version-id"]]
+    assert len(mine) == 1 and mine[0]["status"] == status
+
+
+def test_handlers_a_failed_document_sent_twice_at_once_is_retried_once(aws: Any) -> None:
+    from docflow.handlers import record_failure
+
+    aws.put_object(Bucket=BUCKET, Key="incoming/memo.pdf", Body=MEMO_PDF)
+    event = _event("incoming/memo.pdf")
+    failed = _validate(event)
+    failed["error"] = {"Error": "OcrTimeoutError", "Cause": "tesseract took too long"}
+    assert record_failure.handler(failed, FakeLambdaContext())["status"] == "FAILED"
+    # The user's retry, delivered twice at once: one delivery takes the FAILED record over
+    a, b = _validate(event), _validate(event)
+    assert (a["proceed"], b["proceed"]) == (True, False)
+    assert b["replay"] is True and b["status"] == "PROCESSING"
+    done = _rest(a)
+    assert done["status"] in ("CLASSIFIED", "NEEDS_REVIEW")
+    assert _rest(b)["replay"] is True
+    items = _items(MEMO_ID)
+    assert len(items["PREDICTION#"]) == 1 and items["DOCUMENT"][0]["status"] == done["status"]
+
+
 def test_handlers_event_for_a_deleted_version_fails_permanently(aws: Any) -> None:
     from docflow.errors import PermanentError
 

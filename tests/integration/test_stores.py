@@ -159,6 +159,39 @@ def test_uploads_are_one_per_object_version_and_replace_the_versionless_placehol
     ]
 
 
+def test_create_upload_records_an_object_once_and_takes_over_only_open_records(
+    stores: tuple[BlobStore, RecordStore],
+) -> None:
+    _, records = stores
+    src = "s3://docs/incoming/b.pdf"
+
+    def upload(status: Status, version: str | None = "v1") -> UploadRecord:
+        return UploadRecord(document_id="d5", source=src, version_id=version, status=status)
+
+    records.put_upload(upload(Status.RECEIVED, version=None))  # the API's placeholder
+    assert records.create_upload(upload(Status.FAILED)) is None  # a failed first try: written
+    assert records.create_upload(upload(Status.DUPLICATE)) is None  # a retry's outcome replaces a failure
+    on_file = records.create_upload(upload(Status.REJECTED))  # a second delivery's: refused
+    assert on_file is not None and on_file.status == Status.DUPLICATE
+    assert records.create_upload(upload(Status.FAILED)) is not None  # a failure never overwrites an outcome
+    assert [(u.version_id, u.status) for u in records.list_uploads("d5")] == [("v1", Status.DUPLICATE)]
+    # A versionless record that holds an outcome is history: a versioned record leaves it alone
+    records.put_upload(UploadRecord(document_id="d6", source=src, status=Status.CLASSIFIED))
+    records.put_upload(UploadRecord(document_id="d6", source=src, version_id="v9", status=Status.DUPLICATE))
+    assert sorted(str(u.status) for u in records.list_uploads("d6")) == ["CLASSIFIED", "DUPLICATE"]
+
+
+def test_restart_document_takes_over_a_failed_record_only(stores: tuple[BlobStore, RecordStore]) -> None:
+    _, records = stores
+    records.put_document(_doc("d7", Status.FAILED))
+    assert records.restart_document(_doc("d7", Status.PROCESSING)) is True
+    assert records.restart_document(_doc("d7", Status.PROCESSING)) is False  # a second delivery: too late
+    assert records.restart_document(_doc("d8", Status.PROCESSING)) is False  # nothing to restart
+    record = records.get_document("d7")
+    assert record is not None and record.status == Status.PROCESSING
+    assert records.get_document("d8") is None
+
+
 def test_documents_updated_in_a_window(stores: tuple[BlobStore, RecordStore]) -> None:
     _, records = stores
     now = utcnow()

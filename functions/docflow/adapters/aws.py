@@ -17,6 +17,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from docflow.errors import ConfigurationError, TransientError
+from docflow.models import Status
 from docflow.ports import BlobNotFoundError, BlobStore, RecordStore
 from docflow.records import DocumentRecord, PredictionRecord, UploadRecord
 
@@ -48,6 +49,10 @@ def _translate(exc: Exception, what: str) -> Exception:
     if isinstance(exc, BotoCoreError):  # connection reset, endpoint timeout
         return TransientError(f"{what}: {exc}")
     return exc
+
+
+def _condition_failed(exc: ClientError) -> bool:
+    return exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
 
 
 def _missing(exc: ClientError) -> bool:
@@ -188,6 +193,23 @@ class DynamoRecordStore(RecordStore):
         )
         return item
 
+    def restart_document(self, record: DocumentRecord) -> bool:
+        try:
+            self._call(
+                "restart document",
+                self._table.put_item,
+                Item=self._document_item(record),
+                ConditionExpression="#status = :failed",
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues={":failed": Status.FAILED.value},
+            )
+            return True
+        except ClientError as exc:
+            if not _condition_failed(exc):
+                raise
+            # not FAILED any more
+            return False
+
     def create_document(self, record: DocumentRecord) -> DocumentRecord | None:
         try:
             self._call(
@@ -197,7 +219,10 @@ class DynamoRecordStore(RecordStore):
                 ConditionExpression="attribute_not_exists(pk)",
             )
             return None
-        except ClientError:  # ConditionalCheckFailed: somebody owns this content already
+        except ClientError as exc:
+            if not _condition_failed(exc):
+                raise
+            # somebody owns this content already
             return self.get_document(record.document_id)
 
     def put_document(self, record: DocumentRecord) -> None:
@@ -237,21 +262,54 @@ class DynamoRecordStore(RecordStore):
         return records, (json.dumps(last, default=str) if last else None)
 
     def put_upload(self, upload: UploadRecord) -> None:
+        self._call("put upload", self._table.put_item, Item=self._upload_item(upload))
+        self._drop_placeholder(upload)
+
+    def create_upload(self, upload: UploadRecord) -> UploadRecord | None:
+        try:
+            self._call(
+                "create upload",
+                self._table.put_item,
+                Item=self._upload_item(upload),
+                ConditionExpression="attribute_not_exists(sk) OR #status IN (:received, :failed)",
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues={":received": Status.RECEIVED.value, ":failed": Status.FAILED.value},
+            )
+        except ClientError as exc:
+            if not _condition_failed(exc):
+                raise
+            # this object's outcome is on record already
+            key = {"pk": upload.document_id, "sk": upload_sort_key(upload.object_id)}
+            item = self._call("get upload", self._table.get_item, Key=key, ConsistentRead=True).get("Item")
+            return UploadRecord.model_validate(item) if item else None
+        self._drop_placeholder(upload)
+        return None
+
+    @staticmethod
+    def _upload_item(upload: UploadRecord) -> dict[str, Any]:
         item = _to_item(upload)
         item.update(pk=upload.document_id, sk=upload_sort_key(upload.object_id))
+        return item
+
+    def _drop_placeholder(self, upload: UploadRecord) -> None:
+        """The source's RECEIVED record from before its version was known (the API's), if there is one. Only
+        that: a versionless record with an outcome is history and stays."""
         if upload.version_id is None:
-            self._call("put upload", self._table.put_item, Item=item)
             return
-        # One transaction: never both records, never neither (the resource's client takes plain values).
-        placeholder = {"pk": upload.document_id, "sk": upload_sort_key(upload.source)}
-        self._call(
-            "put upload",
-            self._table.meta.client.transact_write_items,
-            TransactItems=[
-                {"Put": {"TableName": self.table_name, "Item": item}},
-                {"Delete": {"TableName": self.table_name, "Key": placeholder}},
-            ],
-        )
+        try:
+            self._call(
+                "delete upload placeholder",
+                self._table.delete_item,
+                Key={"pk": upload.document_id, "sk": upload_sort_key(upload.source)},
+                ConditionExpression="#status = :received",
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues={":received": Status.RECEIVED.value},
+            )
+        except ClientError as exc:
+            if not _condition_failed(exc):
+                raise
+            # none, or not a placeholder
+            pass
 
     def _query_prefix(self, document_id: str, prefix: str) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []

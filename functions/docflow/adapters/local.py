@@ -176,6 +176,13 @@ class SqliteRecordStore(RecordStore):
             (record.document_id, record.status, record.updated_at.isoformat(), record.model_dump_json()),
         )
 
+    def restart_document(self, record: DocumentRecord) -> bool:
+        cur = self._connect().execute(
+            "UPDATE documents SET status = ?, updated_at = ?, data = ? WHERE document_id = ? AND status = ?",
+            (record.status, record.updated_at.isoformat(), record.model_dump_json(), record.document_id, "FAILED"),
+        )
+        return cur.rowcount == 1
+
     def get_document(self, document_id: str) -> DocumentRecord | None:
         row = self._connect().execute("SELECT data FROM documents WHERE document_id = ?", (document_id,)).fetchone()
         return DocumentRecord.model_validate_json(row[0]) if row else None
@@ -201,23 +208,36 @@ class SqliteRecordStore(RecordStore):
         next_cursor = f"{rows[limit - 1][1]}|{rows[limit - 1][2]}" if len(rows) > limit else None
         return records, next_cursor
 
+    # The key column holds the object id (source, and version where there is one): a row per object.
+    _UPLOAD_ROW = "INSERT INTO uploads (document_id, source, status, data) VALUES (?, ?, ?, ?)"
+
     def put_upload(self, upload: UploadRecord) -> None:
-        # The key column holds the object id (source, and version where there is one): a row per object.
-        insert = "INSERT OR REPLACE INTO uploads (document_id, source, status, data) VALUES (?, ?, ?, ?)"
+        self._write_upload(upload, on_conflict="REPLACE")
+
+    def create_upload(self, upload: UploadRecord) -> UploadRecord | None:
+        if self._write_upload(upload, on_conflict="IF_OPEN"):
+            return None
+        return next(u for u in self.list_uploads(upload.document_id) if u.object_id == upload.object_id)
+
+    def _write_upload(self, upload: UploadRecord, on_conflict: str) -> bool:
         row = (upload.document_id, upload.object_id, upload.status, upload.model_dump_json())
+        conflict = " ON CONFLICT (document_id, source) DO UPDATE SET status = excluded.status, data = excluded.data"
+        if on_conflict == "IF_OPEN":
+            conflict += " WHERE uploads.status IN ('RECEIVED', 'FAILED')"
         conn = self._connect()
-        if upload.version_id is None:
-            conn.execute(insert, row)
-            return
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.execute(insert, row)
-            placeholder = (upload.document_id, upload.source)
-            conn.execute("DELETE FROM uploads WHERE document_id = ? AND source = ?", placeholder)
+            written = conn.execute(self._UPLOAD_ROW + conflict, row).rowcount == 1
+            if written and upload.version_id is not None:
+                conn.execute(
+                    "DELETE FROM uploads WHERE document_id = ? AND source = ? AND status = 'RECEIVED'",
+                    (upload.document_id, upload.source),
+                )
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        return written
 
     def list_uploads(self, document_id: str) -> list[UploadRecord]:
         rows = (

@@ -306,7 +306,7 @@ def repredict_document(ctx: StepContext, document_id: str, all_scores: bool) -> 
         raise ApiError(409, "text_missing", f"the extracted text of document {document_id} is no longer stored")
     classifier(ctx)  # a missing model is a 503 here, not a pipeline failure
     state = PipelineState(
-        ref=DocumentRef(key=record.blob_key or key, source=record.source),
+        ref=DocumentRef(key=record.blob_key or key, source=record.source, version_id=record.version_id),
         document_id=document_id,
         status=record.status,
         media_type=record.media_type,

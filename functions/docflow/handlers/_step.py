@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import unquote_plus
+
+from aws_lambda_powertools.utilities.parser import parse
+from aws_lambda_powertools.utilities.parser.models import S3EventNotificationEventBridgeModel
+from pydantic import ValidationError
 
 from docflow import telemetry
 from docflow.context import StepContext, get_context
 from docflow.observability import logger
-from docflow.pipeline.state import PipelineState
+from docflow.pipeline.state import DocumentRef, PipelineState, StepError
 
 # The state machine's name of each step function: the StepSeconds dimension.
 STEP_NAMES = {
@@ -20,6 +25,26 @@ STEP_NAMES = {
     "record_outcome_step": "RecordOutcome",
     "record_failure_step": "RecordFailure",
 }
+
+
+def parse_event(event: dict[str, Any]) -> PipelineState:
+    """A step's input as a PipelineState: the S3 "Object Created" event EventBridge starts an execution with
+    (Validate's input, and RecordFailure's when Validate failed: the Catch adds $.error to that same event),
+    a pipeline state, or a bare document reference (API, tests, re-drives)."""
+    if event.get("source") == "aws.s3" or "detail-type" in event:
+        s3 = parse(event=event, model=S3EventNotificationEventBridgeModel)
+        bucket, obj = s3.detail.bucket.name, s3.detail.object
+        # S3 URL-encodes keys in its notifications ("my file.pdf" arrives as "my+file.pdf").
+        key = unquote_plus(obj.key)
+        error = event.get("error")
+        return PipelineState(
+            ref=DocumentRef(key=key, bucket=bucket, version_id=obj.version_id, source=f"s3://{bucket}/{key}"),
+            error=StepError.model_validate(error) if error else None,
+        )
+    try:
+        return PipelineState.model_validate(event)
+    except ValidationError:
+        return PipelineState(ref=DocumentRef.model_validate(event))
 
 
 def run_step(step: Callable[[PipelineState, StepContext], PipelineState], state: PipelineState) -> dict[str, Any]:

@@ -148,9 +148,12 @@ def validate_step(state: PipelineState, ctx: StepContext) -> PipelineState:
     if existing is None:
         update.update(status=Status.PROCESSING, proceed=True)
     elif existing.status == Status.FAILED:
-        # A failed document may be sent again: that is the user's retry.
-        ctx.records.put_document(fresh)
-        update.update(status=Status.PROCESSING, proceed=True)
+        # A failed document may be sent again: that is the user's retry. Of two deliveries at once, the one
+        # that takes the record over from FAILED does the work; the other reports it in progress.
+        if ctx.records.restart_document(fresh):
+            update.update(status=Status.PROCESSING, proceed=True)
+        else:
+            update.update(status=Status.PROCESSING, replay=True)
     elif (existing.source, existing.version_id) == (state.ref.source, state.ref.version_id):
         # Idempotency key: (content hash, object version). The object that owns this content, delivered
         # again (EventBridge is at-least-once; the CLI run twice): report the outcome on record (or in
@@ -166,7 +169,9 @@ def validate_step(state: PipelineState, ctx: StepContext) -> PipelineState:
             reason=f"same content as {first} (document {existing.document_id[:12]}…)",
             replay=_recorded(ctx, state, existing.document_id, Status.DUPLICATE),
         )
-    if not update.get("replay"):
+    if update.get("proceed"):
+        # Counted once: create_document/restart_document let one delivery own the work. An upload that ends
+        # here (DUPLICATE) is counted where its record is created (RecordOutcome), by one delivery too.
         telemetry.document_uploaded()
     return base.model_copy(update=update)
 
@@ -176,7 +181,6 @@ def _rejected(state: PipelineState, ctx: StepContext) -> PipelineState:
     assert state.document_id is not None
     if _recorded(ctx, state, state.document_id, Status.REJECTED):
         return state.model_copy(update={"replay": True})
-    telemetry.document_uploaded()
     return state
 
 
@@ -202,11 +206,16 @@ def record_outcome_step(state: PipelineState, ctx: StepContext) -> PipelineState
         raise PermanentError("record outcome needs a validated document")
     if state.replay:
         return state  # its upload record was written when it was first processed
-    if state.status == Status.REJECTED:
-        ctx.records.put_document(document_record(state))
-    elif state.status != Status.DUPLICATE:
+    if state.status not in (Status.REJECTED, Status.DUPLICATE):
         raise PermanentError(f"record outcome cannot record status {state.status}")
-    ctx.records.put_upload(_upload(state, state.document_id, state.status, state.duplicate_of))
+    if state.status == Status.REJECTED:
+        # Before the upload record: once that exists, a redelivery replays it. The same bytes are rejected
+        # the same way, so a concurrent delivery writing this too changes nothing.
+        ctx.records.put_document(document_record(state))
+    if ctx.records.create_upload(_upload(state, state.document_id, state.status, state.duplicate_of)) is not None:
+        # Another delivery of this very object recorded it first (both validated before either recorded).
+        return state.model_copy(update={"replay": True})
+    telemetry.document_uploaded()
     # Its pipeline was validation alone: that is its time to a terminal status.
     telemetry.document_processed(state.status, sum(state.timings.values()))
     return state
@@ -363,13 +372,30 @@ def _record_classification(state: PipelineState, ctx: StepContext) -> DocumentRe
     return record
 
 
+def _content_hash(state: PipelineState, ctx: StepContext) -> str | None:
+    """SHA-256 of the event's object version, streamed; None when it cannot be read (gone, or still failing)."""
+    digest = hashlib.sha256()
+    try:
+        for chunk in ctx.blobs.iter_chunks(state.ref.key, version_id=state.ref.version_id):
+            digest.update(chunk)
+    except Exception:  # the failure being recorded may be this very read: record it anyway
+        return None
+    return digest.hexdigest()
+
+
 def record_failure_step(state: PipelineState, ctx: StepContext) -> PipelineState:
     """The Catch target: the document ends FAILED with the error and its cause. Its blob is kept."""
     error = state.error
     code = error.Error if error else "UnknownError"
     reason = error.message if error else "the pipeline failed without an error description"
-    # Before validation there is no content hash; key the failure by the upload so it is not lost.
-    document_id = state.document_id or hashlib.sha256(f"upload:{state.ref.source}".encode()).hexdigest()
+    # Failed before validation: key the failure by the content when the bytes can be read now, so that it
+    # lands on the document an API client polls (whose RECEIVED record it then replaces) and a retry of the
+    # same content finds it; else by the upload, so that it is not lost.
+    document_id = (
+        state.document_id
+        or _content_hash(state, ctx)
+        or hashlib.sha256(f"upload:{state.ref.source}".encode()).hexdigest()
+    )
     failed = state.model_copy(
         update={"document_id": document_id, "status": Status.FAILED, "code": code, "reason": reason}
     )
@@ -378,8 +404,9 @@ def record_failure_step(state: PipelineState, ctx: StepContext) -> PipelineState
     # must not overwrite the original's outcome.
     if existing is None or state.proceed:
         ctx.records.put_document(document_record(failed, existing))
-    ctx.records.put_upload(_upload(state, document_id, Status.FAILED))
-    if state.document_id is None:  # it failed before Validate counted it: it is an upload all the same
+    if ctx.records.create_upload(_upload(state, document_id, Status.FAILED)) is not None:
+        return failed  # this object's outcome is on record (another delivery's): never overwrite or recount it
+    if not state.proceed and not state.replay:  # not counted at Validate (failed there, or before RecordOutcome)
         telemetry.document_uploaded()
     if state.proceed and existing is not None:
         seconds = (utcnow() - existing.created_at).total_seconds()
