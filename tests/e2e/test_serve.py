@@ -159,7 +159,14 @@ def test_upload_poll_and_docs_over_http(server_factory: Any) -> None:
         assert sync.json()["text_source"] == "ocr" and sync.json()["all_scores"]
         listed = client.get("/documents").json()["items"]
         assert {d["document_id"] for d in listed} == {letter["document_id"], pdf["document_id"]}
+        # A large-file upload URL: its token is a credential, so the access log must not show it
+        big = text_pdf([MEMO, LETTER])
+        grant = client.post("/documents/upload-url", json={"file_name": "big.pdf"}).json()
+        token = grant["url"].rsplit("/", 1)[-1]
+        assert httpx.put(grant["url"], content=big, timeout=30).status_code == 202
     assert server.stop() == 0
+    log = server.log.read_text()
+    assert "PUT /uploads/<redacted>" in log and token not in log
 
 
 def test_a_stop_in_the_middle_loses_no_accepted_upload(server_factory: Any, tmp_path: Path) -> None:

@@ -578,3 +578,20 @@ def test_shutdown_keeps_queued_uploads_for_the_next_start(api_env: Path, monkeyp
     assert again.start() == 1 and again.wait_idle(60)
     record = ctx.records.get_document(jobs[1].document_id)
     assert record is not None and record.status.terminal
+
+
+def test_access_log_hides_upload_tokens() -> None:
+    import logging
+
+    from docflow.api.server import RedactUploadTokens
+
+    def line(path: str) -> str:
+        record = logging.LogRecord("uvicorn.access", 20, "", 0, '%s - "%s %s HTTP/%s" %d', None, None)
+        record.args = ("127.0.0.1:5", "PUT", path, "1.1", 202)
+        assert RedactUploadTokens().filter(record) is True
+        return record.getMessage()
+
+    assert line("/uploads/eyJrZXkiOiJpbmNvbWluZy9hL2IucGRmIn0.c2ln") == (
+        '127.0.0.1:5 - "PUT /uploads/<redacted> HTTP/1.1" 202'
+    )
+    assert line("/documents/abc?x=1") == '127.0.0.1:5 - "PUT /documents/abc?x=1 HTTP/1.1" 202'

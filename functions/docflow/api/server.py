@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import logging
 import os
 import signal
 import sys
@@ -29,6 +30,23 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+class RedactUploadTokens(logging.Filter):
+    """An upload URL's token lets whoever holds it upload until it expires: the access log (uvicorn's record
+    args are client, method, path, HTTP version, status) shows /uploads/<redacted> instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str):
+            record.args = (*args[:2], _redact_upload_path(args[2]), *args[3:])
+        return True
+
+
+def _redact_upload_path(path: str) -> str:
+    if path.startswith("/uploads/"):
+        return "/uploads/<redacted>"
+    return path
 
 
 def serve(host: str, port: int, workers: int, settings: Settings) -> None:
@@ -79,6 +97,8 @@ def serve(host: str, port: int, workers: int, settings: Settings) -> None:
         # The pipeline shutdown (lifespan) has its own grace period; requests get a short one.
         timeout_graceful_shutdown=10,
     )
+    # uvicorn.Config has configured its loggers: the access log must not carry upload tokens.
+    logging.getLogger("uvicorn.access").addFilter(RedactUploadTokens())
     server = uvicorn.Server(config)
     # uvicorn re-raises the stopping signal once it has shut down gracefully, which would kill the process
     # with it (or print a KeyboardInterrupt); after a clean stop, `serve` returns and the exit status is 0.
