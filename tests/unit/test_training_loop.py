@@ -155,3 +155,18 @@ def test_threshold_zero_neither_counts_nor_sends(stores: Any) -> None:
     events = RecordedEvents()
     assert count_new_label(records, events, threshold=0) is False
     assert events.sent == [] and records.get_counter("new-labels") == 0
+
+
+def test_a_retried_gate_decides_a_job_under_the_version_it_already_has(stores: Any) -> None:
+    from docflow_training.loop import DECISION_FILE, decided_version, next_version
+
+    _, _, models = stores
+    settings = LoopSettings()
+    assert decided_version(models, settings, "job-a") is None
+    models.put(f"{settings.version_prefix(1)}{DECISION_FILE}", json.dumps({"job_name": "job-a"}).encode())
+    models.put(f"{settings.version_prefix(2)}{DECISION_FILE}", json.dumps({"job_name": "job-b"}).encode())
+    models.put(f"{settings.version_prefix(2)}model.onnx", b"onnx")
+    assert decided_version(models, settings, "job-a") == 1
+    assert decided_version(models, settings, "job-b") == 2
+    assert decided_version(models, settings, "job-c") is None
+    assert next_version(models, settings) == 3  # a new job still gets a new version

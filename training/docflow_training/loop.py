@@ -259,6 +259,16 @@ def next_version(models: BlobStore, settings: LoopSettings) -> int:
     return max(versions) + 1
 
 
+def decided_version(models: BlobStore, settings: LoopSettings, job_name: str) -> int | None:
+    """The version a decision was already recorded under for this training job, if any."""
+    root = f"{settings.models_prefix}{settings.registered_model}/"
+    for key in models.list(root):
+        match = re.fullmatch(rf"v(\d+)/{re.escape(DECISION_FILE)}", key[len(root) :])
+        if match and json.loads(models.get(key)).get("job_name") == job_name:
+            return int(match.group(1))
+    return None
+
+
 def evaluate_and_gate(
     state: LoopState, *, models: BlobStore, bucket: str, settings: LoopSettings, work: Path
 ) -> GateOutcome:
@@ -270,7 +280,9 @@ def evaluate_and_gate(
     if not (output / HOLDOUT_FILE).is_file():
         raise PermanentError(f"the training job's output has no {HOLDOUT_FILE}: nothing to gate on")
     holdout = read_holdout(output / HOLDOUT_FILE)
-    version = next_version(models, settings)
+    # A retried gate (its first run wrote the decision, then the Lambda reply was lost) decides the same job
+    # again under the same version: never a second, orphaned version for one job.
+    version = decided_version(models, settings, state.training.job_name) or next_version(models, settings)
     policy = settings.policy
 
     pointer_key = f"{settings.models_prefix}{POINTER_FILE}"
