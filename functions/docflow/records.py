@@ -29,6 +29,8 @@ class DocumentRecord(BaseModel):
     code: str | None = None  # machine code of a rejection or failure
     reason: str | None = None  # human reason of a rejection, failure or review
     label: str | None = None  # a user's correction (feedback for retraining)
+    # The run processing it (PipelineState.owner): a retry of that run's own step is not another delivery.
+    owner: str | None = None
     timings: dict[str, float] = Field(default_factory=dict)
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)

@@ -48,11 +48,16 @@ class DocumentPipeline(Construct):
                 **kwargs,  # type: ignore[arg-type]
             )
 
-        record_failure = apply_policy(invoke("Record failure", functions["RecordFailure"]), None)
+        # Validate and RecordFailure get the execution's id with their input: the owner of the document's work,
+        # so that a retried attempt knows the record its own earlier attempt wrote (docflow.handlers._step).
+        owned_input = sfn.TaskInput.from_object(
+            {"event": sfn.JsonPath.entire_payload, "owner": sfn.JsonPath.execution_id}
+        )
+        record_failure = apply_policy(invoke("Record failure", functions["RecordFailure"], payload=owned_input), None)
         failed = sfn.Fail(self, "Document failed", cause="A step failed; the record holds the error and cause")
         on_error = record_failure.next(failed)
 
-        validate = apply_policy(invoke("Validate document", functions["Validate"]), on_error)
+        validate = apply_policy(invoke("Validate document", functions["Validate"], payload=owned_input), on_error)
         record_outcome = apply_policy(invoke("Record rejection or duplicate", functions["RecordOutcome"]), on_error)
         extract = apply_policy(invoke("Extract text", functions["ExtractText"]), on_error)
         extract_pages = apply_policy(invoke("Extract page range", functions["ExtractPages"]), None)

@@ -221,3 +221,11 @@ def test_api_function_fits_in_api_gateways_time_budget(template: Template) -> No
     api_fn = _one(template, "AWS::Lambda::Function", {"Handler": "docflow.handlers.api.handler"})
     assert api_fn["Properties"]["Timeout"] <= 29
     assert len(api_fn["Properties"]["Layers"]) == 5
+
+
+def test_validate_and_record_failure_are_told_the_execution_that_owns_the_work(template: Template) -> None:
+    # A retried Validate (or RecordFailure after it) knows the document record its own execution wrote.
+    states = _definition(template)["States"]
+    for name in ("Validate document", "Record failure"):
+        assert states[name]["Parameters"]["Payload"] == {"event.$": "$", "owner.$": "$$.Execution.Id"}, name
+    assert states["Extract text"]["Parameters"]["Payload.$"] == "$"

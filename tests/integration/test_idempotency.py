@@ -239,6 +239,127 @@ def test_handlers_event_for_a_deleted_version_fails_permanently(aws: Any) -> Non
         _validate(event)
 
 
+def _owned(event: dict[str, Any], execution: str) -> dict[str, Any]:
+    """Validate's and RecordFailure's input in the state machine: the event and the execution's id."""
+    return {"event": event, "owner": f"arn:aws:states:us-east-1:123456789012:execution:pipeline:{execution}"}
+
+
+def test_handlers_validate_retried_by_its_own_run_proceeds_and_another_run_replays(aws: Any) -> None:
+    aws.put_object(Bucket=BUCKET, Key="incoming/memo.pdf", Body=MEMO_PDF)
+    event = _event("incoming/memo.pdf")
+    # The state machine's Retry of Validate (its first invocation's work landed, its reply did not) ...
+    first = _validate(_owned(event, "one"))
+    again = _validate(_owned(event, "one"))
+    assert (first["proceed"], again["proceed"]) == (True, True) and again["replay"] is False
+    assert again["owner"] == first["owner"] and again["status"] == "PROCESSING"
+    # ... while another execution's delivery of the same object is a replay of the work in progress.
+    other = _validate(_owned(event, "two"))
+    assert other["proceed"] is False and other["replay"] is True and other["status"] == "PROCESSING"
+    done = _rest(again)
+    assert done["status"] in ("CLASSIFIED", "NEEDS_REVIEW") and done["replay"] is False
+    assert _rest(other)["replay"] is True
+    items = _items(MEMO_ID)
+    assert len(items["DOCUMENT"]) == 1 and len(items["PREDICTION#"]) == 1 and len(items["UPLOAD#"]) == 1
+    assert items["DOCUMENT"][0]["status"] == done["status"] and items["DOCUMENT"][0]["owner"] == first["owner"]
+    # Once the document is done, its own execution's Validate (a redrive) proceeds no more.
+    assert _validate(_owned(event, "one"))["replay"] is True
+
+
+def _lose_first_reply(monkeypatch: pytest.MonkeyPatch, method: str) -> None:
+    """The store's `method` writes, its reply is lost, and botocore sends the request again: the retry's
+    answer is what the caller sees (the condition fails on the item the first request wrote)."""
+    from docflow.adapters.aws import DynamoRecordStore
+
+    original = getattr(DynamoRecordStore, method)
+
+    def lost(self: DynamoRecordStore, record: Any) -> Any:
+        original(self, record)
+        return original(self, record)
+
+    monkeypatch.setattr(DynamoRecordStore, method, lost)
+
+
+def test_handlers_a_lost_reply_to_the_create_is_not_taken_for_another_delivery(
+    aws: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    aws.put_object(Bucket=BUCKET, Key="incoming/memo.pdf", Body=MEMO_PDF)
+    event = _event("incoming/memo.pdf")
+    _lose_first_reply(monkeypatch, "create_document")
+    state = _validate(_owned(event, "one"))
+    assert state["proceed"] is True and state["replay"] is False
+    done = _rest(state)
+    assert done["status"] in ("CLASSIFIED", "NEEDS_REVIEW")
+    assert _items(MEMO_ID)["DOCUMENT"][0]["status"] == done["status"]
+    # Without an owner (a bare event: no run to tell apart) the record is another delivery's.
+    assert _validate(event)["replay"] is True
+
+
+def test_handlers_a_lost_reply_to_the_restart_of_a_failed_document_is_not_taken_for_another_delivery(
+    aws: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from docflow.handlers import record_failure
+
+    aws.put_object(Bucket=BUCKET, Key="incoming/memo.pdf", Body=MEMO_PDF)
+    event = _event("incoming/memo.pdf")
+    failed = _validate(_owned(event, "one"))
+    failed["error"] = {"Error": "OcrTimeoutError", "Cause": "tesseract took too long"}
+    assert record_failure.handler(failed, FakeLambdaContext())["status"] == "FAILED"
+    _lose_first_reply(monkeypatch, "restart_document")
+    retry = _validate(_owned(event, "two"))  # the user's retry: restart_document's retry finds it PROCESSING
+    assert retry["proceed"] is True and retry["replay"] is False
+    assert _rest(retry)["status"] in ("CLASSIFIED", "NEEDS_REVIEW")
+
+
+def test_handlers_record_failure_of_a_validate_that_failed_after_its_create(aws: Any) -> None:
+    from docflow.handlers import record_failure
+
+    aws.put_object(Bucket=BUCKET, Key="incoming/memo.pdf", Body=MEMO_PDF)
+    event = _event("incoming/memo.pdf")
+    assert _validate(_owned(event, "one"))["proceed"] is True  # the record is written; then Validate fails
+    error = {"Error": "Lambda.Unknown", "Cause": "the function timed out"}
+    # Another execution's failure (the S3 event with its error, as the Catch hands it) leaves it alone ...
+    other = record_failure.handler(_owned({**event, "error": error}, "two"), FakeLambdaContext())
+    assert other["document_id"] == MEMO_ID and _items(MEMO_ID)["DOCUMENT"][0]["status"] == "PROCESSING"
+    # ... its own execution's marks its own unfinished document FAILED.
+    mine = record_failure.handler(_owned({**event, "error": error}, "one"), FakeLambdaContext())
+    assert mine["status"] == "FAILED" and mine["owner"].endswith(":one")
+    document = _items(MEMO_ID)["DOCUMENT"][0]
+    assert document["status"] == "FAILED" and document["code"] == "Lambda.Unknown"
+
+
+def test_runner_validate_retried_after_its_write_carries_on_and_another_run_replays(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The embedded runner: each run owns its work (a fresh owner per run), as an execution does on AWS.
+    from docflow.context import build_context
+    from docflow.errors import TransientError
+    from docflow.pipeline.runner import Runner
+    from docflow.pipeline.state import DocumentRef
+    from docflow.settings import get_settings
+
+    ctx = build_context(get_settings())
+    ctx.blobs.put("incoming/memo.pdf", MEMO_PDF)
+    create = ctx.records.create_document
+    lost: list[str] = []
+
+    def create_then_lose_the_reply(record: Any) -> Any:
+        existing = create(record)
+        if not lost:
+            lost.append(record.document_id)
+            raise TransientError("the reply was lost")  # the runner's Retry runs Validate again
+        return existing
+
+    monkeypatch.setattr(ctx.records, "create_document", create_then_lose_the_reply)
+    ref = DocumentRef(key="incoming/memo.pdf", source="incoming/memo.pdf")
+    first = Runner(ctx, sleep=lambda _: None).run(ref)
+    assert lost == [MEMO_ID]
+    assert first.replay is False and first.status in ("CLASSIFIED", "NEEDS_REVIEW")
+    record = ctx.records.get_document(MEMO_ID)
+    assert record is not None and record.status == first.status and record.owner == first.owner
+    second = Runner(ctx, sleep=lambda _: None).run(ref)
+    assert second.owner != first.owner and second.replay is True and second.status == first.status
+
+
 # -- the state machine ------------------------------------------------------------------------------------
 
 

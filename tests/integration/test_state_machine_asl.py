@@ -3,6 +3,7 @@ interpreter), with every Lambda task served by the project's real handlers again
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import io
 import json
@@ -32,10 +33,12 @@ REGION = "us-east-1"
 
 
 class Faults:
-    """Errors a function raises before running, as a misbehaving Lambda would: {function: [error, …]}."""
+    """Errors a function raises before running, as a misbehaving Lambda would: {function: [error, …]}; and
+    errors reported after it ran (`after`): its work done, the invocation reported failed all the same."""
 
     def __init__(self) -> None:
         self.plan: dict[str, list[Exception]] = {}
+        self.after: dict[str, list[Exception]] = {}
         self.calls: dict[str, int] = {}
 
 
@@ -63,6 +66,8 @@ def _serve_with_real_handlers(faults: Faults, monkeypatch: pytest.MonkeyPatch) -
             module, func = self.handler.rsplit(".", 1)
             with _function_environment(self.environment_vars or {}):
                 result = getattr(importlib.import_module(module), func)(event, FakeLambdaContext(function_name=name))
+            if faults.after.get(name):
+                raise faults.after[name].pop(0)
             return json.dumps(result), False, ""
         except Exception as exc:  # what the Lambda runtime reports for an unhandled exception
             error = {
@@ -232,6 +237,39 @@ def test_permanent_failure_is_caught_and_recorded_failed(machine: dict[str, Any]
     assert record["status"] == "FAILED"
     assert record["code"] == "PermanentError"
     assert record["reason"] == "model file is corrupt"
+
+
+def test_validate_retried_after_its_work_landed_processes_the_document(machine: dict[str, Any], faults: Faults) -> None:
+    # Validate created the document record, then its invocation was reported failed (a lost reply): the
+    # Retry runs it again in the same execution, which owns that record ($$.Execution.Id), so carries on.
+    from docflow.errors import TransientError
+
+    faults.after["Validate"] = [TransientError("the reply was lost")]
+    status, run = _execute(machine, "incoming/memo.pdf", text_pdf([MEMO]))
+    assert status == "SUCCEEDED"
+    assert faults.calls["Validate"] == 2
+    out = run["output"]
+    assert out["replay"] is False and out["status"] in ("CLASSIFIED", "NEEDS_REVIEW")
+    assert _entered(run["history"])[-2:] == ["Classify document", "Done"]
+    record = _record(out["document_id"])
+    assert record["status"] == out["status"]
+    [execution] = machine["sfn"].list_executions(stateMachineArn=machine["arn"])["executions"]
+    assert record["owner"] == out["owner"] == execution["executionArn"]
+
+
+def test_validate_failing_after_it_created_the_record_leaves_it_failed(machine: dict[str, Any], faults: Faults) -> None:
+    # The Catch hands RecordFailure the S3 event, wrapped with the execution's id: the PROCESSING record
+    # that this execution's Validate created is its own to mark FAILED (not left PROCESSING for ever).
+    from docflow.errors import PermanentError
+
+    faults.after["Validate"] = [PermanentError("validate crashed after its write")]
+    body = text_pdf([MEMO])
+    status, run = _execute(machine, "incoming/memo.pdf", body)
+    assert status == "FAILED"
+    assert _entered(run["history"])[-2:] == ["Record failure", "Document failed"]
+    record = _record(hashlib.sha256(body).hexdigest())
+    assert record["status"] == "FAILED" and record["code"] == "PermanentError"
+    assert record["reason"] == "validate crashed after its write"
 
 
 def test_long_pdf_is_split_into_page_ranges(machine: dict[str, Any], faults: Faults) -> None:

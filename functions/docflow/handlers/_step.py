@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from docflow import telemetry
 from docflow.context import StepContext, get_context
+from docflow.errors import PermanentError
 from docflow.observability import logger
 from docflow.pipeline.state import DocumentRef, PipelineState, StepError
 
@@ -30,7 +31,14 @@ STEP_NAMES = {
 def parse_event(event: dict[str, Any]) -> PipelineState:
     """A step's input as a PipelineState: the S3 "Object Created" event EventBridge starts an execution with
     (Validate's input, and RecordFailure's when Validate failed: the Catch adds $.error to that same event),
-    a pipeline state, or a bare document reference (API, tests, re-drives)."""
+    a pipeline state, or a bare document reference (API, tests, re-drives). The state machine hands Validate
+    and RecordFailure that input wrapped as {"event": <input>, "owner": <execution id>}: the run that owns
+    the work (PipelineState.owner)."""
+    if set(event) == {"event", "owner"} and isinstance(event["event"], dict):
+        owner = event["owner"]
+        if owner is not None and not isinstance(owner, str):
+            raise PermanentError(f"the step input's owner must be a string, not {type(owner).__name__}")
+        return parse_event(event["event"]).model_copy(update={"owner": owner})
     if event.get("source") == "aws.s3" or "detail-type" in event:
         s3 = parse(event=event, model=S3EventNotificationEventBridgeModel)
         bucket, obj = s3.detail.bucket.name, s3.detail.object

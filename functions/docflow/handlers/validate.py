@@ -1,5 +1,6 @@
 """Lambda: the pipeline's first step. Accepts the S3 "Object Created" event that EventBridge hands the
-state machine, or a pipeline state / document reference (API, tests, re-drives)."""
+state machine (wrapped with the execution's id, the owner of its work: {"event": ..., "owner": ...}), or a
+pipeline state / document reference (API, tests, re-drives)."""
 
 from typing import Any
 

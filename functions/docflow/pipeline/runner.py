@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+import uuid
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -70,7 +71,7 @@ class Runner:
                 self._sleep(delay)
 
     def run(self, ref: DocumentRef, languages: str | None = None) -> PipelineState:
-        state = PipelineState(ref=ref, languages=languages)
+        state = PipelineState(ref=ref, languages=languages, owner=uuid.uuid4().hex)  # this run owns its work
         try:
             state = self._invoke("Validate", validate_step, state)
             if not state.proceed:

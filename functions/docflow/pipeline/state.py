@@ -66,6 +66,9 @@ class PageRangeTask(BaseModel):
 
 class PipelineState(BaseModel):
     ref: DocumentRef
+    # The run that owns this delivery's work: the Step Functions execution's id, or the embedded runner's own
+    # per-run id. A retried step of the same run finds the document record it wrote itself, and carries on.
+    owner: str | None = None
     document_id: str | None = None
     status: Status = Status.RECEIVED
     # True when Validate hands the document to ExtractText; False sends it to RecordOutcome.

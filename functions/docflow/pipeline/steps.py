@@ -61,6 +61,7 @@ def document_record(state: PipelineState, existing: DocumentRecord | None = None
         "code": state.code,
         "reason": state.reason,
         "label": existing.label if existing else None,
+        "owner": state.owner if state.owner is not None else (existing.owner if existing else None),
         "timings": state.timings,
         "created_at": existing.created_at if existing else now,
         "updated_at": now,
@@ -79,6 +80,15 @@ def _read_blob(ctx: StepContext, key: str, version_id: str | None = None) -> byt
 def _read_document(ctx: StepContext, state: PipelineState) -> bytes:
     """The uploaded bytes: the very object version the event named, even if the key was written again since."""
     return _read_blob(ctx, state.ref.key, state.ref.version_id)
+
+
+def _owned(state: PipelineState, existing: DocumentRecord | None) -> bool:
+    """Whether `existing` is this run's own unfinished work: a step of the run retried after its first
+    attempt wrote the record (its reply lost, botocore's retry of the write, or the Lambda invocation
+    retried by the state machine) is that same delivery going on, not another one."""
+    if existing is None or state.owner is None:
+        return False
+    return existing.owner == state.owner and not existing.status.terminal
 
 
 def _recorded(ctx: StepContext, state: PipelineState, document_id: str, outcome: Status) -> bool:
@@ -145,12 +155,15 @@ def validate_step(state: PipelineState, ctx: StepContext) -> PipelineState:
     ranges = page_ranges(report.pages or 1, ctx.settings.pages_per_chunk)
     if report.media_type == MediaType.PDF and (report.pages or 0) > ctx.settings.large_pdf_pages:
         update["page_ranges"] = ranges
-    if existing is None:
+    # The record on file may be this run's own: the create succeeded but its reply was lost (botocore's retry
+    # then fails the condition) or this is the state machine's retry of Validate. That is this delivery's work.
+    if existing is None or _owned(state, existing):
         update.update(status=Status.PROCESSING, proceed=True)
     elif existing.status == Status.FAILED:
         # A failed document may be sent again: that is the user's retry. Of two deliveries at once, the one
         # that takes the record over from FAILED does the work; the other reports it in progress.
-        if ctx.records.restart_document(fresh):
+        if ctx.records.restart_document(fresh) or _owned(state, ctx.records.get_document(fresh.document_id)):
+            # (the second test: this run's own restart, whose reply was lost and whose retry then failed)
             update.update(status=Status.PROCESSING, proceed=True)
         else:
             update.update(status=Status.PROCESSING, replay=True)
@@ -401,14 +414,16 @@ def record_failure_step(state: PipelineState, ctx: StepContext) -> PipelineState
     )
     existing = ctx.records.get_document(document_id)
     # Only the upload that owns the processing may mark the document failed: a duplicate's failure
-    # must not overwrite the original's outcome.
-    if existing is None or state.proceed:
+    # must not overwrite the original's outcome. Validate may have failed after it created the record
+    # (its owner is then this run's, its status still PROCESSING): that document is this run's to fail.
+    owned = _owned(state, existing)
+    if existing is None or state.proceed or owned:
         ctx.records.put_document(document_record(failed, existing))
     if ctx.records.create_upload(_upload(state, document_id, Status.FAILED)) is not None:
         return failed  # this object's outcome is on record (another delivery's): never overwrite or recount it
     if not state.proceed and not state.replay:  # not counted at Validate (failed there, or before RecordOutcome)
         telemetry.document_uploaded()
-    if state.proceed and existing is not None:
+    if (state.proceed or owned) and existing is not None:
         seconds = (utcnow() - existing.created_at).total_seconds()
     else:
         seconds = sum(state.timings.values())
