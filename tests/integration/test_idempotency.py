@@ -327,6 +327,37 @@ def test_handlers_record_failure_of_a_validate_that_failed_after_its_create(aws:
     assert document["status"] == "FAILED" and document["code"] == "Lambda.Unknown"
 
 
+@pytest.mark.parametrize("over_the_limit", [False, True])
+def test_handlers_record_failure_hashes_the_upload_only_within_the_size_limit(
+    aws: Any, monkeypatch: pytest.MonkeyPatch, over_the_limit: bool
+) -> None:
+    # Validate failed: RecordFailure keys the failure by the content when it may read it, never streaming
+    # more than the upload limit (an oversized object is keyed by its upload instead).
+    from docflow.adapters.aws import S3BlobStore
+    from docflow.context import get_context
+    from docflow.handlers import record_failure
+    from docflow.settings import get_settings
+
+    monkeypatch.setenv("DOCFLOW_MAX_BYTES", str(len(MEMO_PDF) - 1 if over_the_limit else len(MEMO_PDF)))
+    get_settings.cache_clear()
+    get_context.cache_clear()
+    streamed: list[str] = []
+    iter_chunks = S3BlobStore.iter_chunks
+
+    def recording(self: S3BlobStore, key: str, *args: Any, **kwargs: Any) -> Any:
+        streamed.append(key)
+        return iter_chunks(self, key, *args, **kwargs)
+
+    monkeypatch.setattr(S3BlobStore, "iter_chunks", recording)
+    aws.put_object(Bucket=BUCKET, Key="incoming/memo.pdf", Body=MEMO_PDF)
+    event = {**_event("incoming/memo.pdf"), "error": {"Error": "Lambda.Unknown", "Cause": "out of memory"}}
+    failed = record_failure.handler(event, FakeLambdaContext())
+    upload_id = hashlib.sha256(f"upload:s3://{BUCKET}/incoming/memo.pdf".encode()).hexdigest()
+    assert failed["document_id"] == (upload_id if over_the_limit else MEMO_ID)
+    assert streamed == ([] if over_the_limit else ["incoming/memo.pdf"])
+    assert _items(failed["document_id"])["DOCUMENT"][0]["status"] == "FAILED"
+
+
 def test_runner_validate_retried_after_its_write_carries_on_and_another_run_replays(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

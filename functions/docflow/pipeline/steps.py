@@ -386,9 +386,12 @@ def _record_classification(state: PipelineState, ctx: StepContext) -> DocumentRe
 
 
 def _content_hash(state: PipelineState, ctx: StepContext) -> str | None:
-    """SHA-256 of the event's object version, streamed; None when it cannot be read (gone, or still failing)."""
+    """SHA-256 of the event's object version, streamed; None when it cannot be read (gone, or still failing)
+    or is larger than the upload limit (a failure is recorded quickly, whatever the upload's size)."""
     digest = hashlib.sha256()
     try:
+        if ctx.blobs.size(state.ref.key, version_id=state.ref.version_id) > ctx.settings.limits.max_bytes:
+            return None
         for chunk in ctx.blobs.iter_chunks(state.ref.key, version_id=state.ref.version_id):
             digest.update(chunk)
     except Exception:  # the failure being recorded may be this very read: record it anyway
