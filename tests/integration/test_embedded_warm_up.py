@@ -3,10 +3,12 @@ take the pool down: the documents that need it end FAILED with the cause, each i
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from docflow import telemetry
 from docflow.domain.classifier import load_classifier
 from docflow.models import Status
 from docflow.pipeline import embedded
@@ -14,6 +16,15 @@ from docflow.samples import MEMO, text_pdf
 from docflow.settings import DEFAULT_MODEL_DIR, Settings
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+def _no_sink() -> Iterator[None]:
+    """The workers' signals are replayed into this process's sink: not into the EMF buffer that importing
+    the Lambda handlers (earlier tests) installs, where they would wait for another test's flush."""
+    previous = telemetry.configure(telemetry.NullSink())
+    yield
+    telemetry.configure(previous)
 
 
 def test_a_worker_loads_the_model_at_start(docflow_home: Path) -> None:
