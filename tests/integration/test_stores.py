@@ -5,12 +5,18 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
+import urllib3
+from botocore.exceptions import EndpointConnectionError
+from botocore.response import StreamingBody
+from botocore.stub import Stubber
 from moto import mock_aws
 
 from docflow.adapters.aws import DynamoRecordStore, S3BlobStore
 from docflow.adapters.local import LocalBlobStore, SqliteRecordStore
+from docflow.errors import ConfigurationError, TransientError
 from docflow.models import Status, utcnow
 from docflow.ports import BlobNotFoundError, BlobStore, RecordStore
 from docflow.records import DocumentRecord, PredictionRecord, UploadRecord
@@ -247,3 +253,112 @@ def test_sqlite_store_opened_by_many_processes_at_once(tmp_path: Path) -> None:
         assert sorted(pool.map(_write_uploads, [(path, w) for w in range(8)])) == list(range(8))
     # Then nobody failed on the schema or journal-mode switch, and every write landed
     assert SqliteRecordStore(Path(path)).count_uploads_by_status() == {"CLASSIFIED": 160}
+
+
+# -- S3 faults: what botocore raises (its Stubber answers as S3 would) becomes the pipeline's error contract ---
+
+
+class _BrokenStream:
+    """A response body that gives `first`, then fails as urllib3 does when the connection breaks."""
+
+    def __init__(self, first: bytes, error: Exception) -> None:
+        self.first, self.error = first, error
+
+    def read(self, amt: int | None = None) -> bytes:
+        if self.first:
+            chunk, self.first = self.first, b""
+            return chunk
+        raise self.error
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def stubbed_s3() -> Iterator[tuple[S3BlobStore, Stubber]]:
+    blobs = S3BlobStore(BUCKET)
+    with Stubber(blobs._s3) as stubber:
+        yield blobs, stubber
+        stubber.assert_no_pending_responses()
+
+
+def _fail_before_the_request(blobs: S3BlobStore, stubber: Stubber, operation: str) -> None:
+    """The request never gets an answer: botocore raises a BotoCoreError (here with its retries spent)."""
+
+    def unreachable(**_: Any) -> None:
+        raise EndpointConnectionError(endpoint_url=f"https://{BUCKET}.s3.amazonaws.com")
+
+    stubber.deactivate()  # its answers are used up; nothing leaves the machine: the call fails first
+    blobs._s3.meta.events.register(f"before-call.s3.{operation}", unreachable)
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        urllib3.exceptions.ReadTimeoutError(None, "", "Read timed out."),  # becomes botocore's ReadTimeoutError
+        urllib3.exceptions.ProtocolError("Connection broken: reset by peer"),  # becomes ResponseStreamingError
+    ],
+    ids=["read-timeout", "connection-reset"],
+)
+def test_s3_a_body_that_breaks_while_streaming_is_transient(
+    stubbed_s3: tuple[S3BlobStore, Stubber], broken: Exception
+) -> None:
+    blobs, stubber = stubbed_s3
+    body = StreamingBody(_BrokenStream(b"first chunk", broken), content_length=1000)
+    stubber.add_response("get_object", {"Body": body, "ContentLength": 1000}, {"Bucket": BUCKET, "Key": "k"})
+    read: list[bytes] = []
+    with pytest.raises(TransientError, match=r"get s3://.*/k \(reading the body\)"):
+        for chunk in blobs.iter_chunks("k", chunk_size=11):
+            read.append(chunk)
+    assert read == [b"first chunk"]
+
+
+def test_s3_streaming_a_missing_or_throttled_object(stubbed_s3: tuple[S3BlobStore, Stubber]) -> None:
+    blobs, stubber = stubbed_s3
+    stubber.add_client_error("get_object", "NoSuchVersion", http_status_code=404)
+    stubber.add_client_error("get_object", "SlowDown", http_status_code=503)
+    with pytest.raises(BlobNotFoundError):
+        list(blobs.iter_chunks("k", version_id="v1"))
+    with pytest.raises(TransientError, match="SlowDown"):
+        list(blobs.iter_chunks("k"))
+    _fail_before_the_request(blobs, stubber, "GetObject")
+    with pytest.raises(TransientError, match="Could not connect"):
+        list(blobs.iter_chunks("k"))
+
+
+def test_s3_head_faults_are_transient_and_a_missing_key_is_not_found(stubbed_s3: tuple[S3BlobStore, Stubber]) -> None:
+    blobs, stubber = stubbed_s3
+    # A HEAD's error has no body: S3's code is the bare HTTP status.
+    stubber.add_client_error("head_object", "404", http_status_code=404)
+    stubber.add_client_error("head_object", "404", http_status_code=404)
+    stubber.add_client_error("head_object", "503", "Service Unavailable", http_status_code=503)
+    stubber.add_client_error("head_object", "500", "Internal Server Error", http_status_code=500)
+    with pytest.raises(BlobNotFoundError):
+        blobs.size("k")
+    assert blobs.exists("k") is False
+    with pytest.raises(TransientError, match="head s3://"):
+        blobs.size("k")
+    with pytest.raises(TransientError, match="head s3://"):
+        blobs.exists("k")
+    _fail_before_the_request(blobs, stubber, "HeadObject")
+    for head in (blobs.size, blobs.exists):
+        with pytest.raises(TransientError, match="Could not connect"):
+            head("k")
+
+
+def test_s3_listing_faults_are_translated_on_any_page(stubbed_s3: tuple[S3BlobStore, Stubber]) -> None:
+    blobs, stubber = stubbed_s3
+    first_page = {"Contents": [{"Key": "text/a.json"}], "IsTruncated": True, "NextContinuationToken": "t"}
+    stubber.add_response("list_objects_v2", first_page, {"Bucket": BUCKET, "Prefix": "text/"})
+    stubber.add_client_error("list_objects_v2", "SlowDown", http_status_code=503)
+    stubber.add_client_error("list_objects_v2", "AccessDenied", http_status_code=403)
+    listed: list[str] = []
+    with pytest.raises(TransientError, match=r"list s3://.*/text/: SlowDown"):
+        for key in blobs.list("text/"):
+            listed.append(key)
+    assert listed == ["text/a.json"]
+    with pytest.raises(ConfigurationError, match="AccessDenied"):
+        list(blobs.list("text/"))
+    _fail_before_the_request(blobs, stubber, "ListObjectsV2")
+    with pytest.raises(TransientError, match="Could not connect"):
+        list(blobs.list("text/"))

@@ -41,7 +41,9 @@ def _translate(exc: Exception, what: str) -> Exception:
     """Map an AWS failure to the pipeline's error contract (retry vs fail)."""
     if isinstance(exc, ClientError):
         code = exc.response.get("Error", {}).get("Code", "")
-        if code in _TRANSIENT_CODES:
+        # A HEAD's error has no body: its code is the bare HTTP status ("503"). A 5xx is the service's fault.
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        if code in _TRANSIENT_CODES or status >= 500:
             return TransientError(f"{what}: {code}")
         if code in _CONFIG_CODES:
             return ConfigurationError(f"{what}: {code}: {exc.response.get('Error', {}).get('Message', '')}")
@@ -100,6 +102,8 @@ class S3BlobStore(BlobStore):
             if _missing(exc):
                 return False
             raise _translate(exc, f"head s3://{self.bucket}/{key}") from exc
+        except BotoCoreError as exc:
+            raise _translate(exc, f"head s3://{self.bucket}/{key}") from exc
 
     def size(self, key: str, version_id: str | None = None) -> int:
         try:
@@ -108,21 +112,36 @@ class S3BlobStore(BlobStore):
             if _missing(exc):
                 raise BlobNotFoundError(key) from None
             raise _translate(exc, f"head s3://{self.bucket}/{key}") from exc
+        except BotoCoreError as exc:
+            raise _translate(exc, f"head s3://{self.bucket}/{key}") from exc
 
     def iter_chunks(self, key: str, chunk_size: int = 1 << 20, version_id: str | None = None) -> Iterator[bytes]:
+        what = f"get s3://{self.bucket}/{key}"
         try:
             body = self._s3.get_object(Bucket=self.bucket, Key=key, **self._version(version_id))["Body"]
         except ClientError as exc:
             if _missing(exc):
                 raise BlobNotFoundError(key) from None
-            raise _translate(exc, f"get s3://{self.bucket}/{key}") from exc
-        yield from body.iter_chunks(chunk_size)
+            raise _translate(exc, what) from exc
+        except BotoCoreError as exc:
+            raise _translate(exc, what) from exc
+        try:
+            # The body arrives while it is read: a read timeout or a reset connection surfaces here.
+            yield from body.iter_chunks(chunk_size)
+        except (ClientError, BotoCoreError) as exc:
+            raise _translate(exc, f"{what} (reading the body)") from exc
+        finally:
+            body.close()
 
     def list(self, prefix: str = "") -> Iterator[str]:
         paginator = self._s3.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
-            for obj in page.get("Contents", []):
-                yield obj["Key"]
+        try:
+            # Each page is a request, made as the iteration reaches it.
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                for obj in page.get("Contents", []):
+                    yield obj["Key"]
+        except (ClientError, BotoCoreError) as exc:
+            raise _translate(exc, f"list s3://{self.bucket}/{prefix}") from exc
 
     def describe(self) -> str:
         return f"s3://{self.bucket}"
