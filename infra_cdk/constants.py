@@ -92,8 +92,11 @@ METRICS_NAMESPACE = "Docflow"
 ALARM_EMAIL_CONTEXT = "alarmEmail"  # cdk deploy -c alarmEmail=ops@example.com subscribes that address
 DRIFT_SCHEDULE_MINUTES = 60
 ALARM_PERIOD_MINUTES = 5
-# Any failed execution or any message in the dead-letter queue is worth a look.
+# Any failed, timed-out or aborted execution or any message in the dead-letter queue is worth a look.
 FAILED_EXECUTIONS_THRESHOLD = 1
+# A timed-out or aborted execution runs no Catch: its document stays PROCESSING, with no FAILED record.
+TIMED_OUT_EXECUTIONS_THRESHOLD = 1
+ABORTED_EXECUTIONS_THRESHOLD = 1
 DLQ_MESSAGES_THRESHOLD = 1
 # Shares of the documents processed in one period (metric math over DocumentsProcessed by status), judged
 # only when at least RATE_MIN_DOCUMENTS were processed in it, so one failure out of two is not an outage.

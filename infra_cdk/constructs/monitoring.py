@@ -161,6 +161,32 @@ class Monitoring(Construct):
                 evaluation_periods=1,
                 treat_missing_data=not_breaching,
             ),
+            "TimedOutExecutions": cw.Alarm(
+                self,
+                "TimedOutExecutionsAlarm",
+                alarm_description=(
+                    "Document pipeline executions timed out: no Catch runs, so each document is left PROCESSING "
+                    "with no FAILED record."
+                ),
+                metric=state_machine.metric_timed_out(period=PERIOD, statistic="Sum"),
+                threshold=c.TIMED_OUT_EXECUTIONS_THRESHOLD,
+                comparison_operator=at_least,
+                evaluation_periods=1,
+                treat_missing_data=not_breaching,
+            ),
+            "AbortedExecutions": cw.Alarm(
+                self,
+                "AbortedExecutionsAlarm",
+                alarm_description=(
+                    "Document pipeline executions were aborted (stopped): no Catch runs, so each document is left "
+                    "PROCESSING with no FAILED record."
+                ),
+                metric=state_machine.metric_aborted(period=PERIOD, statistic="Sum"),
+                threshold=c.ABORTED_EXECUTIONS_THRESHOLD,
+                comparison_operator=at_least,
+                evaluation_periods=1,
+                treat_missing_data=not_breaching,
+            ),
             "DeadLetters": cw.Alarm(
                 self,
                 "DeadLettersAlarm",
@@ -287,6 +313,7 @@ class Monitoring(Construct):
                     state_machine.metric_succeeded(period=PERIOD, statistic="Sum", label="succeeded"),
                     state_machine.metric_failed(period=PERIOD, statistic="Sum", label="failed"),
                     state_machine.metric_timed_out(period=PERIOD, statistic="Sum", label="timed out"),
+                    state_machine.metric_aborted(period=PERIOD, statistic="Sum", label="aborted"),
                 ],
             ),
             graph(

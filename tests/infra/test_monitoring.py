@@ -117,7 +117,7 @@ def test_no_email_subscription_without_the_context(template: Template) -> None:
 
 def test_every_alarm_notifies_the_topic_on_alarm_and_ok(template: Template, topic: str) -> None:
     alarms = _alarms(template)
-    assert len(alarms) >= 6
+    assert len(alarms) >= 8
     for description, props in alarms.items():
         assert props["AlarmActions"] == [{"Ref": topic}], description
         assert props["OKActions"] == [{"Ref": topic}], description
@@ -139,6 +139,29 @@ def test_failed_executions_and_dead_letters_alarm_on_the_first_one(template: Tem
     assert dlq["Threshold"] == 1 and dlq["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
     queue = dlq["Dimensions"][0]["Value"]["Fn::GetAtt"][0]
     assert queue.startswith("TriggerDeadLetters")
+
+
+@pytest.mark.parametrize(
+    ("starts", "metric", "threshold"),
+    [
+        ("Document pipeline executions timed out", "ExecutionsTimedOut", c.TIMED_OUT_EXECUTIONS_THRESHOLD),
+        ("Document pipeline executions were aborted", "ExecutionsAborted", c.ABORTED_EXECUTIONS_THRESHOLD),
+    ],
+)
+def test_timed_out_and_aborted_executions_alarm_on_the_first_one(
+    template: Template, topic: str, starts: str, metric: str, threshold: float
+) -> None:
+    # Neither runs the Catch, so the FailedExecutions alarm and the FAILED rate never see these documents.
+    alarm = _alarm(template, starts)
+    assert (alarm["Namespace"], alarm["MetricName"], alarm["Statistic"]) == ("AWS/States", metric, "Sum")
+    machines = template.find_resources("AWS::StepFunctions::StateMachine")
+    pipeline = next(k for k in machines if k.startswith("PipelineStateMachine"))  # not the training loop
+    assert alarm["Dimensions"] == [{"Name": "StateMachineArn", "Value": {"Ref": pipeline}}]
+    assert alarm["Threshold"] == threshold == 1
+    assert alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
+    assert alarm["EvaluationPeriods"] == 1 and alarm["Period"] == c.ALARM_PERIOD_MINUTES * 60
+    assert alarm["AlarmActions"] == alarm["OKActions"] == [{"Ref": topic}]
+    assert alarm["TreatMissingData"] == "notBreaching"
 
 
 @pytest.mark.parametrize(
@@ -281,7 +304,13 @@ def test_dashboard_latency_percentiles_per_step_and_pipeline(dashboard: dict[str
 
 def test_dashboard_aws_service_widgets(dashboard: dict[str, Any]) -> None:
     executions = {row[1] for row in _metric_rows(_widget(dashboard, "Step Functions executions"))}
-    assert {"ExecutionsStarted", "ExecutionsSucceeded", "ExecutionsFailed"} <= executions
+    assert {
+        "ExecutionsStarted",
+        "ExecutionsSucceeded",
+        "ExecutionsFailed",
+        "ExecutionsTimedOut",
+        "ExecutionsAborted",
+    } <= executions
     dlq = _metric_rows(_widget(dashboard, "Dead-letter queue depth"))
     assert [row[:2] for row in dlq] == [["AWS/SQS", "ApproximateNumberOfMessagesVisible"]]
     for title, metric in (
@@ -297,7 +326,7 @@ def test_dashboard_aws_service_widgets(dashboard: dict[str, Any]) -> None:
     assert {row[row.index("signal") + 1] for row in _metric_rows(drift)} == set(c.DRIFT_SIGNALS)
     assert drift["annotations"]["horizontal"][0]["value"] == c.DRIFT_PSI_THRESHOLD
     alarms = [w for w in dashboard["widgets"] if w["type"] == "alarm"]
-    assert len(alarms) == 1 and len(alarms[0]["properties"]["alarms"]) >= 6
+    assert len(alarms) == 1 and len(alarms[0]["properties"]["alarms"]) >= 8
 
 
 def test_pipeline_and_functions_are_traced(template: Template) -> None:
