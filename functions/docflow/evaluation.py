@@ -18,7 +18,6 @@ How rows count:
 from __future__ import annotations
 
 import csv
-import json
 import tempfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -279,7 +278,18 @@ def load_labelled(path: Path) -> list[tuple[Path, str]]:
                 if file.is_file() and not any(part.startswith(".") for part in rel):
                     items.append((file, canonical_class(class_dir.name)))
     elif path.is_file() and path.suffix.lower() == ".csv":
-        with path.open(newline="", encoding="utf-8") as handle:
+        items = _load_csv(path)
+    else:
+        raise EvalInputError(f"{path}: expected a folder of class folders or a .csv file")
+    if not items:
+        raise EvalInputError(f"{path}: no labelled files found")
+    return items
+
+
+def _load_csv(path: Path) -> list[tuple[Path, str]]:
+    items: list[tuple[Path, str]] = []
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:  # -sig: a BOM from a spreadsheet is no header
             reader = csv.DictReader(handle)
             if not reader.fieldnames or not {"path", "label"} <= set(reader.fieldnames):
                 raise EvalInputError(f"{path}: expected a header with 'path' and 'label' columns")
@@ -290,10 +300,12 @@ def load_labelled(path: Path) -> list[tuple[Path, str]]:
                 if not file.is_file():
                     raise EvalInputError(f"{path}:{line}: no such file {file}")
                 items.append((file, canonical_class(row["label"])))
-    else:
-        raise EvalInputError(f"{path}: expected a folder of class folders or a .csv file")
-    if not items:
-        raise EvalInputError(f"{path}: no labelled files found")
+    except UnicodeDecodeError as exc:
+        raise EvalInputError(f"{path}: not UTF-8 text (byte {exc.start}); save the CSV as UTF-8") from None
+    except csv.Error as exc:
+        raise EvalInputError(f"{path}: not a readable CSV: {exc}") from None
+    except OSError as exc:
+        raise EvalInputError(f"{path}: cannot be read: {exc.strerror or exc}") from None
     return items
 
 
@@ -327,9 +339,9 @@ def run_pipeline(
     on_result: Any = None,
 ) -> tuple[list[Any], list[str]]:
     """Process ``items`` as ``docflow process`` would, on a fresh temporary DOCFLOW_HOME (or ``home``).
-    Returns (DocumentResults in input order, the model's class labels)."""
-    from docflow.context import resolve_model_dir
-    from docflow.pipeline.embedded import process_paths
+    Returns (DocumentResults in input order, the model's class labels). Raises ConfigurationError before
+    the first document when the model does not load or an OCR language is missing."""
+    from docflow.pipeline.embedded import check_ready, process_paths
     from docflow.settings import Settings
 
     with tempfile.TemporaryDirectory(prefix="docflow-eval-") as scratch:
@@ -339,7 +351,7 @@ def run_pipeline(
         if review_threshold is not None:
             overrides["review_threshold"] = review_threshold
         settings = Settings(**overrides)
-        labels = json.loads((resolve_model_dir(settings) / "labels.json").read_text(encoding="utf-8"))
+        labels = list(check_ready(settings).labels)
         files = [(file, str(file)) for file, _ in items]
         results = process_paths(files, settings, workers=max(1, min(workers, len(files))), on_result=on_result)
     return results, labels

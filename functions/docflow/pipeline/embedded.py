@@ -12,16 +12,22 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
 from docflow import telemetry
-from docflow.context import StepContext, build_context
+from docflow.context import StepContext, build_context, resolve_model_dir
+from docflow.errors import ConfigurationError
 from docflow.models import Status
 from docflow.pipeline.runner import Runner
 from docflow.pipeline.state import DocumentRef, PipelineState
 from docflow.settings import Settings
+
+if TYPE_CHECKING:
+    from docflow.domain.classifier import TextClassifier
 
 
 class DocumentResult(BaseModel):
@@ -114,6 +120,47 @@ def process_file(path: Path, source: str, ctx: StepContext, languages: str | Non
     return DocumentResult.from_state(state, round(time.perf_counter() - started, 3), ctx)
 
 
+def check_ready(settings: Settings) -> TextClassifier:
+    """What every document needs, checked once before the first: the model loads, and Tesseract has the
+    OCR languages. Raises ConfigurationError with the cause: a run that cannot classify anything stops
+    here with one message instead of failing each document with it."""
+    from docflow.domain.classifier import ModelIncompatibleError, ModelNotFoundError, load_classifier
+    from docflow.domain.extraction import default_engine
+    from docflow.domain.ocr import OcrLanguageError, TesseractNotFoundError
+
+    try:
+        model_dir = resolve_model_dir(settings)
+        classifier = load_classifier(model_dir)
+    except (ModelNotFoundError, ModelIncompatibleError, ConfigurationError) as exc:
+        raise ConfigurationError(str(exc)) from exc
+    except Exception as exc:  # a damaged model.onnx: onnxruntime's own error types
+        raise ConfigurationError(f"cannot load the model: {type(exc).__name__}: {exc}") from exc
+    check_languages = getattr(default_engine(), "check_languages", None)
+    if check_languages is not None:
+        try:
+            check_languages(settings.ocr_languages)
+        except TesseractNotFoundError:
+            pass  # documents with a text layer need no OCR; one that does fails as its own row, saying so
+        except OcrLanguageError as exc:
+            raise ConfigurationError(str(exc)) from exc
+    return classifier
+
+
+def failed_row(source: str, exc: BaseException, worker_stopped: bool = False) -> DocumentResult:
+    """The row of a document whose processing raised outside the pipeline's own Catch (its file could not
+    be read, its worker process died); counted as FAILED like any other."""
+    telemetry.document_processed(Status.FAILED, None)
+    cause = str(exc) or type(exc).__name__
+    return DocumentResult(
+        source=source,
+        document_id=None,
+        status=Status.FAILED,
+        code=type(exc).__name__,
+        reason=f"the worker processing this document stopped: {cause}" if worker_stopped else cause,
+        seconds=0.0,
+    )
+
+
 _worker_ctx: StepContext | None = None
 
 
@@ -162,10 +209,15 @@ def process_paths(
 
     # Create the stores (SQLite schema, WAL) once here, before workers open them concurrently.
     build_context(settings)
+    signals: list[telemetry.Emission]
     if workers <= 1 or len(files) <= 1:
         _init_worker(settings)
         for i, (path, source) in enumerate(files):
-            done(i, *_work(str(path), source, languages))
+            try:
+                result, signals = _work(str(path), source, languages)
+            except Exception as exc:  # this document only (e.g. its file cannot be read): a row, as in the pool
+                result, signals = failed_row(source, exc), []
+            done(i, result, signals)
     else:
         # spawn, not fork: a forked worker inherits this process's open SQLite connection, and when the child
         # closes it, POSIX drops every lock the child holds on the file: concurrent writes are then lost
@@ -181,18 +233,12 @@ def process_paths(
             }
             for future in as_completed(futures):
                 i = futures[future]
-                signals: list[telemetry.Emission] = []
+                signals = []
                 try:
                     result, signals = future.result()
-                except Exception as exc:  # a worker died (killed, out of memory): still one row
-                    result = DocumentResult(
-                        source=files[i][1],
-                        document_id=None,
-                        status=Status.FAILED,
-                        code=type(exc).__name__,
-                        reason=f"the worker processing this document stopped: {exc}",
-                        seconds=0.0,
-                    )
-                    telemetry.document_processed(Status.FAILED, None)  # its row says FAILED: so do the counts
+                except BrokenProcessPool as exc:  # a worker died (killed, out of memory): still one row
+                    result = failed_row(files[i][1], exc, worker_stopped=True)
+                except Exception as exc:  # the document's own error (e.g. its file cannot be read)
+                    result = failed_row(files[i][1], exc)
                 done(i, result, signals)
     return [r for r in results if r is not None]

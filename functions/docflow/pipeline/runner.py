@@ -91,6 +91,8 @@ class Runner:
                 state = self._invoke("ExtractText", extract_step, state)
             return self._invoke("Classify", classify_step, state)
         except Exception as exc:  # the Catch: States.ALL
-            log.exception("document %s failed", ref.source)
+            # One line per failed document (its row says the same); the traceback only when debugging.
+            log.error("document %s failed: %s: %s", ref.source, type(exc).__name__, exc)
+            log.debug("document %s failed", ref.source, exc_info=True)
             failed = state.model_copy(update={"error": StepError(Error=type(exc).__name__, Cause=str(exc))})
             return self._invoke("RecordFailure", record_failure_step, failed)
