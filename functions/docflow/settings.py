@@ -1,17 +1,20 @@
 """One settings model, read from the environment (prefix DOCFLOW_) once at start.
 
 Domain code never reads os.environ: it receives these values as arguments. A bad value fails loudly
-here, once, with pydantic's message naming the variable.
+here, once; ``describe_errors`` turns pydantic's error into one line per variable (its name, the value
+given, what is expected). A variable set to the empty string counts as unset (``DOCFLOW_HOME=`` is the
+default ~/.docflow, not the current folder).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from docflow.models import OcrOptions, ValidationLimits
@@ -21,11 +24,18 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_MODEL_DIR = PACKAGE_DIR / "default_model"
 
 
+ENV_PREFIX = "DOCFLOW_"
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="DOCFLOW_", extra="ignore", frozen=True)
+    # env_ignore_empty: a variable set to "" is unset (the default applies), as shells and CI templates
+    # often export empty values; DOCFLOW_HOME= must not put the state into the current folder.
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True, env_ignore_empty=True)
 
     # Where it runs: "local" = directory + SQLite under `home`; "aws" = S3 + DynamoDB.
     backend: Literal["local", "aws"] = "local"
+    # State directory (DOCFLOW_HOME): blobs, the SQLite record store, published models, metrics. Unset or
+    # empty: ~/.docflow.
     home: Path = Field(default_factory=lambda: Path.home() / ".docflow")
 
     # AWS backend
@@ -104,6 +114,23 @@ class Settings(BaseSettings):
             upscale_below_height=self.ocr_upscale_below_height,
             timeout_seconds=self.ocr_page_timeout,
         )
+
+
+_SECRET_WORDS = ("key", "secret", "password", "token")
+
+
+def describe_errors(exc: ValidationError, given_as: Mapping[str, str] | None = None) -> list[str]:
+    """One line per bad setting of a DOCFLOW_-prefixed settings model (Settings, ApiSettings): the variable
+    (or, for a field in ``given_as``, the command-line option it came from), the value, what is expected.
+    Values of secret-looking fields are not shown."""
+    lines = []
+    for error in exc.errors(include_url=False):
+        field = str(error["loc"][0]) if error["loc"] else ""
+        name = (given_as or {}).get(field) or f"{ENV_PREFIX}{field.upper()}"
+        value = "(hidden)" if any(word in field for word in _SECRET_WORDS) else repr(error.get("input"))
+        message = str(error["msg"]).removeprefix("Value error, ")
+        lines.append(f"{name}={value}: {message}")
+    return lines
 
 
 @lru_cache(maxsize=1)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -54,6 +55,41 @@ class Tracking:
     uri: str
     experiment: str = DEFAULT_EXPERIMENT
     artifact_location: str | None = None
+
+    def __repr__(self) -> str:  # a Tracking in a log line must not carry the server's password
+        return (
+            f"Tracking(uri={redact_uri(self.uri)!r}, experiment={self.experiment!r}, "
+            f"artifact_location={self.artifact_location!r})"
+        )
+
+
+def redact_uri(uri: str) -> str:
+    """``uri`` fit to print or log: a password in its userinfo becomes ``***`` (http://alice:***@host/)."""
+    try:
+        parts = urlsplit(uri)
+        password = parts.password
+    except ValueError:  # not a URL (an ARN, a bad port): nothing that looks like userinfo to keep
+        return uri
+    if not password:
+        return uri
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def redact_secrets(text: str, uri: str) -> str:
+    """``text`` (an error message, a log line) with the password of ``uri`` replaced by ``***`` wherever it
+    appears, as written in the URI or percent-decoded."""
+    try:
+        password = urlsplit(uri).password
+    except ValueError:
+        return text
+    if not password:
+        return text
+    text = text.replace(uri, redact_uri(uri))
+    for secret in sorted({password, unquote(password)}, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
 
 
 def default_home(env: Mapping[str, str] = os.environ) -> Path:
