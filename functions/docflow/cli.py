@@ -15,8 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from docflow.cli_model import model_app
-from docflow.settings import Settings
+from docflow.cli_model import fail, load_settings, model_app, settings_failure, unusable_dir
 
 if TYPE_CHECKING:
     from docflow.domain.drift import DriftReport
@@ -28,6 +27,7 @@ app = typer.Typer(
     help="Classify documents (scans, photos, PDFs) by type: validate, extract text, classify.",
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_show_locals=False,  # an unexpected error's traceback must not print settings or secrets
 )
 app.add_typer(model_app, name="model")
 err = Console(stderr=True)
@@ -39,14 +39,6 @@ STATUS_STYLE = {
     "DUPLICATE": "cyan",
     "FAILED": "bold red",
 }
-
-
-def _settings(**overrides: object) -> Settings:
-    try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
-    except ValidationError as exc:
-        err.print(f"[red]Invalid configuration:[/red]\n{exc}")
-        raise typer.Exit(2) from None
 
 
 @app.command()
@@ -61,26 +53,23 @@ def process(
     home: Annotated[Path | None, typer.Option(help="State directory (default: DOCFLOW_HOME or ~/.docflow).")] = None,
 ) -> None:
     """Run every document through validate → extract text → classify, on the local stores."""
-    from docflow.pipeline.embedded import discover, display_path, process_paths
+    from docflow.errors import ConfigurationError
+    from docflow.pipeline.embedded import check_ready, discover, display_path, process_paths
 
-    settings = _settings(home=home, ocr_languages=languages)
+    settings = load_settings(home=home, ocr_languages=languages)
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
-        err.print(f"[red]No such file or folder:[/red] {', '.join(missing)}")
-        raise typer.Exit(2)
+        raise fail(f"No such file or folder: {', '.join(missing)}")
     files = [(path, display_path(path)) for path in discover(paths)]
     if not files:
         err.print("[yellow]No files found.[/yellow]")
         raise typer.Exit(0)
+    try:
+        check_ready(settings)  # a missing model or OCR language: one message, not one per document
+    except ConfigurationError as exc:
+        raise fail(str(exc)) from None
 
-    progress = Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err,
-        disable=not err.is_terminal,
-    )
+    progress = _progress()
 
     def on_result(result: DocumentResult) -> None:
         progress.advance(task)
@@ -101,6 +90,19 @@ def process(
     if not json_output:
         _print_table(results)
     _write_metrics(sink, settings.home / "metrics" / "docflow.prom")
+
+
+def _progress() -> Progress:
+    """The bar `process` and `eval` show while documents run, on stderr; only on a terminal (a pipe or a
+    CI log gets no redraws)."""
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        disable=not err.is_terminal,
+    )
 
 
 def _prometheus() -> PrometheusSink:
@@ -151,14 +153,12 @@ def _hyperparameters(pairs: list[str] | None, seed: int) -> dict[str, object]:
 
     args = [f"--{pair}" for pair in pairs or []]
     if any("=" not in arg for arg in args):
-        err.print("[red]--hp takes NAME=VALUE[/red]")
-        raise typer.Exit(2)
+        raise fail("--hp takes NAME=VALUE")
     try:
         values = {"seed": seed, **parse_hyperparameters(args)}
         job_config(values)  # fail here, naming the known hyperparameters, not inside the job
     except (ValueError, ValidationError) as exc:
-        err.print(f"[red]Invalid hyperparameters:[/red] {exc}")
-        raise typer.Exit(2) from None
+        raise fail(f"Invalid hyperparameters: {exc}") from None
     return values
 
 
@@ -202,11 +202,10 @@ def train(
     try:
         from docflow_training.train import TrainConfig, train_model
     except ImportError as exc:
-        err.print(f"[red]Training needs the training extra:[/red] pip install -e '.[training]' ({exc})")
-        raise typer.Exit(2) from None
+        raise fail(f"Training needs the training extra: pip install -e '.[training]' ({exc})") from None
     from docflow.settings import DEFAULT_MODEL_DIR
 
-    settings = _settings(home=home)
+    settings = load_settings(home=home)
     hyperparameters = _hyperparameters(hp, seed)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
 
@@ -226,8 +225,7 @@ def train(
                 wait=wait,
             )
         except (ValueError, ValidationError) as exc:
-            err.print(f"[red]{exc}[/red]")
-            raise typer.Exit(2) from None
+            raise fail(str(exc)) from None
         err.print(
             f"SageMaker training job {launch.job_name} on {launch.instance_type}{' (spot)' if launch.spot else ''}"
         )
@@ -237,8 +235,7 @@ def train(
     corpus = Path(data)
     for what, folder in (("corpus", data), ("validation", validation)):
         if folder and not Path(folder).is_dir():
-            err.print(f"[red]No such {what} folder:[/red] {folder}")
-            raise typer.Exit(2)
+            raise fail(f"No such {what} folder: {folder}")
 
     if not track:
         from docflow_training.entry import job_config
@@ -251,6 +248,12 @@ def train(
         return
 
     from docflow_training.launch import JobFailedError, run_local_job
+    from docflow_training.tracking import redact_secrets, redact_uri, resolve_tracking
+
+    tracking = resolve_tracking(settings.home)
+
+    def echo(line: str) -> None:  # the job's log, without the tracking server's password
+        print(redact_secrets(line, tracking.uri), end="", file=sys.stderr, flush=True)
 
     try:
         result = run_local_job(
@@ -260,12 +263,14 @@ def train(
             validation_dir=Path(validation) if validation else None,
             include_feedback=feedback,
             out_dir=out,
+            tracking=tracking,
+            echo=echo,
         )
     except JobFailedError as exc:
-        err.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from None
+        raise fail(redact_secrets(str(exc), tracking.uri), 1) from None
     decision = result.decision or {}
-    err.print(f"MLflow run {result.run_id} ({result.tracking_uri}): {result.registered_model} v{result.version}")
+    uri = redact_uri(result.tracking_uri or tracking.uri)
+    err.print(f"MLflow run {result.run_id} ({uri}): {result.registered_model} v{result.version}", markup=False)
     err.print(f"gate: {decision.get('summary', 'not run')}")
     for reason in decision.get("reasons") or []:
         err.print(f"  - {reason}")
@@ -298,6 +303,7 @@ def eval_command(
     and report accuracy, macro-F1, per-class precision/recall, abstention and the confusion matrix."""
     import dataclasses
 
+    from docflow.errors import ConfigurationError
     from docflow.evaluation import (
         EvalInputError,
         evaluate,
@@ -308,22 +314,41 @@ def eval_command(
         run_pipeline,
     )
 
+    # The documents run on a temporary state directory: DOCFLOW_HOME only receives the metrics file.
+    settings = load_settings(check_home=False, model_dir=model_dir, review_threshold=review_threshold)
     try:
         items = load_labelled(path)
     except EvalInputError as exc:
-        err.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
+        raise fail(str(exc)) from None
+    # Where the results go is checked before the run, not found unwritable after it.
+    if plot is not None and plot.suffix.lower() != ".png":
+        raise fail(f"--plot {plot}: the confusion matrix is a PNG; give a file name ending in .png")
+    for option, target in (("--plot", plot), ("--rows", rows_out)):
+        if target is not None:
+            reason = f"{target} is a folder" if target.is_dir() else unusable_dir(target.parent)
+            if reason:
+                raise fail(f"{option} {target} cannot be written: {reason}")
+
     sink = _prometheus()
-    try:
-        results, labels = run_pipeline(items, workers, model_dir=model_dir, review_threshold=review_threshold)
-    except ValidationError as exc:
-        err.print(f"[red]Invalid configuration:[/red]\n{exc}")
-        raise typer.Exit(2) from None
+    progress = _progress()
+    with progress:
+        task = progress.add_task("Evaluating", total=len(items))
+        try:
+            results, labels = run_pipeline(
+                items,
+                workers,
+                model_dir=model_dir,
+                review_threshold=review_threshold,
+                on_result=lambda _result: progress.advance(task),
+            )
+        except ConfigurationError as exc:  # the model does not load, an OCR language is missing
+            raise fail(str(exc)) from None
     # Its own folder: a textfile collector on metrics/ must not read the same series from two files.
-    _write_metrics(sink, _settings().home / "metrics" / "eval" / "docflow.prom")
+    _write_metrics(sink, settings.home / "metrics" / "eval" / "docflow.prom")
     rows = rows_from_results(items, results)
     report = evaluate(rows, model_labels=labels)
     if rows_out:
+        rows_out.parent.mkdir(parents=True, exist_ok=True)
         rows_out.write_text("".join(json.dumps(dataclasses.asdict(r)) + "\n" for r in rows), encoding="utf-8")
     if plot:
         err.print(f"confusion matrix saved to {plot_confusion(report, plot)}")
@@ -368,15 +393,22 @@ def drift(
     from docflow.errors import ConfigurationError
     from docflow.models import utcnow
 
-    settings = _settings(
+    settings = load_settings(
         home=home,
         model_dir=model_dir,
         drift_window_hours=window_hours,
         drift_threshold=threshold,
         drift_min_predictions=min_predictions,
     )
+    if metrics_file is not None:
+        reason = f"{metrics_file} is a folder" if metrics_file.is_dir() else unusable_dir(metrics_file.parent)
+        if reason:
+            raise fail(f"--metrics-file {metrics_file} cannot be written: {reason}")
     try:
         resolved = resolve_model_dir(settings)
+        if not resolved.is_dir():
+            given = "--model-dir" if model_dir else "DOCFLOW_MODEL_DIR" if settings.model_dir else "the default model"
+            raise fail(f"The model folder {resolved} ({given}) does not exist")
         report = check_drift(
             build_context(settings).records,
             resolved,
@@ -386,8 +418,7 @@ def drift(
             min_predictions=settings.drift_min_predictions,
         )
     except (BaselineMissingError, ConfigurationError) as exc:
-        err.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
+        raise fail(str(exc)) from None
 
     sink = telemetry.current()
     if not isinstance(sink, telemetry.PrometheusSink):
@@ -397,7 +428,10 @@ def drift(
         if signal.psi is not None:
             telemetry.drift_score(str(signal.signal), signal.psi)
     if metrics_file:
-        err.print(f"drift scores written to {sink.write_textfile(metrics_file)}")
+        try:
+            err.print(f"drift scores written to {sink.write_textfile(metrics_file)}", markup=False)
+        except OSError as exc:
+            raise fail(f"--metrics-file {metrics_file} cannot be written: {exc.strerror or exc}") from None
 
     if json_output:
         print(report.model_dump_json(indent=2))
@@ -452,11 +486,13 @@ def serve(
     from docflow.api.server import serve as serve_api
     from docflow.errors import ConfigurationError
 
+    settings = load_settings(home=home)
     try:
-        serve_api(host, port, workers, _settings(home=home))
-    except (ConfigurationError, ValidationError) as exc:
-        err.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
+        serve_api(host, port, workers, settings)
+    except ConfigurationError as exc:
+        raise fail(str(exc)) from None
+    except ValidationError as exc:  # the API's own settings (DOCFLOW_API_*)
+        raise settings_failure(exc) from None
 
 
 @app.command()
@@ -464,8 +500,15 @@ def samples(directory: Annotated[Path, typer.Argument(help="Folder to write the 
     """Write sample documents (made here, no outside data) that exercise every outcome."""
     from docflow.samples import make_samples
 
-    for path in make_samples(directory):
-        err.print(f"wrote {path}")
+    reason = unusable_dir(directory)
+    if reason:
+        raise fail(f"Cannot write the samples into {directory}: {reason}")
+    try:
+        written = make_samples(directory)
+    except OSError as exc:
+        raise fail(f"Cannot write the samples into {directory}: {exc.strerror or exc}") from None
+    for path in written:
+        err.print(f"wrote {path}", markup=False)
 
 
 def main() -> None:

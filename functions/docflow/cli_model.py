@@ -2,20 +2,28 @@
 
 Mounted on the main CLI with ``app.add_typer(model_app, name="model")``. MLflow and the training
 package are imported inside the commands: the Lambda runtime never loads them.
+
+Also home of what every `docflow` command stops with (cli.py imports them): ``fail`` (one red line on
+stderr and the exit code), ``settings_failure`` (one line per bad setting) and ``load_settings`` (the
+settings, with a state directory that can be written).
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from docflow.settings import Settings
+from docflow.settings import Settings, describe_errors
 
 if TYPE_CHECKING:
     from docflow_training.publish import PublishTarget
@@ -26,8 +34,69 @@ model_app = typer.Typer(
     help="The model registry (MLflow): versions, the champion, promotion, rollback, publishing.",
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_show_locals=False,
 )
 err = Console(stderr=True)
+
+# The command-line options that set a Settings field (otherwise the field is named by its DOCFLOW_ variable).
+OPTION_FOR_FIELD = {
+    "home": "--home",
+    "ocr_languages": "--languages",
+    "model_dir": "--model-dir",
+    "review_threshold": "--review-threshold",
+    "drift_window_hours": "--window-hours",
+    "drift_threshold": "--threshold",
+    "drift_min_predictions": "--min-predictions",
+}
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """How a command stops on an error it understands: the message in red on stderr, read as text (not as
+    rich markup: "[type=...]" or a path with brackets stays as it is) and not wrapped to the terminal's
+    width; returns the exit to raise (2: usage or configuration, 1: the operation failed)."""
+    err.print(f"[red]{escape(message)}[/red]", soft_wrap=True)
+    return typer.Exit(code)
+
+
+def settings_failure(exc: ValidationError, given_as: Mapping[str, str] | None = None) -> typer.Exit:
+    """``fail`` for invalid settings: one line per bad variable (or option), its value and what is expected."""
+    return fail("\n".join(f"Invalid configuration: {line}" for line in describe_errors(exc, given_as)))
+
+
+def unusable_dir(path: Path) -> str | None:
+    """Why ``path`` cannot be a folder this command writes into (it is created when missing), or None."""
+    for folder in (path, *path.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                return f"{folder} is a file, not a folder"
+            break
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"cannot create {exc.filename or path}: {exc.strerror or exc}"
+    try:
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        return f"cannot write into {path}: {exc.strerror or exc}"
+    return None
+
+
+def load_settings(*, check_home: bool = True, **overrides: object) -> Settings:
+    """The settings (``overrides``: the options given; None = not given), or exit 2 with one line per bad
+    value; with ``check_home``, also exit 2 when the state directory cannot be created or written."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        settings = Settings(**given)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise settings_failure(exc, {k: OPTION_FOR_FIELD.get(k, k) for k in given}) from None
+    if check_home:
+        reason = unusable_dir(settings.home)
+        if reason:
+            where = "--home" if "home" in given else "DOCFLOW_HOME"
+            raise fail(f"The state directory {settings.home} ({where}) cannot be used: {reason}")
+    return settings
+
 
 HomeOption = Annotated[Path | None, typer.Option(help="State directory (default: DOCFLOW_HOME or ~/.docflow).")]
 BucketOption = Annotated[
@@ -40,11 +109,35 @@ BucketOption = Annotated[
 
 
 def _settings(home: Path | None) -> Settings:
+    return load_settings(home=home)
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The innermost exception of a chain (MLflow wraps requests, which wraps urllib3, which wraps the OS
+    error): "[Errno 111] Connection refused" instead of three pages of wrappers."""
+    seen = {id(exc)}
+    while True:
+        inner = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+        if inner is None or id(inner) in seen:
+            return exc
+        seen.add(id(inner))
+        exc = inner
+
+
+@contextmanager
+def tracking_errors(uri: str) -> Iterator[None]:
+    """An MLflow error (an unreachable or refusing tracking server, a broken store) as one line with its
+    root cause, the server's password redacted; exit 1."""
+    from mlflow.exceptions import MlflowException
+
+    from docflow_training.tracking import redact_secrets, redact_uri
+
     try:
-        return Settings(home=home) if home else Settings()
-    except ValidationError as exc:
-        err.print(f"[red]Invalid configuration:[/red]\n{exc}")
-        raise typer.Exit(2) from None
+        yield
+    except MlflowException as exc:
+        cause = _root_cause(exc)
+        detail = str(cause) or type(cause).__name__
+        raise fail(f"MLflow tracking server {redact_uri(uri)}: {redact_secrets(detail, uri)}", 1) from None
 
 
 def _registry(settings: Settings) -> Registry:
@@ -52,9 +145,10 @@ def _registry(settings: Settings) -> Registry:
         from docflow_training.registry import Registry
         from docflow_training.tracking import resolve_tracking
     except ImportError as exc:
-        err.print(f"[red]The registry needs the training extra:[/red] pip install -e '.[training]' ({exc})")
-        raise typer.Exit(2) from None
-    return Registry(resolve_tracking(settings.home))
+        raise fail(f"The registry needs the training extra: pip install -e '.[training]' ({exc})") from None
+    tracking = resolve_tracking(settings.home)
+    with tracking_errors(tracking.uri):
+        return Registry(tracking)
 
 
 def _target(settings: Settings, bucket: str | None) -> PublishTarget:
@@ -67,26 +161,24 @@ def _target(settings: Settings, bucket: str | None) -> PublishTarget:
     return LocalPublishTarget(settings.home / "models")
 
 
-def _fail(message: str) -> typer.Exit:
-    err.print(f"[red]{message}[/red]")
-    return typer.Exit(1)
-
-
 @model_app.command("list")
 def list_versions(
     home: HomeOption = None,
     json_output: Annotated[bool, typer.Option("--json", help="One JSON array on stdout.")] = False,
 ) -> None:
     """The registered versions, newest first, with their aliases and the gate's decision."""
+    from docflow_training.tracking import redact_uri
+
     registry = _registry(_settings(home))
-    rows = registry.versions()
+    with tracking_errors(registry.tracking.uri):
+        rows = registry.versions()
     if json_output:
         print(json.dumps([{**row.__dict__, "created_at": row.created_at.isoformat()} for row in rows], indent=2))
         return
     if not rows:
         err.print(f"No versions of {registry.name} yet: train one with `docflow train --data <corpus>`.")
         return
-    table = Table(title=f"{registry.name} ({registry.tracking.uri})")
+    table = Table(title=escape(f"{registry.name} ({redact_uri(registry.tracking.uri)})"))
     for column in ("version", "aliases", "created", "holdout macro-F1", "gate", "run"):
         table.add_column(column, no_wrap=True)
     table.add_column("reasons", overflow="fold", ratio=1)
@@ -116,9 +208,10 @@ def promote(
     settings = _settings(home)
     registry = _registry(settings)
     try:
-        previous = registry.promote(version, reason="manual")
+        with tracking_errors(registry.tracking.uri):
+            previous = registry.promote(version, reason="manual")
     except RegistryError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc), 1) from None
     err.print(f"{registry.name} v{version} is the champion" + (f" (was v{previous})." if previous else "."))
     if publish:
         _publish(registry, settings, bucket, version)
@@ -136,9 +229,10 @@ def rollback(
     settings = _settings(home)
     registry = _registry(settings)
     try:
-        current, previous = registry.rollback()
+        with tracking_errors(registry.tracking.uri):
+            current, previous = registry.rollback()
     except RegistryError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc), 1) from None
     err.print(f"{registry.name}: champion rolled back from v{current} to v{previous}.")
     if publish:
         _publish(registry, settings, bucket, previous)
@@ -149,9 +243,10 @@ def publish_command(home: HomeOption = None, bucket: BucketOption = None) -> Non
     """Publish the current champion again (e.g. to a new model bucket)."""
     settings = _settings(home)
     registry = _registry(settings)
-    champion = registry.champion()
+    with tracking_errors(registry.tracking.uri):
+        champion = registry.champion()
     if champion is None:
-        raise _fail(f"{registry.name} has no champion to publish")
+        raise fail(f"{registry.name} has no champion to publish", 1)
     _publish(registry, settings, bucket, int(champion.version))
 
 
@@ -159,6 +254,7 @@ def _publish(registry: Registry, settings: Settings, bucket: str | None, version
     from docflow_training.publish import publish_version
 
     target = _target(settings, bucket)
-    pointer = publish_version(registry, version, target)
+    with tracking_errors(registry.tracking.uri):
+        pointer = publish_version(registry, version, target)
     err.print(f"published v{pointer.version} to {target.describe()} ({pointer.model_dir})")
     print(pointer.model_dump_json(indent=2))

@@ -96,8 +96,10 @@ def test_bad_setting_is_a_clear_error(samples: Path, docflow_home: Path, monkeyp
     monkeypatch.setenv("DOCFLOW_REVIEW_THRESHOLD", "2.5")
     proc = run_cli("process", str(samples / "memo.pdf"), home=docflow_home)
     assert proc.returncode == 2
-    assert "review_threshold" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    # One line naming the variable, its value and what is expected
+    assert proc.stderr.strip().splitlines() == [
+        "Invalid configuration: DOCFLOW_REVIEW_THRESHOLD='2.5': Input should be less than or equal to 1"
+    ]
 
 
 @pytest.mark.slow
@@ -119,3 +121,63 @@ def test_process_real_dev_documents(shared_data: Path, docflow_home: Path, tmp_p
         assert by_name[pdf.name]["text_source"] == "pdf_text"
     for png in (p for p in picks if p.suffix == ".png"):
         assert by_name[png.name]["text_source"] == "ocr"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_an_unreachable_tracking_server_is_one_line_without_its_password(docflow_home: Path) -> None:
+    uri = f"http://alice:S3cretPW@127.0.0.1:{_free_port()}/"
+    env = {**os.environ, "DOCFLOW_HOME": str(docflow_home), "MLFLOW_TRACKING_URI": uri}
+    env["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"  # MLflow retries for minutes by default
+    proc = subprocess.run([*DOCFLOW, "model", "list"], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 1
+    assert "S3cretPW" not in proc.stderr + proc.stdout
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if "MLflow tracking server" in line]
+    assert len(errors) == 1 and "alice:***@127.0.0.1" in errors[0] and "refused" in errors[0], proc.stderr
+
+
+def test_an_unreadable_input_is_a_failed_row_not_a_crash(samples: Path, docflow_home: Path, tmp_path: Path) -> None:
+    pipe = tmp_path / "pipe.pdf"  # a named pipe: it exists, but its bytes cannot be copied in
+    os.mkfifo(pipe)
+    for workers in ("1", "2"):
+        proc = run_cli(
+            "process", str(pipe), str(samples / "memo.pdf"), "--json", "--workers", workers, home=docflow_home
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert "Traceback" not in proc.stderr
+        got = rows(proc)
+        assert got["pipe.pdf"]["status"] == "FAILED" and "named pipe" in got["pipe.pdf"]["reason"]
+        assert "worker" not in got["pipe.pdf"]["reason"]  # its own error, not a dead worker
+        assert got["memo.pdf"]["status"] in ("CLASSIFIED", "NEEDS_REVIEW")
+    alone = run_cli("process", str(pipe), "--json", home=docflow_home)
+    assert alone.returncode == 0 and rows(alone)["pipe.pdf"]["status"] == "FAILED", alone.stderr
+
+
+def test_a_missing_model_or_language_stops_before_any_document(
+    samples: Path, docflow_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scan = str(samples / "letter-scan.png")
+    language = run_cli("process", scan, "--languages", "qqq", home=docflow_home)
+    monkeypatch.setenv("DOCFLOW_MODEL_DIR", str(tmp_path / "nomodel"))
+    model = run_cli("process", scan, home=docflow_home)
+    for proc, expected in ((language, "language data missing for qqq"), (model, "No classifier model")):
+        assert proc.returncode == 2, proc.stderr
+        assert "Traceback" not in proc.stderr and proc.stdout == ""
+        assert len(proc.stderr.strip().splitlines()) == 1 and expected in proc.stderr, proc.stderr
+
+
+def test_a_bad_api_setting_is_one_line_naming_the_variable(docflow_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOCFLOW_API_SYNC_TIMEOUT", "soon")
+    proc = run_cli("serve", "--port", str(_free_port()), home=docflow_home, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "Invalid configuration: DOCFLOW_API_SYNC_TIMEOUT='soon': Input should be a valid number, "
+        "unable to parse string as a number"
+    ]

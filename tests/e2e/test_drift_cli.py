@@ -186,3 +186,20 @@ def test_predictions_of_a_real_run_are_the_window(docflow_home: Path, model_dir:
     )
     assert report["signals"][0]["signal"] == "class_distribution"
     assert report["signals"][0]["psi"] == pytest.approx(expected)
+
+
+def test_a_metrics_file_that_cannot_be_written_is_one_line(docflow_home: Path, model_dir: Path, tmp_path: Path) -> None:
+    afile = tmp_path / "somefile.txt"
+    afile.write_text("not a folder")
+    proc = run_cli("drift", "--metrics-file", str(afile / "d.prom"), home=docflow_home, model_dir=model_dir)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and proc.stdout == ""
+    assert proc.stderr.strip().splitlines() == [
+        f"--metrics-file {afile / 'd.prom'} cannot be written: {afile} is a file, not a folder"
+    ]
+
+
+def test_a_model_folder_that_does_not_exist_is_said_so(docflow_home: Path, tmp_path: Path) -> None:
+    missing = tmp_path / "nonexistent"
+    proc = run_cli("drift", "--model-dir", str(missing), home=docflow_home)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"The model folder {missing} (--model-dir) does not exist"]

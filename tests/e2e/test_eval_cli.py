@@ -87,3 +87,44 @@ def test_eval_usage_errors(tmp_path: Path) -> None:
     bad_csv.write_text("file,class\na.png,memo\n")
     proc = run_cli("eval", str(bad_csv), home=tmp_path / "home")
     assert proc.returncode == 2 and "'path' and 'label'" in proc.stderr
+
+
+def test_eval_checks_the_model_and_its_outputs_before_running(labelled: Path, tmp_path: Path) -> None:
+    afile = tmp_path / "somefile.txt"
+    afile.write_text("not a folder")
+    cases = {
+        ("--model-dir", str(tmp_path / "nomodel")): "No classifier model",
+        ("--plot", str(tmp_path / "confusion")): "ending in .png",
+        ("--plot", str(afile / "cm.png")): "is a file, not a folder",
+        ("--rows", str(afile / "rows.jsonl")): "is a file, not a folder",
+        ("--rows", str(tmp_path)): "is a folder",
+    }
+    for args, expected in cases.items():
+        proc = run_cli("eval", str(labelled), *args, home=tmp_path / "home", timeout=60)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert "Traceback" not in proc.stderr and proc.stdout == ""
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and expected in lines[0], (args, proc.stderr)
+        assert not (tmp_path / "home" / "metrics").exists()  # nothing ran
+
+
+def test_eval_csv_that_is_not_utf8_is_one_line(labelled: Path, tmp_path: Path) -> None:
+    csv_file = tmp_path / "latin1.csv"
+    csv_file.write_bytes("path,label\nmémo.pdf,memo\n".encode("latin-1"))
+    proc = run_cli("eval", str(csv_file), home=tmp_path / "home", timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"{csv_file}: not UTF-8 text (byte 12); save the CSV as UTF-8"]
+
+
+def test_eval_shows_the_progress_bar_on_a_terminal_only(
+    labelled: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    csv_file = tmp_path / "one.csv"
+    csv_file.write_text(f"path,label\n{labelled / 'memo' / 'memo.pdf'},memo\n")
+    piped = run_cli("eval", str(csv_file), "--workers", "1", home=tmp_path / "home")
+    assert piped.returncode == 0, piped.stderr
+    assert "Evaluating" not in piped.stderr
+    monkeypatch.setenv("FORCE_COLOR", "1")  # rich then draws as on a terminal
+    terminal = run_cli("eval", str(csv_file), "--workers", "1", home=tmp_path / "home")
+    assert terminal.returncode == 0, terminal.stderr
+    assert "Evaluating" in terminal.stderr and "1/1" in terminal.stderr

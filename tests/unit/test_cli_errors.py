@@ -1,0 +1,231 @@
+"""The CLI's errors are one line each, name what to fix, and never show a secret (in-process, no network)."""
+
+from __future__ import annotations
+
+import logging
+import random
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from docflow.adapters.local import LocalBlobStore, SqliteRecordStore
+from docflow.cli import app
+from docflow.context import StepContext
+from docflow.errors import PermanentError
+from docflow.models import Status
+from docflow.pipeline import runner
+from docflow.pipeline.state import DocumentRef
+from docflow.settings import Settings
+
+pytestmark = pytest.mark.unit
+
+PASSWORD = "S3cretPW"
+URI = f"http://alice:{PASSWORD}@127.0.0.1:9/"
+
+
+def invoke(*args: str, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+    return CliRunner().invoke(app, list(args), env=env)
+
+
+def one_error_line(output: str) -> str:
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert len(lines) == 1, output
+    assert "Traceback" not in output
+    return lines[0]
+
+
+# -- 1. the tracking server's password ---------------------------------------------------------------
+
+
+def test_redact_uri_hides_only_the_password() -> None:
+    from docflow_training.tracking import Tracking, redact_secrets, redact_uri
+
+    assert redact_uri(URI) == "http://alice:***@127.0.0.1:9/"
+    assert (
+        redact_uri("https://alice:p%40ss@mlflow.example.com:5000/x?y=1")
+        == "https://alice:***@mlflow.example.com:5000/x?y=1"
+    )
+    for unchanged in ("sqlite:////tmp/h/mlflow.db", "http://alice@host/", "http://host:5000", "arn:aws:sagemaker:x"):
+        assert redact_uri(unchanged) == unchanged
+    message = f"API request to {URI}api/2.0/x failed; p@ss and {PASSWORD} again"
+    assert PASSWORD not in redact_secrets(message, URI)
+    assert "p@ss" not in redact_secrets(message, "https://alice:p%40ss@h/")
+    assert PASSWORD not in repr(Tracking(uri=URI))
+
+
+def test_model_list_title_hides_the_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    from docflow_training import registry as registry_module
+    from docflow_training.registry import VersionRow
+    from docflow_training.tracking import Tracking
+
+    class Listed:  # what `model list` reads from a reachable server
+        def __init__(self, tracking: Tracking) -> None:
+            self.tracking, self.name = tracking, "docflow-classifier"
+
+        def versions(self) -> list[VersionRow]:
+            created = datetime(2025, 1, 1, tzinfo=UTC)
+            return [VersionRow(1, ["champion"], created, "r" * 32, "promoted", "-", 0.9, None)]
+
+    monkeypatch.setattr(registry_module, "Registry", Listed)
+    result = invoke("model", "list", env={"MLFLOW_TRACKING_URI": URI})
+    assert result.exit_code == 0, result.output
+    assert "alice:***@127.0.0.1:9" in result.output
+    assert PASSWORD not in result.output
+
+
+def test_train_hides_the_password_in_the_job_log_and_summary(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from docflow_training import launch
+    from docflow_training.launch import JobResult
+
+    def job(*args: object, echo, **kwargs: object) -> JobResult:  # type: ignore[no-untyped-def]
+        echo(f"logging to {URI} (password {PASSWORD})\n")
+        return JobResult(run_id="r1", tracking_uri=URI, registered_model="docflow-classifier", version=1)
+
+    monkeypatch.setattr(launch, "run_local_job", job)
+    (tmp_path / "corpus" / "memo").mkdir(parents=True)
+    result = invoke("train", "--data", str(tmp_path / "corpus"), env={"MLFLOW_TRACKING_URI": URI})
+    assert result.exit_code == 0, result.output
+    assert "alice:***@127.0.0.1:9" in result.output
+    assert PASSWORD not in result.output
+
+
+def test_a_failed_training_job_hides_the_password(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from docflow_training import launch
+    from docflow_training.launch import JobFailedError
+
+    def job(*args: object, **kwargs: object) -> None:
+        raise JobFailedError(f"training job failed: API request to {URI}api/2.0/x failed")
+
+    monkeypatch.setattr(launch, "run_local_job", job)
+    (tmp_path / "corpus" / "memo").mkdir(parents=True)
+    result = invoke("train", "--data", str(tmp_path / "corpus"), env={"MLFLOW_TRACKING_URI": URI})
+    assert result.exit_code == 1
+    assert "alice:***@127.0.0.1:9" in one_error_line(result.output)
+    assert PASSWORD not in result.output
+
+
+# -- 2. a state directory that cannot be a folder ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("process", "x.pdf"), ("drift",), ("model", "list"), ("serve",), ("train", "--data", ".")],
+    ids=lambda a: " ".join(a),
+)
+def test_a_state_directory_below_a_file_is_one_line(args: tuple[str, ...], tmp_path: Path) -> None:
+    afile = tmp_path / "somefile.txt"
+    afile.write_text("not a folder")
+    result = invoke(*args, env={"DOCFLOW_HOME": str(afile / "home")})
+    assert result.exit_code == 2, result.output
+    line = one_error_line(result.output)
+    assert str(afile / "home") in line and "DOCFLOW_HOME" in line and "is a file, not a folder" in line
+
+
+def test_home_option_that_is_a_file_is_one_line(tmp_path: Path) -> None:
+    afile = tmp_path / "somefile.txt"
+    afile.write_text("not a folder")
+    result = invoke("process", "--home", str(afile), "x.pdf")
+    assert result.exit_code == 2
+    assert "--home" in one_error_line(result.output)
+
+
+def test_samples_into_a_path_below_a_file_is_one_line(tmp_path: Path) -> None:
+    afile = tmp_path / "somefile.txt"
+    afile.write_text("not a folder")
+    result = invoke("samples", str(afile / "s"))
+    assert result.exit_code == 2
+    assert "is a file, not a folder" in one_error_line(result.output)
+
+
+# -- 3. an empty DOCFLOW_HOME ------------------------------------------------------------------------
+
+
+def test_an_empty_variable_is_unset(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    monkeypatch.setenv("DOCFLOW_HOME", "")
+    monkeypatch.setenv("DOCFLOW_MODEL_DIR", "")
+    settings = Settings()
+    assert settings.home == tmp_path / "user" / ".docflow"
+    assert settings.model_dir is None
+
+
+def test_drift_with_an_empty_home_writes_nothing_into_the_current_folder(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    result = invoke("drift", "--json", env={"DOCFLOW_HOME": "", "HOME": str(tmp_path / "user")})
+    assert result.exit_code == 0, result.output
+    assert list(cwd.iterdir()) == []
+    assert (tmp_path / "user" / ".docflow" / "docflow.sqlite3").is_file()
+
+
+# -- 5. a failed document is one log line --------------------------------------------------------------
+
+
+def test_a_failed_document_is_logged_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(state, ctx):  # type: ignore[no-untyped-def]
+        raise PermanentError("no classifier model at /nowhere")
+
+    monkeypatch.setattr(runner, "validate_step", broken)
+    ctx = StepContext(
+        settings=Settings(home=tmp_path),
+        blobs=LocalBlobStore(tmp_path / "blobs"),
+        records=SqliteRecordStore(tmp_path / "records.sqlite3"),
+    )
+    with caplog.at_level(logging.INFO, logger=runner.__name__):
+        state = runner.Runner(ctx, sleep=lambda s: None, rng=random.Random(0)).run(DocumentRef(key="k", source="a.pdf"))
+    assert state.status == Status.FAILED
+    failures = [r for r in caplog.records if "a.pdf" in r.getMessage()]
+    assert [r.getMessage() for r in failures] == [
+        "document a.pdf failed: PermanentError: no classifier model at /nowhere"
+    ]
+    assert failures[0].exc_info is None  # no traceback unless debugging
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger=runner.__name__):
+        runner.Runner(ctx, sleep=lambda s: None, rng=random.Random(0)).run(DocumentRef(key="k2", source="b.pdf"))
+    assert any(r.exc_info and r.levelno == logging.DEBUG for r in caplog.records)
+
+
+# -- 9. bad settings: one line per variable, with its value --------------------------------------------
+
+
+def test_a_bad_setting_names_the_variable_and_keeps_its_value() -> None:
+    result = invoke("process", "x.pdf", env={"DOCFLOW_REVIEW_THRESHOLD": "abc", "DOCFLOW_MAX_PAGES": "[type=x]"})
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 2, result.output
+    assert any("DOCFLOW_REVIEW_THRESHOLD='abc'" in line and "valid number" in line for line in lines)
+    assert any("DOCFLOW_MAX_PAGES='[type=x]'" in line for line in lines)  # not eaten as markup
+
+
+def test_an_option_is_named_as_the_option() -> None:
+    result = invoke("process", "--languages", "e n", "x.pdf")
+    assert result.exit_code == 2
+    assert "--languages='e n'" in one_error_line(result.output)
+
+
+def test_a_secret_setting_is_not_echoed() -> None:
+    from pydantic import ValidationError
+
+    from docflow.settings import describe_errors
+
+    with pytest.raises(ValidationError) as caught:
+        Settings(max_pages="x")  # type: ignore[arg-type]
+    assert describe_errors(caught.value) == [
+        "DOCFLOW_MAX_PAGES='x': Input should be a valid integer, unable to parse string as an integer"
+    ]
+
+    from pydantic import BaseModel
+
+    class Secretive(BaseModel):
+        api_key: int
+
+    with pytest.raises(ValidationError) as caught:
+        Secretive(api_key="hunter2")  # type: ignore[arg-type]
+    assert "hunter2" not in " ".join(describe_errors(caught.value))
