@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from docflow.cli_model import fail, load_settings, model_app, settings_failure, unusable_dir
 
@@ -130,15 +131,16 @@ def _print_table(results: list[DocumentResult]) -> None:
         table.add_column(column, no_wrap=column != "source", overflow="fold")
     table.add_column("reason", overflow="fold", ratio=1)
     for r in results:
+        # Text cells, not markup: a file name or a reason may hold "[...]" of its own.
         table.add_row(
-            r.source,
-            f"[{STATUS_STYLE.get(r.status, '')}]{r.status}[/]",
+            Text(r.source),
+            Text(str(r.status), style=STATUS_STYLE.get(r.status, "")),
             r.predicted_class or "",
             f"{r.confidence:.2f}" if r.confidence is not None else "",
             str(r.pages or ""),
             r.text_source or "",
             f"{r.seconds:.2f}",
-            r.reason or "",
+            Text(r.reason or ""),
         )
     out.print(table)
     counts: dict[str, int] = {}

@@ -59,9 +59,10 @@ class RecordStore(ABC):
         """Insert or replace."""
 
     @abstractmethod
-    def restart_document(self, record: DocumentRecord) -> bool:
-        """Replace the document's record only while it is FAILED (a retry takes it over). False when it is
-        not FAILED any more: another delivery restarted it first."""
+    def restart_document(self, record: DocumentRecord, stale_before: datetime | None = None) -> bool:
+        """Replace the document's record only while it is FAILED (a retry takes it over), or, given
+        stale_before, while it is unfinished and was last written before then (an orphan of a run that died).
+        False otherwise: another delivery restarted it first, or its run is still going."""
 
     @abstractmethod
     def get_document(self, document_id: str) -> DocumentRecord | None: ...

@@ -181,3 +181,39 @@ def test_a_bad_api_setting_is_one_line_naming_the_variable(docflow_home: Path, m
         "Invalid configuration: DOCFLOW_API_SYNC_TIMEOUT='soon': Input should be a valid number, "
         "unable to parse string as a number"
     ]
+
+
+def test_a_document_left_processing_by_a_killed_run_is_finished_by_the_next(docflow_home: Path, tmp_path: Path) -> None:
+    import fcntl
+    import hashlib
+    from datetime import timedelta
+
+    from docflow.adapters.local import SqliteRecordStore
+    from docflow.models import Status, utcnow
+    from docflow.records import DocumentRecord
+    from docflow.samples import MEMO, text_pdf
+
+    pdf = tmp_path / "memo.pdf"
+    pdf.write_bytes(text_pdf([MEMO]))
+    # What a `docflow process` killed in the middle leaves: the document's record, PROCESSING
+    docflow_home.mkdir(parents=True, exist_ok=True)
+    started = utcnow() - timedelta(minutes=1)
+    SqliteRecordStore(docflow_home / "docflow.sqlite3").put_document(
+        DocumentRecord(
+            document_id=hashlib.sha256(pdf.read_bytes()).hexdigest(),
+            status=Status.PROCESSING,
+            source=str(pdf),
+            created_at=started,
+            updated_at=started,
+        )
+    )
+    # While another run holds the state directory, that record may be its work in progress: left alone
+    with (docflow_home / "run.lock").open("a") as other_run:
+        fcntl.flock(other_run, fcntl.LOCK_SH)
+        proc = run_cli("process", str(pdf), "--json", home=docflow_home)
+        assert proc.returncode == 0, proc.stderr
+        assert rows(proc)["memo.pdf"]["status"] == "PROCESSING"
+    # A run alone on it knows the record is an orphan, and finishes the document
+    proc = run_cli("process", str(pdf), "--json", home=docflow_home)
+    assert proc.returncode == 0, proc.stderr
+    assert rows(proc)["memo.pdf"]["status"] in ("CLASSIFIED", "NEEDS_REVIEW")

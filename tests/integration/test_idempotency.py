@@ -439,3 +439,46 @@ def test_state_machine_same_event_twice_at_once_then_again_then_a_copy(machine: 
         f"s3://{BUCKET}/incoming/copy.pdf": "DUPLICATE",
     }
     assert len(_all_documents()) == 1
+
+
+def test_handlers_a_document_orphaned_past_the_lease_is_taken_over(aws: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from datetime import timedelta
+
+    from docflow.adapters.aws import DynamoRecordStore
+    from docflow.models import Status, utcnow
+    from docflow.records import DocumentRecord
+
+    aws.put_object(Bucket=BUCKET, Key="incoming/memo.pdf", Body=MEMO_PDF)
+    event = _event("incoming/memo.pdf")
+    # An execution that timed out or was aborted 5 minutes ago left the document PROCESSING
+    then = utcnow() - timedelta(minutes=5)
+    DynamoRecordStore(TABLE).put_document(
+        DocumentRecord(
+            document_id=MEMO_ID,
+            status=Status.PROCESSING,
+            source=f"s3://{BUCKET}/incoming/memo.pdf",
+            version_id=event["detail"]["object"]["version-id"],
+            owner="arn:aws:states:us-east-1:123456789012:execution:pipeline:gone",
+            created_at=then,
+            updated_at=then,
+        )
+    )
+    # Within the lease it may still be running: a delivery reports it in progress
+    monkeypatch.setenv("DOCFLOW_PROCESSING_LEASE_SECONDS", "3600")
+    _fresh_settings()
+    waiting = _validate(event)
+    assert waiting["replay"] is True and waiting["status"] == "PROCESSING"
+    # Past the lease it is an orphan: the next delivery takes it over and finishes it
+    monkeypatch.setenv("DOCFLOW_PROCESSING_LEASE_SECONDS", "60")
+    _fresh_settings()
+    done = _rest(_validate(event))
+    assert done["replay"] is False and done["status"] in ("CLASSIFIED", "NEEDS_REVIEW")
+    assert _items(MEMO_ID)["DOCUMENT"][0]["status"] == done["status"]
+
+
+def _fresh_settings() -> None:
+    from docflow.context import get_context
+    from docflow.settings import get_settings
+
+    get_settings.cache_clear()
+    get_context.cache_clear()

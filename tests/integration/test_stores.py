@@ -198,6 +198,21 @@ def test_restart_document_takes_over_a_failed_record_only(stores: tuple[BlobStor
     assert records.get_document("d8") is None
 
 
+def test_restart_document_takes_over_an_orphan_only_when_stale(stores: tuple[BlobStore, RecordStore]) -> None:
+    _, records = stores
+    now = utcnow()
+    records.put_document(_doc("o1", Status.PROCESSING, minutes=-10))  # its run died 10 minutes ago
+    records.put_document(_doc("o2", Status.PROCESSING))  # its run is going
+    records.put_document(_doc("o3", Status.CLASSIFIED, minutes=-10))  # finished: never taken over
+    stale = now - timedelta(minutes=5)
+    assert records.restart_document(_doc("o1", Status.PROCESSING)) is False  # no lease given: FAILED only
+    assert records.restart_document(_doc("o1", Status.PROCESSING), stale_before=stale) is True
+    assert records.restart_document(_doc("o1", Status.PROCESSING), stale_before=stale) is False  # taken now
+    assert records.restart_document(_doc("o2", Status.PROCESSING), stale_before=stale) is False
+    assert records.restart_document(_doc("o3", Status.PROCESSING), stale_before=stale) is False
+    assert [records.get_document(d).status for d in ("o2", "o3")] == [Status.PROCESSING, Status.CLASSIFIED]  # type: ignore[union-attr]
+
+
 def test_documents_updated_in_a_window(stores: tuple[BlobStore, RecordStore]) -> None:
     _, records = stores
     now = utcnow()

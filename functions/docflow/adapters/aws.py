@@ -15,6 +15,7 @@ import boto3
 from boto3.dynamodb.conditions import Key
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
+from pydantic import TypeAdapter
 
 from docflow.errors import ConfigurationError, TransientError
 from docflow.models import Status
@@ -51,6 +52,9 @@ def _translate(exc: Exception, what: str) -> Exception:
     if isinstance(exc, BotoCoreError):  # connection reset, endpoint timeout
         return TransientError(f"{what}: {exc}")
     return exc
+
+
+_ISO = TypeAdapter(datetime)
 
 
 def _condition_failed(exc: ClientError) -> bool:
@@ -212,21 +216,33 @@ class DynamoRecordStore(RecordStore):
         )
         return item
 
-    def restart_document(self, record: DocumentRecord) -> bool:
+    def restart_document(self, record: DocumentRecord, stale_before: datetime | None = None) -> bool:
+        condition = "#status = :failed"
+        values: dict[str, Any] = {":failed": Status.FAILED.value}
+        if stale_before is not None:
+            # updated_at is stored as pydantic writes it (ISO 8601, UTC, "Z"): compare like with like.
+            condition += " OR (#status IN (:processing, :received) AND updated_at < :stale)"
+            values.update(
+                {
+                    ":processing": Status.PROCESSING.value,
+                    ":received": Status.RECEIVED.value,
+                    ":stale": _ISO.dump_python(stale_before, mode="json"),
+                }
+            )
         try:
             self._call(
                 "restart document",
                 self._table.put_item,
                 Item=self._document_item(record),
-                ConditionExpression="#status = :failed",
+                ConditionExpression=condition,
                 ExpressionAttributeNames={"#status": "status"},
-                ExpressionAttributeValues={":failed": Status.FAILED.value},
+                ExpressionAttributeValues=values,
             )
             return True
         except ClientError as exc:
             if not _condition_failed(exc):
                 raise
-            # not FAILED any more
+            # neither FAILED nor an orphan any more
             return False
 
     def create_document(self, record: DocumentRecord) -> DocumentRecord | None:

@@ -176,11 +176,14 @@ class SqliteRecordStore(RecordStore):
             (record.document_id, record.status, record.updated_at.isoformat(), record.model_dump_json()),
         )
 
-    def restart_document(self, record: DocumentRecord) -> bool:
-        cur = self._connect().execute(
-            "UPDATE documents SET status = ?, updated_at = ?, data = ? WHERE document_id = ? AND status = ?",
-            (record.status, record.updated_at.isoformat(), record.model_dump_json(), record.document_id, "FAILED"),
-        )
+    def restart_document(self, record: DocumentRecord, stale_before: datetime | None = None) -> bool:
+        sql = "UPDATE documents SET status = ?, updated_at = ?, data = ? WHERE document_id = ? AND (status = 'FAILED'"
+        args: list[object] = [record.status, record.updated_at.isoformat(), record.model_dump_json()]
+        args.append(record.document_id)
+        if stale_before is not None:  # updated_at holds isoformat() text: compared as written
+            sql += " OR (status IN ('PROCESSING', 'RECEIVED') AND updated_at < ?)"
+            args.append(stale_before.isoformat())
+        cur = self._connect().execute(sql + ")", args)
         return cur.rowcount == 1
 
     def get_document(self, document_id: str) -> DocumentRecord | None:

@@ -7,6 +7,7 @@ network would hand every document to anyone who asks. On loopback it starts, wit
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import logging
 import os
@@ -61,6 +62,7 @@ def serve(host: str, port: int, workers: int, settings: Settings) -> None:
     from docflow.api.worker import LocalWorkers
     from docflow.context import build_context
     from docflow.observability import logger
+    from docflow.pipeline.embedded import home_run
     from docflow.telemetry import PrometheusSink
 
     if settings.backend != "local":
@@ -79,6 +81,10 @@ def serve(host: str, port: int, workers: int, settings: Settings) -> None:
         )
     # Before libtesseract loads (upload-and-predict OCRs in this process): its OpenMP threads only contend.
     os.environ.setdefault("OMP_THREAD_LIMIT", "1")
+    # The state directory's run lock, held while serving: a `docflow process` beside it must not take this
+    # server's documents in flight for orphans.
+    run = contextlib.ExitStack()
+    settings = run.enter_context(home_run(settings))
     ctx = build_context(settings)
     # Prometheus: this process's requests, and the pipeline signals its workers hand back (GET /metrics).
     sink = PrometheusSink()
@@ -109,6 +115,7 @@ def serve(host: str, port: int, workers: int, settings: Settings) -> None:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        run.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,6 +6,8 @@ subprocesses); documents, not pages, are the unit of parallelism.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import multiprocessing
 import os
@@ -21,7 +23,7 @@ from pydantic import BaseModel
 from docflow import telemetry
 from docflow.context import StepContext, build_context, resolve_model_dir
 from docflow.errors import ConfigurationError
-from docflow.models import Status
+from docflow.models import Status, utcnow
 from docflow.pipeline.runner import Runner
 from docflow.pipeline.state import DocumentRef, PipelineState
 from docflow.settings import Settings
@@ -191,6 +193,24 @@ def _work(path: str, source: str, languages: str | None) -> tuple[DocumentResult
     return result, signals
 
 
+@contextlib.contextmanager
+def home_run(settings: Settings) -> Iterator[Settings]:
+    """Hold the state directory's run lock while the pipeline runs on it (shared: runs may overlap; `docflow
+    serve` holds it too). A run that finds nobody else holding it knows that every unfinished document
+    record written before it began is an orphan of a run that died (a killed `docflow process`): it yields
+    settings that let Validate take those over at once instead of after the processing lease."""
+    settings.home.mkdir(parents=True, exist_ok=True)
+    with (settings.home / "run.lock").open("a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            alone = True
+        except BlockingIOError:
+            alone = False
+        began = utcnow()
+        fcntl.flock(lock, fcntl.LOCK_SH)  # from here on, others see this run (and do not take its work)
+        yield settings.model_copy(update={"orphans_before": began}) if alone else settings
+
+
 def process_paths(
     files: list[tuple[Path, str]],
     settings: Settings,
@@ -199,6 +219,17 @@ def process_paths(
     languages: str | None = None,
 ) -> list[DocumentResult]:
     """Run every (path, source) through the pipeline; results come back in input order."""
+    with home_run(settings) as run_settings:
+        return _process_paths(files, run_settings, workers, on_result, languages)
+
+
+def _process_paths(
+    files: list[tuple[Path, str]],
+    settings: Settings,
+    workers: int,
+    on_result: Callable[[DocumentResult], None] | None,
+    languages: str | None,
+) -> list[DocumentResult]:
     results: list[DocumentResult | None] = [None] * len(files)
 
     def done(i: int, result: DocumentResult, signals: list[telemetry.Emission]) -> None:

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import time
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from docflow import telemetry
@@ -91,6 +92,13 @@ def _owned(state: PipelineState, existing: DocumentRecord | None) -> bool:
     return existing.owner == state.owner and not existing.status.terminal
 
 
+def _stale_before(ctx: StepContext) -> datetime:
+    """An unfinished document record last written before this is an orphan (see Settings)."""
+    settings = ctx.settings
+    stale = utcnow() - timedelta(seconds=settings.processing_lease_seconds)
+    return max(stale, settings.orphans_before) if settings.orphans_before else stale
+
+
 def _recorded(ctx: StepContext, state: PipelineState, document_id: str, outcome: Status) -> bool:
     """Whether a delivery of this very object was recorded before with this outcome (at-least-once delivery).
     Not a RECEIVED placeholder (the API's, before the pipeline ran) nor a FAILED one (a retry runs again)."""
@@ -167,6 +175,15 @@ def validate_step(state: PipelineState, ctx: StepContext) -> PipelineState:
             update.update(status=Status.PROCESSING, proceed=True)
         else:
             update.update(status=Status.PROCESSING, replay=True)
+    elif (
+        existing.updated_at < (stale := _stale_before(ctx))
+        and not existing.status.terminal
+        and (ctx.records.restart_document(fresh, stale_before=stale))
+    ):
+        # Unfinished and untouched for longer than any run takes, or from before this run began when no
+        # other run shares the store: the run that held it died (a killed CLI, a timed-out execution).
+        # This delivery takes the work over, or the document would never end.
+        update.update(status=Status.PROCESSING, proceed=True)
     elif (existing.source, existing.version_id) == (state.ref.source, state.ref.version_id):
         # Idempotency key: (content hash, object version). The object that owns this content, delivered
         # again (EventBridge is at-least-once; the CLI run twice): report the outcome on record (or in
