@@ -331,6 +331,16 @@ def eval_command(
             if reason:
                 raise fail(f"{option} {target} cannot be written: {reason}")
 
+    if model_dir is None:
+        # The model `process` would use (DOCFLOW_MODEL_DIR, the champion published in DOCFLOW_HOME, the
+        # default), resolved here: the run itself is on a temporary state directory.
+        from docflow.context import resolve_model_dir
+
+        try:
+            model_dir = resolve_model_dir(settings)
+        except ConfigurationError as exc:
+            raise fail(str(exc)) from None
+
     sink = _prometheus()
     progress = _progress()
     with progress:
@@ -345,6 +355,7 @@ def eval_command(
             )
         except ConfigurationError as exc:  # the model does not load, an OCR language is missing
             raise fail(str(exc)) from None
+    err.print(f"model: {model_dir}", markup=False, soft_wrap=True)
     # Its own folder: a textfile collector on metrics/ must not read the same series from two files.
     _write_metrics(sink, settings.home / "metrics" / "eval" / "docflow.prom")
     rows = rows_from_results(items, results)

@@ -11,6 +11,7 @@ settings, with a state directory that can be written).
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -146,6 +147,9 @@ def _registry(settings: Settings) -> Registry:
         from docflow_training.tracking import resolve_tracking
     except ImportError as exc:
         raise fail(f"The registry needs the training extra: pip install -e '.[training]' ({exc})") from None
+    # An interactive command: MLflow's default of 7 retries waits ~4 minutes for a server that is down;
+    # 3 give up in ~15 s (an exported MLFLOW_HTTP_REQUEST_MAX_RETRIES still wins).
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
     tracking = resolve_tracking(settings.home)
     with tracking_errors(tracking.uri):
         return Registry(tracking)

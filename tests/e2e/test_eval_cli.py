@@ -128,3 +128,19 @@ def test_eval_shows_the_progress_bar_on_a_terminal_only(
     terminal = run_cli("eval", str(csv_file), "--workers", "1", home=tmp_path / "home")
     assert terminal.returncode == 0, terminal.stderr
     assert "Evaluating" in terminal.stderr and "1/1" in terminal.stderr
+
+
+def test_eval_uses_the_champion_published_in_docflow_home(labelled: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from docflow.settings import DEFAULT_MODEL_DIR
+
+    # A champion published into DOCFLOW_HOME (as `docflow model publish` lays it out)
+    home = tmp_path / "home"
+    published = home / "models" / "docflow-classifier" / "v1"
+    shutil.copytree(DEFAULT_MODEL_DIR, published)
+    (home / "models" / "champion.json").write_text(json.dumps({"model_dir": "docflow-classifier/v1", "version": 1}))
+    proc = run_cli("eval", str(labelled), "--json", home=home)
+    assert proc.returncode == 0, proc.stderr
+    # eval runs on a temporary state directory, yet scores the model `process` would use
+    assert f"model: {published}" in proc.stderr

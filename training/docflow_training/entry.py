@@ -68,6 +68,7 @@ from docflow_training.tracking import (
     confusion_matrix_png,
     flat_params,
     log_training_run,
+    redact_uri,
     resolve_tracking,
 )
 from docflow_training.train import TrainConfig, run_training
@@ -369,7 +370,7 @@ def run_job(config: JobConfig, paths: JobPaths, env: Mapping[str, str] = os.envi
         result_doc = {
             "run_id": state.data.get("run_id"),
             "experiment_id": state.data.get("experiment_id"),
-            "tracking_uri": tracking.uri,
+            "tracking_uri": redact_uri(tracking.uri),  # the job's output is no place for a password
             "registered_model": config.registered_model if version is not None else None,
             "version": version,
             "decision": decision,
