@@ -340,6 +340,8 @@ def eval_command(
             model_dir = resolve_model_dir(settings)
         except ConfigurationError as exc:
             raise fail(str(exc)) from None
+        except Exception as exc:  # an unusable DOCFLOW_HOME or champion.json, the model bucket out of reach
+            raise fail(f"Cannot find the model to evaluate: {exc or type(exc).__name__}") from None
 
     sink = _prometheus()
     progress = _progress()

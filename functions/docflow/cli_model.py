@@ -255,10 +255,14 @@ def publish_command(home: HomeOption = None, bucket: BucketOption = None) -> Non
 
 
 def _publish(registry: Registry, settings: Settings, bucket: str | None, version: int) -> None:
+    from docflow.errors import ConfigurationError, TransientError
     from docflow_training.publish import publish_version
 
     target = _target(settings, bucket)
     with tracking_errors(registry.tracking.uri):
-        pointer = publish_version(registry, version, target)
+        try:
+            pointer = publish_version(registry, version, target)
+        except (ConfigurationError, TransientError, OSError) as exc:  # the bucket or folder refused the files
+            raise fail(f"Publishing v{version} to {target.describe()} failed: {exc}", 1) from None
     err.print(f"published v{pointer.version} to {target.describe()} ({pointer.model_dir})")
     print(pointer.model_dump_json(indent=2))

@@ -7,6 +7,7 @@ environment themselves.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,6 +34,9 @@ class StepContext:
     records: RecordStore
     ocr_engine: OcrEngine | None = field(default=None)
     model_source: ModelSource | None = field(default=None)
+    # Set by an embedded run that found no other run using its DOCFLOW_HOME (pipeline.embedded.home_run):
+    # an unfinished record written before that run began is an orphan, however recent. Not a setting.
+    orphans_before: datetime | None = field(default=None)
 
     def classifier(self) -> TextClassifier:
         # Imported here so Validate/ExtractText cold starts never load onnxruntime.

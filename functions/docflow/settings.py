@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -82,9 +81,6 @@ class Settings(BaseSettings):
     # `docflow process`, a timed-out or aborted execution): the next delivery of its content takes the work
     # over. Longer than any run may take: the state machine stops an execution after 2 hours.
     processing_lease_seconds: float = Field(default=3 * 3600.0, gt=0.0)
-    # Set by an embedded run that found no other run using its DOCFLOW_HOME (pipeline.embedded.home_run):
-    # an unfinished record written before that run began is an orphan, however recent.
-    orphans_before: datetime | None = None
 
     # Fault injection for tests and drills (docflow/faults.py): e.g. "ExtractText=transient:2,Classify=permanent".
     faults: str = ""

@@ -144,3 +144,11 @@ def test_eval_uses_the_champion_published_in_docflow_home(labelled: Path, tmp_pa
     assert proc.returncode == 0, proc.stderr
     # eval runs on a temporary state directory, yet scores the model `process` would use
     assert f"model: {published}" in proc.stderr
+
+
+def test_eval_with_an_unusable_docflow_home_is_one_line(labelled: Path, tmp_path: Path) -> None:
+    afile = tmp_path / "somefile.txt"
+    afile.write_text("not a folder")
+    proc = run_cli("eval", str(labelled), home=afile, timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr

@@ -272,9 +272,9 @@ def _lose_first_reply(monkeypatch: pytest.MonkeyPatch, method: str) -> None:
 
     original = getattr(DynamoRecordStore, method)
 
-    def lost(self: DynamoRecordStore, record: Any) -> Any:
-        original(self, record)
-        return original(self, record)
+    def lost(self: DynamoRecordStore, record: Any, **kwargs: Any) -> Any:
+        original(self, record, **kwargs)
+        return original(self, record, **kwargs)
 
     monkeypatch.setattr(DynamoRecordStore, method, lost)
 
@@ -482,3 +482,26 @@ def _fresh_settings() -> None:
 
     get_settings.cache_clear()
     get_context.cache_clear()
+
+
+def test_handlers_a_lost_reply_to_the_takeover_of_an_orphan_is_not_taken_for_another_delivery(
+    aws: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from datetime import timedelta
+
+    from docflow.adapters.aws import DynamoRecordStore
+    from docflow.models import Status, utcnow
+    from docflow.records import DocumentRecord
+
+    aws.put_object(Bucket=BUCKET, Key="incoming/memo.pdf", Body=MEMO_PDF)
+    event = _event("incoming/memo.pdf")
+    then = utcnow() - timedelta(hours=4)  # past the 3-hour lease: an orphan
+    DynamoRecordStore(TABLE).put_document(
+        DocumentRecord(
+            document_id=MEMO_ID, status=Status.PROCESSING, source="s3://x/gone.pdf", created_at=then, updated_at=then
+        )
+    )
+    _lose_first_reply(monkeypatch, "restart_document")
+    state = _validate(_owned(event, "one"))  # the takeover's retry finds the record this run just wrote
+    assert state["proceed"] is True and state["replay"] is False
+    assert _rest(state)["status"] in ("CLASSIFIED", "NEEDS_REVIEW")

@@ -151,6 +151,13 @@ def test_an_empty_variable_is_unset(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     assert settings.model_dir is None
 
 
+def test_an_empty_api_variable_is_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    from docflow.api.config import ApiSettings
+
+    monkeypatch.setenv("DOCFLOW_API_MAX_QUEUE", "")
+    assert ApiSettings().api_max_queue == ApiSettings.model_fields["api_max_queue"].default
+
+
 def test_drift_with_an_empty_home_writes_nothing_into_the_current_folder(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

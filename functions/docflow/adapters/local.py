@@ -182,7 +182,7 @@ class SqliteRecordStore(RecordStore):
         args.append(record.document_id)
         if stale_before is not None:  # updated_at holds isoformat() text: compared as written
             sql += " OR (status IN ('PROCESSING', 'RECEIVED') AND updated_at < ?)"
-            args.append(stale_before.isoformat())
+            args.append(_utc_text(stale_before))
         cur = self._connect().execute(sql + ")", args)
         return cur.rowcount == 1
 

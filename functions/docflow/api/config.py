@@ -13,7 +13,8 @@ LAMBDA_SAFE_UPLOAD_BYTES = 4 * 1024 * 1024
 
 
 class ApiSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="DOCFLOW_", extra="ignore", frozen=True)
+    # env_ignore_empty: an empty DOCFLOW_API_* variable is unset, as for Settings.
+    model_config = SettingsConfigDict(env_prefix="DOCFLOW_", extra="ignore", frozen=True, env_ignore_empty=True)
 
     # x-api-key for everything but /health and the docs. Unset: no check in the app (on AWS API Gateway
     # checks its own key; `docflow serve` then only listens on loopback, see server.py).

@@ -84,7 +84,7 @@ def serve(host: str, port: int, workers: int, settings: Settings) -> None:
     # The state directory's run lock, held while serving: a `docflow process` beside it must not take this
     # server's documents in flight for orphans.
     run = contextlib.ExitStack()
-    settings = run.enter_context(home_run(settings))
+    run.enter_context(home_run(settings))  # (its workers journal and re-run their own unfinished uploads)
     ctx = build_context(settings)
     # Prometheus: this process's requests, and the pipeline signals its workers hand back (GET /metrics).
     sink = PrometheusSink()

@@ -131,7 +131,10 @@ _worker_ctx: StepContext | None = None
 
 def _init_worker(settings: Settings) -> None:
     global _worker_ctx
+    from docflow.pipeline.embedded import hold_run_lock
+
     os.environ["OMP_THREAD_LIMIT"] = "1"
+    hold_run_lock(settings)  # its document in flight is not an orphan, even if the server was killed
     _worker_ctx = build_context(settings)
 
 

@@ -15,8 +15,9 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
+from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 from pydantic import BaseModel
 
@@ -164,13 +165,31 @@ def failed_row(source: str, exc: BaseException, worker_stopped: bool = False) ->
 
 
 _worker_ctx: StepContext | None = None
+_run_lock: IO[str] | None = None
 
 
-def _init_worker(settings: Settings) -> None:
+def _init_worker(settings: Settings, orphans_before: datetime | None = None) -> None:
     global _worker_ctx
     os.environ["OMP_THREAD_LIMIT"] = "1"
     _worker_ctx = build_context(settings)
+    _worker_ctx.orphans_before = orphans_before
     _warm_up(_worker_ctx)
+
+
+def _init_pool_worker(settings: Settings, orphans_before: datetime | None) -> None:
+    hold_run_lock(settings)
+    _init_worker(settings, orphans_before)
+
+
+def hold_run_lock(settings: Settings) -> None:
+    """A worker process (one per process: spawned for one run, or for `docflow serve`) holds the run lock
+    (shared) too, for its whole life: a worker can outlive its parent (killed while the worker finishes a
+    document), and that document must not look orphaned to the next run."""
+    global _run_lock
+    if _run_lock is None and settings.backend == "local":
+        settings.home.mkdir(parents=True, exist_ok=True)
+        _run_lock = (settings.home / "run.lock").open("a")
+        fcntl.flock(_run_lock, fcntl.LOCK_SH)
 
 
 def _warm_up(ctx: StepContext) -> None:
@@ -194,11 +213,15 @@ def _work(path: str, source: str, languages: str | None) -> tuple[DocumentResult
 
 
 @contextlib.contextmanager
-def home_run(settings: Settings) -> Iterator[Settings]:
+def home_run(settings: Settings) -> Iterator[datetime | None]:
     """Hold the state directory's run lock while the pipeline runs on it (shared: runs may overlap; `docflow
-    serve` holds it too). A run that finds nobody else holding it knows that every unfinished document
-    record written before it began is an orphan of a run that died (a killed `docflow process`): it yields
-    settings that let Validate take those over at once instead of after the processing lease."""
+    serve` and every worker process hold it too). A run that finds nobody else holding it knows that every
+    unfinished document record written before it began is an orphan of a run that died (a killed `docflow
+    process`): it yields that moment (StepContext.orphans_before), else None. Local stores only: on AWS,
+    executions in flight hold no lock here."""
+    if settings.backend != "local":
+        yield None
+        return
     settings.home.mkdir(parents=True, exist_ok=True)
     with (settings.home / "run.lock").open("a") as lock:
         try:
@@ -208,7 +231,7 @@ def home_run(settings: Settings) -> Iterator[Settings]:
             alone = False
         began = utcnow()
         fcntl.flock(lock, fcntl.LOCK_SH)  # from here on, others see this run (and do not take its work)
-        yield settings.model_copy(update={"orphans_before": began}) if alone else settings
+        yield began if alone else None
 
 
 def process_paths(
@@ -219,8 +242,8 @@ def process_paths(
     languages: str | None = None,
 ) -> list[DocumentResult]:
     """Run every (path, source) through the pipeline; results come back in input order."""
-    with home_run(settings) as run_settings:
-        return _process_paths(files, run_settings, workers, on_result, languages)
+    with home_run(settings) as orphans_before:
+        return _process_paths(files, settings, workers, on_result, languages, orphans_before)
 
 
 def _process_paths(
@@ -229,6 +252,7 @@ def _process_paths(
     workers: int,
     on_result: Callable[[DocumentResult], None] | None,
     languages: str | None,
+    orphans_before: datetime | None,
 ) -> list[DocumentResult]:
     results: list[DocumentResult | None] = [None] * len(files)
 
@@ -242,7 +266,7 @@ def _process_paths(
     build_context(settings)
     signals: list[telemetry.Emission]
     if workers <= 1 or len(files) <= 1:
-        _init_worker(settings)
+        _init_worker(settings, orphans_before)
         for i, (path, source) in enumerate(files):
             try:
                 result, signals = _work(str(path), source, languages)
@@ -256,8 +280,8 @@ def _process_paths(
         with ProcessPoolExecutor(
             max_workers=workers,
             mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_worker,
-            initargs=(settings,),
+            initializer=_init_pool_worker,
+            initargs=(settings, orphans_before),
         ) as pool:
             futures: dict[Future[tuple[DocumentResult, list[telemetry.Emission]]], int] = {
                 pool.submit(_work, str(path), source, languages): i for i, (path, source) in enumerate(files)

@@ -93,10 +93,10 @@ def _owned(state: PipelineState, existing: DocumentRecord | None) -> bool:
 
 
 def _stale_before(ctx: StepContext) -> datetime:
-    """An unfinished document record last written before this is an orphan (see Settings)."""
-    settings = ctx.settings
-    stale = utcnow() - timedelta(seconds=settings.processing_lease_seconds)
-    return max(stale, settings.orphans_before) if settings.orphans_before else stale
+    """An unfinished document record last written before this is an orphan (Settings.processing_lease_seconds,
+    StepContext.orphans_before)."""
+    stale = utcnow() - timedelta(seconds=ctx.settings.processing_lease_seconds)
+    return max(stale, ctx.orphans_before) if ctx.orphans_before else stale
 
 
 def _recorded(ctx: StepContext, state: PipelineState, document_id: str, outcome: Status) -> bool:
@@ -178,7 +178,11 @@ def validate_step(state: PipelineState, ctx: StepContext) -> PipelineState:
     elif (
         existing.updated_at < (stale := _stale_before(ctx))
         and not existing.status.terminal
-        and (ctx.records.restart_document(fresh, stale_before=stale))
+        and (
+            ctx.records.restart_document(fresh, stale_before=stale)
+            # (the second test: this run's own takeover, whose reply was lost and whose retry then failed)
+            or _owned(state, ctx.records.get_document(fresh.document_id))
+        )
     ):
         # Unfinished and untouched for longer than any run takes, or from before this run began when no
         # other run shares the store: the run that held it died (a killed CLI, a timed-out execution).
