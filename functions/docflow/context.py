@@ -6,6 +6,7 @@ environment themselves.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
@@ -19,6 +20,9 @@ from docflow.settings import Settings, get_settings
 if TYPE_CHECKING:
     from docflow.domain.classifier import TextClassifier
     from docflow.domain.ocr import OcrEngine
+
+
+logger = logging.getLogger(__name__)
 
 
 def resolve_model_dir(settings: Settings) -> Path:
@@ -37,6 +41,9 @@ class StepContext:
     # Set by an embedded run that found no other run using its DOCFLOW_HOME (pipeline.embedded.home_run):
     # an unfinished record written before that run began is an orphan, however recent. Not a setting.
     orphans_before: datetime | None = field(default=None)
+    # The classifier serving now, and a newer champion directory that failed to load (not tried again).
+    _serving: TextClassifier | None = field(default=None, repr=False)
+    _broken: Path | None = field(default=None, repr=False)
 
     def classifier(self) -> TextClassifier:
         # Imported here so Validate/ExtractText cold starts never load onnxruntime.
@@ -46,7 +53,26 @@ class StepContext:
         # version has its own directory, so load_classifier's per-path cache loads a new champion.
         if self.model_source is None:
             self.model_source = build_model_source(self.settings, ttl_seconds=self.settings.model_refresh_seconds)
-        return load_classifier(self.model_source.model_dir())
+        model_dir = self.model_source.model_dir()
+        if self._serving is not None and model_dir == self._broken:
+            return self._serving
+        try:
+            classifier = load_classifier(model_dir)
+        except Exception:
+            if self._serving is None:
+                raise  # nothing loaded yet: no model we know is right to fall back on
+            # A newly published champion that does not load must not stop classification: keep the one in
+            # use, say so loudly, and try the pointer's next champion when it changes.
+            self._broken = model_dir
+            logger.exception(
+                "the champion at %s does not load; still serving %s %s",
+                model_dir,
+                self._serving.name,
+                self._serving.version,
+            )
+            return self._serving
+        self._serving, self._broken = classifier, None
+        return classifier
 
 
 def build_context(settings: Settings) -> StepContext:
