@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from docflow.api.worker import LocalWorkers, PendingUpload
+from docflow.api.worker import LocalWorkers, PendingUpload, WorkResult, _work
 from docflow.context import StepContext, build_context
 from docflow.models import Status
 from docflow.records import UploadRecord
-from docflow.samples import LETTER, render_page
+from docflow.samples import EMAIL, LETTER, MEMO, render_page, text_pdf
 from docflow.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -97,5 +97,43 @@ def test_a_worker_killed_on_the_last_attempt_leaves_the_document_failed_with_its
         assert record.code == "Interrupted" and "stopped unexpectedly" in (record.reason or "")
         assert [u.status for u in ctx.records.list_uploads(job.document_id)] == [Status.FAILED]
         assert workers.journaled() == []
+    finally:
+        workers.shutdown(grace=5)
+
+
+def _crash_on_bad(job: PendingUpload) -> WorkResult:
+    """The work of a pool whose document "bad" kills its worker process (as a crash in a native library would)."""
+    if job.upload_id == "bad":
+        os._exit(70)
+    return _work(job)
+
+
+def _accept(settings: Settings, workers: LocalWorkers, ctx: StepContext, upload_id: str, data: bytes) -> PendingUpload:
+    key = f"incoming/{upload_id}/{upload_id}.pdf"
+    job = PendingUpload(upload_id=upload_id, document_id=hashlib.sha256(data).hexdigest(), key=key, source=key)
+    ctx.blobs.put(job.key, data)
+    ctx.records.put_upload(UploadRecord(document_id=job.document_id, source=job.source, status=Status.RECEIVED))
+    workers.accept(job)
+    return job
+
+
+def test_a_document_that_kills_its_worker_fails_alone_not_the_queue_behind_it(settings: Settings) -> None:
+    workers = LocalWorkers(settings, workers=1, max_attempts=2, work=_crash_on_bad)
+    ctx = build_context(settings)
+    try:
+        bad = _accept(settings, workers, ctx, "bad", text_pdf([LETTER]))
+        # queued behind it: each crash breaks the pool under them too, twice
+        good = [_accept(settings, workers, ctx, f"good{i}", text_pdf([text])) for i, text in enumerate((MEMO, EMAIL))]
+        assert workers.wait_idle(timeout=240)
+        for job in good:
+            record = ctx.records.get_document(job.document_id)
+            assert record is not None and record.status in (Status.CLASSIFIED, Status.NEEDS_REVIEW), record
+            assert [u.status for u in ctx.records.list_uploads(job.document_id)] == [record.status]
+        record = ctx.records.get_document(bad.document_id)
+        assert record is not None and record.status == Status.FAILED, record
+        assert record.code == "Interrupted" and "(2 attempt(s))" in (record.reason or ""), record
+        assert [u.status for u in ctx.records.list_uploads(bad.document_id)] == [Status.FAILED]
+        assert workers.journaled() == []
+        assert not list(workers.journal_dir.glob("*.started")), "a start marker is left"
     finally:
         workers.shutdown(grace=5)

@@ -4,6 +4,7 @@ tiny model trained from tests/fixtures/corpus (classes email, news_article, resu
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -381,6 +382,39 @@ def test_upload_url_put_roundtrip(client: TestClient) -> None:
     _assert_error(client.post("/documents/upload-url", json={"file_name": "a", "sha256": "xyz"}), 422)
 
 
+def test_an_upload_url_takes_one_upload(client: TestClient, docflow_home: Path) -> None:
+    pdf = text_pdf([MEMO])
+    grant = client.post("/documents/upload-url", json={"file_name": "memo.pdf"})  # no sha256 in the grant
+    assert grant.status_code == 200, grant.text
+    path = grant.json()["url"].removeprefix("http://testserver")
+    first = client.put(path, content=pdf)
+    assert first.status_code == 202, first.text
+    # a second PUT would overwrite the file the first job reads, under the same upload_id: refused
+    body = _assert_error(client.put(path, content=text_pdf([RESUME])), 409, "upload_url_used")
+    assert "new one" in body["detail"]
+    _assert_error(client.put(path, content=pdf), 409, "upload_url_used")
+    done = _wait_terminal(client, first.json()["document_id"])
+    assert done["status"] in ("CLASSIFIED", "NEEDS_REVIEW")
+    assert [u["status"] for u in done["uploads"]] == [done["status"]]
+    assert not list((docflow_home / "api" / "queue").glob("*")), "a journal entry or start marker is left"
+
+
+def test_a_used_upload_url_marker_is_swept_once_its_grant_has_expired(client: TestClient, docflow_home: Path) -> None:
+    spool = docflow_home / "api" / "spool"
+    spool.mkdir(parents=True, exist_ok=True)
+    expired, live = spool / "old.used", spool / "live.used"
+    expired.touch()
+    live.touch()
+    os.utime(expired, (time.time() - 10, time.time() - 10))
+    os.utime(live, (time.time() + 3600, time.time() + 3600))
+    grant = client.post("/documents/upload-url", json={"file_name": "memo.pdf"})
+    put = client.put(grant.json()["url"].removeprefix("http://testserver"), content=text_pdf([MEMO]))
+    assert put.status_code == 202, put.text
+    assert not expired.exists() and live.exists()
+    assert (spool / f"{put.json()['upload_id']}.used").exists()
+    _wait_terminal(client, put.json()["document_id"])
+
+
 def test_upload_grants_expire_and_resist_tampering() -> None:
     secret = b"s" * 32
     token = sign_grant(UploadGrant(key="incoming/abc/a.pdf", expires=2_000), secret)
@@ -479,6 +513,34 @@ def test_a_bug_is_a_500_json_without_internals(client: TestClient, monkeypatch: 
     monkeypatch.setattr(service, "predict_text", broken)
     body = _assert_error(client.post("/predict/text", json={"text": "x"}), 500, "internal_error")
     assert "secret" not in body["detail"] and body["request_id"]
+
+
+def test_a_bug_on_an_upload_url_logs_the_path_without_its_token(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from docflow.api import errors, service
+
+    logged: list[dict[str, Any]] = []
+
+    class Recorder:
+        def exception(self, msg: str, extra: dict[str, Any]) -> None:
+            logged.append(extra)
+
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("bug")
+
+    original = service.accept_granted_upload
+    monkeypatch.setattr(service, "accept_granted_upload", broken)
+    monkeypatch.setattr(errors, "logger", Recorder())
+    grant = client.post("/documents/upload-url", json={"file_name": "memo.pdf"})
+    path = grant.json()["url"].removeprefix("http://testserver")
+    _assert_error(client.put(path, content=b"%PDF-1.4 x"), 500, "internal_error")
+    assert logged == [{"path": "/uploads/<redacted>", "method": "PUT"}]
+    # the upload was not accepted, so the URL was not used up
+    monkeypatch.setattr(service, "accept_granted_upload", original)
+    put = client.put(path, content=text_pdf([MEMO]))
+    assert put.status_code == 202, put.text
+    _wait_terminal(client, put.json()["document_id"])
 
 
 def test_a_store_hiccup_is_a_503_with_retry_after(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:

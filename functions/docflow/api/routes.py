@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import time
 from pathlib import Path as FilePath
 from typing import Annotated
 
@@ -19,6 +20,7 @@ from docflow.api.schemas import (
     DocumentPage,
     DocumentPredictionResponse,
     DocumentResponse,
+    ErrorResponse,
     HealthResponse,
     LabelRequest,
     ModelInfo,
@@ -29,7 +31,7 @@ from docflow.api.schemas import (
     UploadUrlRequest,
     UploadUrlResponse,
 )
-from docflow.api.uploads import verify_grant
+from docflow.api.uploads import UploadGrant, verify_grant
 from docflow.api.worker import S3Trigger, Submitter
 from docflow.context import StepContext
 from docflow.models import Status
@@ -78,6 +80,26 @@ def _read_upload(file: UploadFile, api: ApiSettings) -> bytes:
             f"{service.UPLOAD_URL_HINT}",
         )
     return file.file.read(api.api_max_upload_bytes + 1)
+
+
+def _claim_upload_url(spool: FilePath, grant: UploadGrant) -> FilePath:
+    """Mark the URL's upload as taken (O_EXCL, so of two PUTs at once only one wins) or refuse with 409: a
+    second PUT would overwrite the file the first upload's job reads, under the same upload_id. The marker's
+    mtime is the grant's expiry; markers of expired grants, which no longer verify, are swept here."""
+    now = time.time()
+    for old in spool.glob("*.used"):
+        try:
+            if old.stat().st_mtime < now:
+                old.unlink(missing_ok=True)
+        except OSError:
+            continue
+    marker = spool / f"{grant.key.split('/')[1]}.used"
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        raise ApiError(409, "upload_url_used", "this upload URL has already been used; ask for a new one") from None
+    os.utime(marker, (grant.expires, grant.expires))
+    return marker
 
 
 public = APIRouter()
@@ -131,7 +153,10 @@ def create_upload_url(body: UploadUrlRequest, ctx: Ctx, api: Api, request: Reque
     status_code=202,
     response_model=DocumentAccepted,
     tags=["documents"],
-    responses=responses(400, 404, 413),
+    responses={
+        **responses(400, 404, 413),
+        409: {"model": ErrorResponse, "description": "this upload URL has already been used"},
+    },
     openapi_extra={
         "requestBody": {"required": True, "content": {"application/octet-stream": {"schema": {"type": "string"}}}}
     },
@@ -162,7 +187,14 @@ async def put_upload(
                 out.write(chunk)
         if size == 0:
             raise ApiError(422, "empty_file", "the uploaded file is empty")
-        accepted = service.accept_granted_upload(ctx, submit, grant, FilePath(tmp), digest.hexdigest(), size)
+        # Claimed only for the upload that is accepted: after a refusal (a checksum mismatch, a full queue)
+        # the same URL can be used again.
+        claim = _claim_upload_url(spool, grant)
+        try:
+            accepted = service.accept_granted_upload(ctx, submit, grant, FilePath(tmp), digest.hexdigest(), size)
+        except BaseException:
+            claim.unlink(missing_ok=True)
+            raise
     finally:
         FilePath(tmp).unlink(missing_ok=True)
     response.headers["Location"] = accepted.status_url

@@ -14,6 +14,8 @@ import multiprocessing
 import os
 import tempfile
 import threading
+import weakref
+from collections.abc import Callable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from concurrent.futures.process import BrokenProcessPool
@@ -146,6 +148,16 @@ def _work(job: PendingUpload) -> WorkResult:
     return status, signals
 
 
+Work = Callable[[PendingUpload], WorkResult]
+
+
+def _run_started(work: Work, job: PendingUpload, started: str) -> WorkResult:
+    """Leave a start marker, then work: when a worker dies and breaks the pool, the marker tells the jobs
+    that were running (one of them killed it) from those still queued (which did nothing wrong)."""
+    Path(started).touch()
+    return work(job)
+
+
 # -- the local pool and its journal ----------------------------------------------------------------------
 
 
@@ -153,7 +165,8 @@ class LocalWorkers:
     """A bounded pool of pipeline workers with a journal on disk.
 
     workers >= 1: that many processes (spawned, each with its own stores, ONNX session and Tesseract; OCR
-    runs in parallel). workers == 0: one thread in this process (tests, debugging).
+    runs in parallel). workers == 0: one thread in this process (tests, debugging). `work` is what runs each
+    upload in a worker (a module-level function, as a spawned process imports it by name).
     """
 
     def __init__(
@@ -163,6 +176,7 @@ class LocalWorkers:
         max_queue: int = 10_000,
         max_attempts: int = 2,
         journal_dir: Path | None = None,
+        work: Work = _work,
     ) -> None:
         if workers < 0:
             raise ValueError(f"workers must be >= 0, got {workers}")
@@ -171,12 +185,16 @@ class LocalWorkers:
         self.max_queue = max_queue
         self.max_attempts = max_attempts
         self.journal_dir = journal_dir or settings.home / "api" / "queue"
+        self.work = work
         self._ctx = build_context(settings)  # the journal owner's own stores, for recording failures
         self._lock = threading.RLock()
         self._pool: Executor | None = None
         self._inflight: dict[str, Future[WorkResult]] = {}
+        self._pool_of: dict[str, Executor] = {}  # the pool each job in flight was submitted to
         self._stopping = False
         self._idle = threading.Condition(self._lock)
+        # For each pool that broke: whether any of its jobs had started (see _settle).
+        self._broke_running: weakref.WeakKeyDictionary[Executor, bool] = weakref.WeakKeyDictionary()
 
     # journal
 
@@ -194,6 +212,9 @@ class LocalWorkers:
 
     def _forget(self, job: PendingUpload) -> None:
         self._journal_path(job.upload_id).unlink(missing_ok=True)
+
+    def _started_path(self, upload_id: str) -> Path:
+        return self.journal_dir / f"{upload_id}.started"
 
     def journaled(self) -> list[PendingUpload]:
         jobs = []
@@ -245,8 +266,12 @@ class LocalWorkers:
     def _submit(self, job: PendingUpload) -> None:
         assert self._pool is not None
         pool = self._pool
-        future = pool.submit(_work, job)
+        started = self._started_path(job.upload_id)
+        started.unlink(missing_ok=True)
+        self.journal_dir.mkdir(parents=True, exist_ok=True)
+        future = pool.submit(_run_started, self.work, job, str(started.absolute()))
         self._inflight[job.upload_id] = future
+        self._pool_of[job.upload_id] = pool
         future.add_done_callback(lambda f: self._done(job, f, pool))
 
     def _done(self, job: PendingUpload, future: Future[WorkResult], pool: Executor) -> None:
@@ -256,9 +281,13 @@ class LocalWorkers:
             finally:
                 if self._inflight.get(job.upload_id) is future:
                     del self._inflight[job.upload_id]
+                    del self._pool_of[job.upload_id]
                 self._idle.notify_all()
 
     def _settle(self, job: PendingUpload, future: Future[WorkResult], pool: Executor) -> None:
+        started = self._started_path(job.upload_id)
+        was_started = started.exists()
+        started.unlink(missing_ok=True)
         if future.cancelled():
             return  # never started (shutdown): the journal entry brings it back at the next start
         exc = future.exception()
@@ -275,11 +304,23 @@ class LocalWorkers:
                     forget=False,
                 )
                 return
-            # A worker died (killed, out of memory, a crash in a native library) and took the pool with it;
-            # which document did it is unknown, so every one in flight gets one more try on a fresh pool.
+            # A worker died (killed, out of memory, a crash in a native library) and took the pool with it.
+            # Every job of that pool fails with it. Those that had started (one of them did it) pay an attempt;
+            # those still queued are re-run on a fresh pool free of charge, so one bad document cannot use
+            # up the attempts of the whole queue. If none had started (a worker that could not even start),
+            # every job pays, so a pool that cannot run anything is not restarted forever.
             if pool is self._pool:
                 log.error("a pipeline worker died; restarting the pool")
                 self._pool = self._new_pool()
+            if pool not in self._broke_running:  # the first of its jobs to settle: all are still in flight
+                self._broke_running[pool] = was_started or any(
+                    self._started_path(upload_id).exists()
+                    for upload_id, owner in self._pool_of.items()
+                    if owner is pool and upload_id != job.upload_id
+                )
+            if not was_started and self._broke_running[pool]:
+                self._submit(job)
+                return
             if job.attempts + 1 < self.max_attempts:
                 retry = job.model_copy(update={"attempts": job.attempts + 1})
                 self._write_journal(retry)
