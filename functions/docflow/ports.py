@@ -55,8 +55,15 @@ class RecordStore(ABC):
         """Insert if absent. Return None when inserted, else the existing record (nothing written)."""
 
     @abstractmethod
-    def put_document(self, record: DocumentRecord) -> None:
-        """Insert or replace."""
+    def put_document(self, record: DocumentRecord, *, keep_label: bool = False) -> None:
+        """Insert or replace. With keep_label, a label on file stays (the record's own label is written only
+        where none is on file): the pipeline's write of its outcome never drops a label a user set meanwhile."""
+
+    @abstractmethod
+    def set_label(self, document_id: str, label: str, updated_at: datetime) -> DocumentRecord | None:
+        """Set the document's label and updated_at, and nothing else, in one atomic write (a pipeline write
+        in flight keeps its status, and this keeps the pipeline's). The record as written, or None when there
+        is no such document (nothing written)."""
 
     @abstractmethod
     def restart_document(self, record: DocumentRecord, stale_before: datetime | None = None) -> bool:

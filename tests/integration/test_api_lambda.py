@@ -237,3 +237,42 @@ def test_handler_is_named_and_its_cold_start_loads_no_heavy_library() -> None:
     env = {"POWERTOOLS_TRACE_DISABLED": "1", "AWS_DEFAULT_REGION": "us-east-1", "PATH": "/usr/bin:/bin"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60, check=True)
     assert out.stdout.split() == ["handler", "[]"], out.stdout + out.stderr
+
+
+def _list(**params: str) -> tuple[int, dict[str, Any], dict[str, Any]]:
+    event = _event("apigw_get_document.json", **{"documents/DOCUMENT_ID": "documents"})
+    event["queryStringParameters"] = params
+    event["multiValueQueryStringParameters"] = {k: [v] for k, v in params.items()}
+    return _invoke(event)
+
+
+def test_listing_pages_on_dynamodb_and_a_tampered_cursor_is_the_clients_error(aws: Any) -> None:
+    from docflow.adapters.aws import DynamoRecordStore
+    from docflow.models import Status
+    from docflow.records import DocumentRecord
+
+    store = DynamoRecordStore(TABLE)
+    ids = {c * 64 for c in "abc"}
+    for document_id in ids:
+        store.put_document(DocumentRecord(document_id=document_id, status=Status.CLASSIFIED, source="up"))
+    # The store's own cursors page through, with and without a status (a scan's key, the index's key)
+    for params in ({}, {"status": "CLASSIFIED"}):
+        seen: list[str] = []
+        cursor: str | None = None
+        for _ in range(5):
+            status, _, page = _list(limit="2", **params, **({"cursor": cursor} if cursor else {}))
+            assert status == 200, page
+            seen += [d["document_id"] for d in page["items"]]
+            cursor = page["next_cursor"]
+            if not cursor:
+                break
+        assert sorted(seen) == sorted(ids), params
+    # A cursor the API wraps well but whose start key is not one is a 422, not a retryable 503
+    tampered = ["[1]", "1", '"pk"', '{"pk": 1, "sk": "DOCUMENT"}', '{"pk": "x"}', '{"pk": "x", "sk": "DOCUMENT"}']
+    for raw in tampered:
+        wrapped = base64.urlsafe_b64encode(json.dumps({"c": raw}).encode()).decode().rstrip("=")
+        status, headers, body = _list(status="CLASSIFIED", cursor=wrapped)
+        assert (status, body["error"]) == (422, "invalid_cursor"), (raw, body)
+        assert "retry-after" not in headers
+    status, _, body = _list(cursor=base64.urlsafe_b64encode(b'{"c": "[1]"}').decode().rstrip("="))
+    assert (status, body["error"]) == (422, "invalid_cursor")

@@ -505,3 +505,39 @@ def test_handlers_a_lost_reply_to_the_takeover_of_an_orphan_is_not_taken_for_ano
     state = _validate(_owned(event, "one"))  # the takeover's retry finds the record this run just wrote
     assert state["proceed"] is True and state["replay"] is False
     assert _rest(state)["status"] in ("CLASSIFIED", "NEEDS_REVIEW")
+
+
+def test_handlers_a_failed_retry_keeps_the_label_and_a_label_set_while_classifying_survives(
+    aws: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from docflow.adapters.aws import DynamoRecordStore
+    from docflow.handlers import record_failure
+    from docflow.models import utcnow
+
+    aws.put_object(Bucket=BUCKET, Key="incoming/memo.pdf", Body=MEMO_PDF)
+    event = _event("incoming/memo.pdf")
+    failed = _validate(event)
+    failed["error"] = {"Error": "OcrTimeoutError", "Cause": "tesseract took too long"}
+    assert record_failure.handler(failed, FakeLambdaContext())["status"] == "FAILED"
+    store = DynamoRecordStore(TABLE)
+    first = store.set_label(MEMO_ID, "email", utcnow())
+    assert first is not None and first.status == "FAILED"
+    # The user's retry takes the FAILED record over: its label and creation time stay
+    retry = _validate(event)
+    assert retry["proceed"] is True
+    restarted = store.get_document(MEMO_ID)
+    assert restarted is not None and restarted.status == "PROCESSING"
+    assert restarted.label == "email" and restarted.created_at == first.created_at
+    # A label set while Classify runs (after it read the record, before it wrote its outcome) survives
+    original = DynamoRecordStore.add_prediction
+
+    def label_meanwhile(self: DynamoRecordStore, prediction: Any) -> None:
+        assert self.set_label(MEMO_ID, "resume", utcnow()) is not None
+        original(self, prediction)
+
+    monkeypatch.setattr(DynamoRecordStore, "add_prediction", label_meanwhile)
+    done = _rest(retry)
+    assert done["status"] in ("CLASSIFIED", "NEEDS_REVIEW")
+    document = _items(MEMO_ID)["DOCUMENT"][0]
+    assert document["status"] == done["status"] and document["label"] == "resume"
+    assert document["predicted_class"] == done["prediction"]["predicted_class"]

@@ -187,6 +187,44 @@ def test_create_upload_records_an_object_once_and_takes_over_only_open_records(
     assert sorted(str(u.status) for u in records.list_uploads("d6")) == ["CLASSIFIED", "DUPLICATE"]
 
 
+def test_a_label_set_while_the_pipeline_runs_survives_its_write(stores: tuple[BlobStore, RecordStore]) -> None:
+    _, records = stores
+    records.put_document(_doc("l1", Status.PROCESSING, minutes=-5).model_copy(update={"reason": "was here"}))
+    # Given the pipeline has read the record (no label yet) and is classifying
+    seen = records.get_document("l1")
+    assert seen is not None and seen.label is None
+    # When a user labels the document meanwhile
+    when = utcnow()
+    labelled = records.set_label("l1", "email", when)
+    # Then only the label and the update time change, atomically, and the record as written comes back
+    assert labelled is not None and labelled.label == "email" and labelled.status == Status.PROCESSING
+    assert labelled.updated_at == when and labelled.created_at == seen.created_at and labelled.reason == "was here"
+    assert records.get_document("l1") == labelled
+    # And it is listed under its status at its new update time
+    window = records.list_documents_updated(
+        [Status.PROCESSING], when - timedelta(seconds=1), when + timedelta(seconds=1)
+    )
+    assert [r.document_id for r in window] == ["l1"]
+    # When the pipeline writes its outcome built from what it read before the label
+    outcome = seen.model_copy(
+        update={"status": Status.CLASSIFIED, "predicted_class": "memo", "reason": None, "updated_at": utcnow()}
+    )
+    records.put_document(outcome, keep_label=True)
+    # Then its outcome is on file, with the user's label kept (and a field it cleared gone)
+    stored = records.get_document("l1")
+    assert stored == outcome.model_copy(update={"label": "email"})
+    listed, _ = records.list_documents(status=Status.CLASSIFIED)
+    assert [r.label for r in listed] == ["email"]
+    # A record's own label is written where none is on file; a plain put replaces the label too
+    records.put_document(_doc("l2").model_copy(update={"label": "letter"}), keep_label=True)
+    assert records.get_document("l2").label == "letter"  # type: ignore[union-attr]
+    records.put_document(outcome)
+    assert records.get_document("l1").label is None  # type: ignore[union-attr]
+    # Labelling an unknown document writes nothing
+    assert records.set_label("nope", "email", utcnow()) is None
+    assert records.get_document("nope") is None
+
+
 def test_restart_document_takes_over_a_failed_record_only(stores: tuple[BlobStore, RecordStore]) -> None:
     _, records = stores
     records.put_document(_doc("d7", Status.FAILED))

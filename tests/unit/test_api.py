@@ -237,6 +237,32 @@ def test_upload_poll_history_label_and_reclassify(client: TestClient) -> None:
     assert client.get(f"/documents/{document_id}").json()["label"] == "email"
 
 
+def test_labelling_a_document_still_processing_keeps_the_pipelines_status(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from docflow.api import service
+
+    records = get_context().records
+    document_id = "c" * 64
+    records.put_document(DocumentRecord(document_id=document_id, status=Status.PROCESSING, source="up"))
+    load = service.classifier
+
+    def pipeline_finishes_while_the_model_loads(ctx: Any) -> Any:
+        seen = records.get_document(document_id)
+        assert seen is not None
+        records.put_document(seen.model_copy(update={"status": Status.CLASSIFIED, "predicted_class": "email"}))
+        return load(ctx)
+
+    monkeypatch.setattr(service, "classifier", pipeline_finishes_while_the_model_loads)
+    # When a label is set on a document the pipeline finishes meanwhile
+    labelled = client.put(f"/documents/{document_id}/label", json={"label": "resume"})
+    # Then the label is stored and the pipeline's outcome is not put back to PROCESSING
+    assert labelled.status_code == 200, labelled.text
+    assert labelled.json()["label"] == "resume" and labelled.json()["status"] == "CLASSIFIED"
+    stored = records.get_document(document_id)
+    assert stored is not None and (stored.status, stored.label) == (Status.CLASSIFIED, "resume")
+
+
 def test_same_content_again_is_known_and_ends_duplicate(client: TestClient) -> None:
     pdf = text_pdf([RESUME])
     first = _upload(client, pdf, "cv.pdf").json()

@@ -260,8 +260,64 @@ class DynamoRecordStore(RecordStore):
             # somebody owns this content already
             return self.get_document(record.document_id)
 
-    def put_document(self, record: DocumentRecord) -> None:
-        self._call("put document", self._table.put_item, Item=self._document_item(record))
+    def put_document(self, record: DocumentRecord, *, keep_label: bool = False) -> None:
+        if not keep_label:
+            self._call("put document", self._table.put_item, Item=self._document_item(record))
+            return
+        # An update of every attribute but the label (set only where none is on file): the label a user set
+        # while this record was being made stays, in the same write (no read before it to go stale).
+        item = self._document_item(record)
+        label = item.pop("label", None)
+        del item["pk"], item["sk"]
+        names: dict[str, str] = {}
+        values: dict[str, Any] = {}
+        sets: list[str] = []
+        for i, (attr, value) in enumerate(item.items()):
+            names[f"#a{i}"], values[f":v{i}"] = attr, value
+            sets.append(f"#a{i} = :v{i}")
+        if label is not None:
+            names["#label"], values[":label"] = "label", label
+            sets.append("#label = if_not_exists(#label, :label)")
+        # A field now None is absent from the item (_to_item): remove what an earlier write left.
+        absent = [f for f in DocumentRecord.model_fields if f not in item and f != "label"]
+        removes = []
+        for i, attr in enumerate(absent):
+            names[f"#r{i}"] = attr
+            removes.append(f"#r{i}")
+        expression = "SET " + ", ".join(sets) + (" REMOVE " + ", ".join(removes) if removes else "")
+        self._call(
+            "put document",
+            self._table.update_item,
+            Key={"pk": record.document_id, "sk": DOCUMENT_SK},
+            UpdateExpression=expression,
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues=values,
+        )
+
+    def set_label(self, document_id: str, label: str, updated_at: datetime) -> DocumentRecord | None:
+        try:
+            resp = self._call(
+                "set label",
+                self._table.update_item,
+                Key={"pk": document_id, "sk": DOCUMENT_SK},
+                # updated_at as _document_item writes it: the attribute in pydantic's form, the index's sort
+                # key in isoformat() (the listing by status is ordered by it).
+                UpdateExpression="SET #label = :label, #updated = :updated, gsi1sk = :gsi1sk",
+                ConditionExpression="attribute_exists(pk)",
+                ExpressionAttributeNames={"#label": "label", "#updated": "updated_at"},
+                ExpressionAttributeValues={
+                    ":label": label,
+                    ":updated": _ISO.dump_python(updated_at, mode="json"),
+                    ":gsi1sk": f"{updated_at.isoformat()}#{document_id}",
+                },
+                ReturnValues="ALL_NEW",
+            )
+        except ClientError as exc:
+            if not _condition_failed(exc):
+                raise
+            # no such document
+            return None
+        return DocumentRecord.model_validate(resp["Attributes"])
 
     def get_document(self, document_id: str) -> DocumentRecord | None:
         resp = self._call(
@@ -276,7 +332,7 @@ class DynamoRecordStore(RecordStore):
     def list_documents(
         self, status: str | None = None, limit: int = 50, cursor: str | None = None
     ) -> tuple[list[DocumentRecord], str | None]:
-        start = json.loads(cursor) if cursor else None
+        start = self._start_key(cursor, index=bool(status)) if cursor else None
         if status:
             kwargs: dict[str, Any] = {
                 "IndexName": STATUS_INDEX,
@@ -295,6 +351,20 @@ class DynamoRecordStore(RecordStore):
         records = [DocumentRecord.model_validate(i) for i in resp.get("Items", [])]
         last = resp.get("LastEvaluatedKey")
         return records, (json.dumps(last, default=str) if last else None)
+
+    @staticmethod
+    def _start_key(cursor: str, index: bool) -> dict[str, str]:
+        """The start key a cursor of list_documents holds; ValueError for any other text (a tampered cursor is
+        the caller's error, not a request botocore refuses as malformed, which would read as transient)."""
+        start = json.loads(cursor)  # JSONDecodeError is a ValueError
+        wanted = {"pk", "sk", "gsi1pk", "gsi1sk"} if index else {"pk", "sk"}
+        if (
+            not isinstance(start, dict)
+            or set(start) != wanted
+            or not all(isinstance(v, str) and v for v in start.values())
+        ):
+            raise ValueError("the cursor is not a start key of this listing")
+        return start
 
     def put_upload(self, upload: UploadRecord) -> None:
         self._call("put upload", self._table.put_item, Item=self._upload_item(upload))

@@ -170,11 +170,42 @@ class SqliteRecordStore(RecordStore):
         )
         return None if cur.rowcount == 1 else self.get_document(record.document_id)
 
-    def put_document(self, record: DocumentRecord) -> None:
+    def put_document(self, record: DocumentRecord, *, keep_label: bool = False) -> None:
+        sql = "INSERT OR REPLACE INTO documents (document_id, status, updated_at, data) VALUES (?, ?, ?, ?)"
+        if keep_label:
+            # One statement: the label on file is read and kept in the same write (no window for a label to
+            # be set between a read and this write); the record's own label fills in where none is on file.
+            sql = (
+                "INSERT INTO documents (document_id, status, updated_at, data) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (document_id) DO UPDATE SET status = excluded.status, updated_at = excluded.updated_at, "
+                "data = json_set(excluded.data, '$.label', "
+                "COALESCE(json_extract(documents.data, '$.label'), json_extract(excluded.data, '$.label')))"
+            )
         self._connect().execute(
-            "INSERT OR REPLACE INTO documents (document_id, status, updated_at, data) VALUES (?, ?, ?, ?)",
-            (record.document_id, record.status, record.updated_at.isoformat(), record.model_dump_json()),
+            sql, (record.document_id, record.status, record.updated_at.isoformat(), record.model_dump_json())
         )
+
+    def set_label(self, document_id: str, label: str, updated_at: datetime) -> DocumentRecord | None:
+        conn = self._connect()
+        # Read, change and write under the write lock: no other writer can come in between.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = conn.execute("SELECT data FROM documents WHERE document_id = ?", (document_id,)).fetchone()
+            if row is None:
+                conn.execute("COMMIT")
+                return None
+            record = DocumentRecord.model_validate_json(row[0]).model_copy(
+                update={"label": label, "updated_at": updated_at}
+            )
+            conn.execute(
+                "UPDATE documents SET updated_at = ?, data = ? WHERE document_id = ?",
+                (record.updated_at.isoformat(), record.model_dump_json(), document_id),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return record
 
     def restart_document(self, record: DocumentRecord, stale_before: datetime | None = None) -> bool:
         sql = "UPDATE documents SET status = ?, updated_at = ?, data = ? WHERE document_id = ? AND (status = 'FAILED'"

@@ -279,8 +279,11 @@ def set_label(ctx: StepContext, document_id: str, label: str) -> DocumentRespons
     classes = classifier(ctx).labels
     if label not in classes:
         raise ApiError(422, "unknown_label", f"label {label!r} is not one of the model's classes: {', '.join(classes)}")
-    updated = record.model_copy(update={"label": label, "updated_at": utcnow()})
-    ctx.records.put_document(updated)
+    # The label alone, atomically: the model's load above takes seconds, and a write of the whole record read
+    # before it would put back a status the pipeline has moved on from meanwhile.
+    updated = ctx.records.set_label(document_id, label, utcnow())
+    if updated is None:
+        raise _not_found(document_id)
     if record.label != label:  # a new training example: counted towards retraining (docflow/retrain.py)
         from docflow.retrain import label_added
 

@@ -159,6 +159,10 @@ def validate_step(state: PipelineState, ctx: StepContext) -> PipelineState:
 
     fresh = document_record(base, status=Status.PROCESSING)
     existing = ctx.records.create_document(fresh)
+    if existing is not None:
+        # A restart (of a FAILED document, or of an orphan) replaces the record on file: it keeps that
+        # record's creation time and the label a user gave it.
+        fresh = document_record(base, existing, status=Status.PROCESSING)
     update: dict[str, object] = {"timings": _elapsed(state, "validate", started)}
     ranges = page_ranges(report.pages or 1, ctx.settings.pages_per_chunk)
     if report.media_type == MediaType.PDF and (report.pages or 0) > ctx.settings.large_pdf_pages:
@@ -245,7 +249,7 @@ def record_outcome_step(state: PipelineState, ctx: StepContext) -> PipelineState
     if state.status == Status.REJECTED:
         # Before the upload record: once that exists, a redelivery replays it. The same bytes are rejected
         # the same way, so a concurrent delivery writing this too changes nothing.
-        ctx.records.put_document(document_record(state))
+        ctx.records.put_document(document_record(state), keep_label=True)
     if ctx.records.create_upload(_upload(state, state.document_id, state.status, state.duplicate_of)) is not None:
         # Another delivery of this very object recorded it first (both validated before either recorded).
         return state.model_copy(update={"replay": True})
@@ -401,7 +405,9 @@ def _record_classification(state: PipelineState, ctx: StepContext) -> DocumentRe
             model_version=prediction.model_version,
         )
     )
-    ctx.records.put_document(record)
+    # keep_label: a label set through the API since the read above (this step takes seconds) is kept by
+    # the write itself; the record's label only fills in where none is on file.
+    ctx.records.put_document(record, keep_label=True)
     ctx.records.put_upload(_upload(state, state.document_id, state.status))
     return record
 
@@ -442,7 +448,7 @@ def record_failure_step(state: PipelineState, ctx: StepContext) -> PipelineState
     # (its owner is then this run's, its status still PROCESSING): that document is this run's to fail.
     owned = _owned(state, existing)
     if existing is None or state.proceed or owned:
-        ctx.records.put_document(document_record(failed, existing))
+        ctx.records.put_document(document_record(failed, existing), keep_label=True)  # a label set meanwhile stays
     if ctx.records.create_upload(_upload(state, document_id, Status.FAILED)) is not None:
         return failed  # this object's outcome is on record (another delivery's): never overwrite or recount it
     if not state.proceed and not state.replay:  # not counted at Validate (failed there, or before RecordOutcome)
