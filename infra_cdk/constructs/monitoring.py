@@ -150,52 +150,48 @@ class Monitoring(Construct):
         not_breaching = cw.TreatMissingData.NOT_BREACHING
         at_least = cw.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD
         above = cw.ComparisonOperator.GREATER_THAN_THRESHOLD
+
+        def any_in_period(name: str, description: str, metric: cw.IMetric, threshold: float) -> cw.Alarm:
+            """An alarm on a count: at least `threshold` in one period; no data is no problem."""
+            return cw.Alarm(
+                self,
+                f"{name}Alarm",
+                alarm_description=description,
+                metric=metric,
+                threshold=threshold,
+                comparison_operator=at_least,
+                evaluation_periods=1,
+                treat_missing_data=not_breaching,
+            )
+
+        left_processing = (
+            "no Catch runs, so each document stays PROCESSING until a new delivery of it takes it over once "
+            "DOCFLOW_PROCESSING_LEASE_SECONDS have passed."
+        )
         alarms = {
-            "FailedExecutions": cw.Alarm(
-                self,
-                "FailedExecutionsAlarm",
-                alarm_description="Document pipeline executions failed (each is a document ending FAILED).",
-                metric=state_machine.metric_failed(period=PERIOD, statistic="Sum"),
-                threshold=c.FAILED_EXECUTIONS_THRESHOLD,
-                comparison_operator=at_least,
-                evaluation_periods=1,
-                treat_missing_data=not_breaching,
+            "FailedExecutions": any_in_period(
+                "FailedExecutions",
+                "Document pipeline executions failed (each is a document ending FAILED).",
+                state_machine.metric_failed(period=PERIOD, statistic="Sum"),
+                c.FAILED_EXECUTIONS_THRESHOLD,
             ),
-            "TimedOutExecutions": cw.Alarm(
-                self,
-                "TimedOutExecutionsAlarm",
-                alarm_description=(
-                    "Document pipeline executions timed out: no Catch runs, so each document is left PROCESSING "
-                    "with no FAILED record."
-                ),
-                metric=state_machine.metric_timed_out(period=PERIOD, statistic="Sum"),
-                threshold=c.TIMED_OUT_EXECUTIONS_THRESHOLD,
-                comparison_operator=at_least,
-                evaluation_periods=1,
-                treat_missing_data=not_breaching,
+            "TimedOutExecutions": any_in_period(
+                "TimedOutExecutions",
+                f"Document pipeline executions timed out: {left_processing}",
+                state_machine.metric_timed_out(period=PERIOD, statistic="Sum"),
+                c.TIMED_OUT_EXECUTIONS_THRESHOLD,
             ),
-            "AbortedExecutions": cw.Alarm(
-                self,
-                "AbortedExecutionsAlarm",
-                alarm_description=(
-                    "Document pipeline executions were aborted (stopped): no Catch runs, so each document is left "
-                    "PROCESSING with no FAILED record."
-                ),
-                metric=state_machine.metric_aborted(period=PERIOD, statistic="Sum"),
-                threshold=c.ABORTED_EXECUTIONS_THRESHOLD,
-                comparison_operator=at_least,
-                evaluation_periods=1,
-                treat_missing_data=not_breaching,
+            "AbortedExecutions": any_in_period(
+                "AbortedExecutions",
+                f"Document pipeline executions were aborted (stopped): {left_processing}",
+                state_machine.metric_aborted(period=PERIOD, statistic="Sum"),
+                c.ABORTED_EXECUTIONS_THRESHOLD,
             ),
-            "DeadLetters": cw.Alarm(
-                self,
-                "DeadLettersAlarm",
-                alarm_description="Uploads EventBridge could not hand to the pipeline wait in the dead-letter queue.",
-                metric=dlq.metric_approximate_number_of_messages_visible(period=PERIOD, statistic="Maximum"),
-                threshold=c.DLQ_MESSAGES_THRESHOLD,
-                comparison_operator=at_least,
-                evaluation_periods=1,
-                treat_missing_data=not_breaching,
+            "DeadLetters": any_in_period(
+                "DeadLetters",
+                "Uploads EventBridge could not hand to the pipeline wait in the dead-letter queue.",
+                dlq.metric_approximate_number_of_messages_visible(period=PERIOD, statistic="Maximum"),
+                c.DLQ_MESSAGES_THRESHOLD,
             ),
             "ErrorRate": cw.Alarm(
                 self,
