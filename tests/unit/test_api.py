@@ -367,6 +367,25 @@ def test_upload_and_predict_answers_now_and_stores_nothing(client: TestClient, d
     _assert_error(client.get(f"/documents/{body['document_id']}"), 404)
 
 
+def test_upload_and_predict_bounds_each_page_by_the_request_budget(
+    make_client: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from docflow.domain import extraction
+
+    seen: list[float] = []
+    real = extraction.extract_text
+
+    def recording(data: bytes, media_type: Any, options: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(options.timeout_seconds)
+        return real(data, media_type, options, *args, **kwargs)
+
+    monkeypatch.setattr(extraction, "extract_text", recording)
+    client = make_client(DOCFLOW_API_SYNC_TIMEOUT="7")
+    response = client.post("/upload-and-predict", files={"file": ("cv.pdf", text_pdf([RESUME]), "application/pdf")})
+    assert response.status_code == 200, response.text
+    assert seen == [7.0]  # not the pipeline's 120 s per page: a page cannot run on long after the 504
+
+
 def test_upload_and_predict_refusals(make_client: Callable[..., TestClient]) -> None:
     client = make_client(DOCFLOW_API_SYNC_MAX_PAGES="1")
 

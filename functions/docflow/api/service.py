@@ -501,6 +501,8 @@ def upload_and_predict(
     options = ctx.settings.ocr
     if languages:
         options = options.model_copy(update={"languages": languages})
+    # No page may outlast the request: after the 504 the work cannot be cancelled, only bounded.
+    options = options.model_copy(update={"timeout_seconds": min(options.timeout_seconds, api.api_sync_timeout)})
 
     def work() -> tuple[Any, Prediction, dict[str, float]]:
         from docflow.domain.extraction import extract_text
