@@ -57,6 +57,11 @@ def _translate(exc: Exception, what: str) -> Exception:
 _ISO = TypeAdapter(datetime)
 
 
+def _status_sort_key(updated_at: datetime, document_id: str) -> str:
+    """The by-status index's sort key: newest first by update time, the id to break ties."""
+    return f"{updated_at.isoformat()}#{document_id}"
+
+
 def _condition_failed(exc: ClientError) -> bool:
     return exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
 
@@ -206,13 +211,22 @@ class DynamoRecordStore(RecordStore):
                 raise
             raise _translate(exc, f"{what} on table {self.table_name}") from exc
 
+    def _write_if(self, what: str, fn: Any, **kwargs: Any) -> Any | None:
+        """A conditional write: its response, or None when its condition failed (the state on file decided)."""
+        try:
+            return self._call(what, fn, **kwargs)
+        except ClientError as exc:
+            if not _condition_failed(exc):
+                raise
+            return None
+
     def _document_item(self, record: DocumentRecord) -> dict[str, Any]:
         item = _to_item(record)
         item.update(
             pk=record.document_id,
             sk=DOCUMENT_SK,
             gsi1pk=str(record.status),
-            gsi1sk=f"{record.updated_at.isoformat()}#{record.document_id}",
+            gsi1sk=_status_sort_key(record.updated_at, record.document_id),
         )
         return item
 
@@ -229,36 +243,25 @@ class DynamoRecordStore(RecordStore):
                     ":stale": _ISO.dump_python(stale_before, mode="json"),
                 }
             )
-        try:
-            self._call(
-                "restart document",
-                self._table.put_item,
-                Item=self._document_item(record),
-                ConditionExpression=condition,
-                ExpressionAttributeNames={"#status": "status"},
-                ExpressionAttributeValues=values,
-            )
-            return True
-        except ClientError as exc:
-            if not _condition_failed(exc):
-                raise
-            # neither FAILED nor an orphan any more
-            return False
+        written = self._write_if(
+            "restart document",
+            self._table.put_item,
+            Item=self._document_item(record),
+            ConditionExpression=condition,
+            ExpressionAttributeNames={"#status": "status"},
+            ExpressionAttributeValues=values,
+        )
+        return written is not None  # None: neither FAILED nor an orphan any more
 
     def create_document(self, record: DocumentRecord) -> DocumentRecord | None:
-        try:
-            self._call(
-                "create document",
-                self._table.put_item,
-                Item=self._document_item(record),
-                ConditionExpression="attribute_not_exists(pk)",
-            )
+        if self._write_if(
+            "create document",
+            self._table.put_item,
+            Item=self._document_item(record),
+            ConditionExpression="attribute_not_exists(pk)",
+        ):
             return None
-        except ClientError as exc:
-            if not _condition_failed(exc):
-                raise
-            # somebody owns this content already
-            return self.get_document(record.document_id)
+        return self.get_document(record.document_id)  # somebody owns this content already
 
     def put_document(self, record: DocumentRecord, *, keep_label: bool = False) -> None:
         if not keep_label:
@@ -295,29 +298,23 @@ class DynamoRecordStore(RecordStore):
         )
 
     def set_label(self, document_id: str, label: str, updated_at: datetime) -> DocumentRecord | None:
-        try:
-            resp = self._call(
-                "set label",
-                self._table.update_item,
-                Key={"pk": document_id, "sk": DOCUMENT_SK},
-                # updated_at as _document_item writes it: the attribute in pydantic's form, the index's sort
-                # key in isoformat() (the listing by status is ordered by it).
-                UpdateExpression="SET #label = :label, #updated = :updated, gsi1sk = :gsi1sk",
-                ConditionExpression="attribute_exists(pk)",
-                ExpressionAttributeNames={"#label": "label", "#updated": "updated_at"},
-                ExpressionAttributeValues={
-                    ":label": label,
-                    ":updated": _ISO.dump_python(updated_at, mode="json"),
-                    ":gsi1sk": f"{updated_at.isoformat()}#{document_id}",
-                },
-                ReturnValues="ALL_NEW",
-            )
-        except ClientError as exc:
-            if not _condition_failed(exc):
-                raise
-            # no such document
-            return None
-        return DocumentRecord.model_validate(resp["Attributes"])
+        resp = self._write_if(
+            "set label",
+            self._table.update_item,
+            Key={"pk": document_id, "sk": DOCUMENT_SK},
+            # updated_at as _document_item writes it: the attribute in pydantic's form, the index's sort
+            # key in isoformat() (the listing by status is ordered by it).
+            UpdateExpression="SET #label = :label, #updated = :updated, gsi1sk = :gsi1sk",
+            ConditionExpression="attribute_exists(pk)",
+            ExpressionAttributeNames={"#label": "label", "#updated": "updated_at"},
+            ExpressionAttributeValues={
+                ":label": label,
+                ":updated": _ISO.dump_python(updated_at, mode="json"),
+                ":gsi1sk": _status_sort_key(updated_at, document_id),
+            },
+            ReturnValues="ALL_NEW",
+        )
+        return DocumentRecord.model_validate(resp["Attributes"]) if resp else None  # None: no such document
 
     def get_document(self, document_id: str) -> DocumentRecord | None:
         resp = self._call(
@@ -371,18 +368,14 @@ class DynamoRecordStore(RecordStore):
         self._drop_placeholder(upload)
 
     def create_upload(self, upload: UploadRecord) -> UploadRecord | None:
-        try:
-            self._call(
-                "create upload",
-                self._table.put_item,
-                Item=self._upload_item(upload),
-                ConditionExpression="attribute_not_exists(sk) OR #status IN (:received, :failed)",
-                ExpressionAttributeNames={"#status": "status"},
-                ExpressionAttributeValues={":received": Status.RECEIVED.value, ":failed": Status.FAILED.value},
-            )
-        except ClientError as exc:
-            if not _condition_failed(exc):
-                raise
+        if not self._write_if(
+            "create upload",
+            self._table.put_item,
+            Item=self._upload_item(upload),
+            ConditionExpression="attribute_not_exists(sk) OR #status IN (:received, :failed)",
+            ExpressionAttributeNames={"#status": "status"},
+            ExpressionAttributeValues={":received": Status.RECEIVED.value, ":failed": Status.FAILED.value},
+        ):
             # this object's outcome is on record already
             key = {"pk": upload.document_id, "sk": upload_sort_key(upload.object_id)}
             item = self._call("get upload", self._table.get_item, Key=key, ConsistentRead=True).get("Item")
@@ -401,20 +394,14 @@ class DynamoRecordStore(RecordStore):
         that: a versionless record with an outcome is history and stays."""
         if upload.version_id is None:
             return
-        try:
-            self._call(
-                "delete upload placeholder",
-                self._table.delete_item,
-                Key={"pk": upload.document_id, "sk": upload_sort_key(upload.source)},
-                ConditionExpression="#status = :received",
-                ExpressionAttributeNames={"#status": "status"},
-                ExpressionAttributeValues={":received": Status.RECEIVED.value},
-            )
-        except ClientError as exc:
-            if not _condition_failed(exc):
-                raise
-            # none, or not a placeholder
-            pass
+        self._write_if(  # a failed condition: none, or not a placeholder
+            "delete upload placeholder",
+            self._table.delete_item,
+            Key={"pk": upload.document_id, "sk": upload_sort_key(upload.source)},
+            ConditionExpression="#status = :received",
+            ExpressionAttributeNames={"#status": "status"},
+            ExpressionAttributeValues={":received": Status.RECEIVED.value},
+        )
 
     def _query_prefix(self, document_id: str, prefix: str) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []

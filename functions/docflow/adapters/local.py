@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sqlite3
@@ -186,13 +187,10 @@ class SqliteRecordStore(RecordStore):
         )
 
     def set_label(self, document_id: str, label: str, updated_at: datetime) -> DocumentRecord | None:
-        conn = self._connect()
         # Read, change and write under the write lock: no other writer can come in between.
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction() as conn:
             row = conn.execute("SELECT data FROM documents WHERE document_id = ?", (document_id,)).fetchone()
             if row is None:
-                conn.execute("COMMIT")
                 return None
             record = DocumentRecord.model_validate_json(row[0]).model_copy(
                 update={"label": label, "updated_at": updated_at}
@@ -201,11 +199,19 @@ class SqliteRecordStore(RecordStore):
                 "UPDATE documents SET updated_at = ?, data = ? WHERE document_id = ?",
                 (record.updated_at.isoformat(), record.model_dump_json(), document_id),
             )
-            conn.execute("COMMIT")
+        return record
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE (the write lock at once) … COMMIT, or ROLLBACK on any error."""
+        conn = self._connect()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        return record
+        conn.execute("COMMIT")
 
     def restart_document(self, record: DocumentRecord, stale_before: datetime | None = None) -> bool:
         sql = "UPDATE documents SET status = ?, updated_at = ?, data = ? WHERE document_id = ? AND (status = 'FAILED'"
@@ -246,31 +252,27 @@ class SqliteRecordStore(RecordStore):
     _UPLOAD_ROW = "INSERT INTO uploads (document_id, source, status, data) VALUES (?, ?, ?, ?)"
 
     def put_upload(self, upload: UploadRecord) -> None:
-        self._write_upload(upload, on_conflict="REPLACE")
+        self._write_upload(upload, only_open=False)
 
     def create_upload(self, upload: UploadRecord) -> UploadRecord | None:
-        if self._write_upload(upload, on_conflict="IF_OPEN"):
+        if self._write_upload(upload, only_open=True):
             return None
-        return next(u for u in self.list_uploads(upload.document_id) if u.object_id == upload.object_id)
+        return next((u for u in self.list_uploads(upload.document_id) if u.object_id == upload.object_id), None)
 
-    def _write_upload(self, upload: UploadRecord, on_conflict: str) -> bool:
+    def _write_upload(self, upload: UploadRecord, only_open: bool) -> bool:
+        """Upsert this object's row (only over a RECEIVED or FAILED one when only_open); a versioned row also
+        drops its source's RECEIVED placeholder, in the same transaction. True when written."""
         row = (upload.document_id, upload.object_id, upload.status, upload.model_dump_json())
         conflict = " ON CONFLICT (document_id, source) DO UPDATE SET status = excluded.status, data = excluded.data"
-        if on_conflict == "IF_OPEN":
+        if only_open:
             conflict += " WHERE uploads.status IN ('RECEIVED', 'FAILED')"
-        conn = self._connect()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction() as conn:
             written = conn.execute(self._UPLOAD_ROW + conflict, row).rowcount == 1
             if written and upload.version_id is not None:
                 conn.execute(
                     "DELETE FROM uploads WHERE document_id = ? AND source = ? AND status = 'RECEIVED'",
                     (upload.document_id, upload.source),
                 )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         return written
 
     def list_uploads(self, document_id: str) -> list[UploadRecord]:

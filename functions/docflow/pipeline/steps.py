@@ -99,6 +99,24 @@ def _stale_before(ctx: StepContext) -> datetime:
     return max(stale, ctx.orphans_before) if ctx.orphans_before else stale
 
 
+def _streamed_sha256(ctx: StepContext, state: PipelineState) -> str:
+    """SHA-256 of the event's object version, read in chunks."""
+    digest = hashlib.sha256()
+    for chunk in ctx.blobs.iter_chunks(state.ref.key, version_id=state.ref.version_id):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _take_over(
+    ctx: StepContext, state: PipelineState, fresh: DocumentRecord, stale_before: datetime | None = None
+) -> bool:
+    """Restart the document's record for this delivery (see RecordStore.restart_document). A lost reply counts
+    too: the write landed, the store's retry then failed the condition, and the record on file is this run's."""
+    return ctx.records.restart_document(fresh, stale_before=stale_before) or _owned(
+        state, ctx.records.get_document(fresh.document_id)
+    )
+
+
 def _recorded(ctx: StepContext, state: PipelineState, document_id: str, outcome: Status) -> bool:
     """Whether a delivery of this very object was recorded before with this outcome (at-least-once delivery).
     Not a RECEIVED placeholder (the API's, before the pipeline ran) nor a FAILED one (a retry runs again)."""
@@ -119,13 +137,9 @@ def validate_step(state: PipelineState, ctx: StepContext) -> PipelineState:
         raise PermanentError(f"object {state.ref.key!r} not found in {ctx.blobs.describe()}") from None
 
     if size > limits.max_bytes:
-        # Hash by streaming: never hold an oversized upload in memory.
-        digest = hashlib.sha256()
-        for chunk in ctx.blobs.iter_chunks(state.ref.key, version_id=state.ref.version_id):
-            digest.update(chunk)
         rejected = state.model_copy(
             update={
-                "document_id": digest.hexdigest(),
+                "document_id": _streamed_sha256(ctx, state),  # never hold an oversized upload in memory
                 "size_bytes": size,
                 "status": Status.REJECTED,
                 "code": RejectionCode.TOO_LARGE,
@@ -174,19 +188,14 @@ def validate_step(state: PipelineState, ctx: StepContext) -> PipelineState:
     elif existing.status == Status.FAILED:
         # A failed document may be sent again: that is the user's retry. Of two deliveries at once, the one
         # that takes the record over from FAILED does the work; the other reports it in progress.
-        if ctx.records.restart_document(fresh) or _owned(state, ctx.records.get_document(fresh.document_id)):
-            # (the second test: this run's own restart, whose reply was lost and whose retry then failed)
+        if _take_over(ctx, state, fresh):
             update.update(status=Status.PROCESSING, proceed=True)
         else:
             update.update(status=Status.PROCESSING, replay=True)
     elif (
         existing.updated_at < (stale := _stale_before(ctx))
         and not existing.status.terminal
-        and (
-            ctx.records.restart_document(fresh, stale_before=stale)
-            # (the second test: this run's own takeover, whose reply was lost and whose retry then failed)
-            or _owned(state, ctx.records.get_document(fresh.document_id))
-        )
+        and _take_over(ctx, state, fresh, stale_before=stale)
     ):
         # Unfinished and untouched for longer than any run takes, or from before this run began when no
         # other run shares the store: the run that held it died (a killed CLI, a timed-out execution).
@@ -413,17 +422,14 @@ def _record_classification(state: PipelineState, ctx: StepContext) -> DocumentRe
 
 
 def _content_hash(state: PipelineState, ctx: StepContext) -> str | None:
-    """SHA-256 of the event's object version, streamed; None when it cannot be read (gone, or still failing)
-    or is larger than the upload limit (a failure is recorded quickly, whatever the upload's size)."""
-    digest = hashlib.sha256()
+    """SHA-256 of the event's object version; None when it cannot be read (gone, or still failing) or is
+    larger than the upload limit (a failure is recorded quickly, whatever the upload's size)."""
     try:
         if ctx.blobs.size(state.ref.key, version_id=state.ref.version_id) > ctx.settings.limits.max_bytes:
             return None
-        for chunk in ctx.blobs.iter_chunks(state.ref.key, version_id=state.ref.version_id):
-            digest.update(chunk)
+        return _streamed_sha256(ctx, state)
     except Exception:  # the failure being recorded may be this very read: record it anyway
         return None
-    return digest.hexdigest()
 
 
 def record_failure_step(state: PipelineState, ctx: StepContext) -> PipelineState:
