@@ -47,7 +47,9 @@ class Settings(BaseSettings):
     model_dir: Path | None = None
     # How long a running process serves the champion it resolved before reading the pointer again.
     model_refresh_seconds: float = Field(default=60.0, ge=0.0)
-    review_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+    # Below this confidence a document is NEEDS_REVIEW. None: the threshold calibrated for the model being
+    # served (config.json), so a newly promoted champion brings its own.
+    review_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
 
     # Retraining on AWS: every this many new labels, an event on this bus starts the training state machine
     # (docflow/retrain.py); 0 = labels never trigger it (the schedule still does).

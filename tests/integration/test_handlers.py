@@ -136,3 +136,29 @@ def test_record_failure_marks_failed_with_cause(aws: Any) -> None:
     assert record["reason"] == "page 1 took longer than 120 s"
     # The blob is kept for a re-drive
     assert aws.head_object(Bucket=BUCKET, Key="incoming/memo.pdf")["ContentLength"] > 0
+
+
+@pytest.mark.parametrize("setting", [None, "0.01"])
+def test_review_threshold_is_the_models_calibrated_one_unless_set(
+    aws: Any, monkeypatch: pytest.MonkeyPatch, setting: str | None
+) -> None:
+    from docflow.context import get_context
+    from docflow.settings import get_settings
+
+    if setting is not None:
+        monkeypatch.setenv("DOCFLOW_REVIEW_THRESHOLD", setting)
+    get_settings.cache_clear()
+    get_context.cache_clear()
+    model = get_context().classifier()
+    calibrated = model.config.review_threshold
+    assert calibrated is not None and calibrated > 0.5  # the default model ships its calibration
+    # A page of words that belong to no class: its confidence is low.
+    aws.put_object(Bucket=BUCKET, Key="incoming/vague.pdf", Body=text_pdf(["Thursday. Blue green seven. Thank you."]))
+    state = _run(_event("incoming/vague.pdf"))
+    confidence = state["prediction"]["confidence"]
+    assert 0.01 < confidence < calibrated
+    if setting is None:
+        assert state["status"] == "NEEDS_REVIEW"
+        assert state["reason"].endswith(f"below the review threshold {calibrated:.2f}")
+    else:
+        assert state["status"] == "CLASSIFIED" and state["reason"] is None

@@ -4,6 +4,7 @@ tiny model trained from tests/fixtures/corpus (classes email, news_article, resu
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import threading
 import time
@@ -137,13 +138,23 @@ def test_health_without_a_model_is_503_degraded(make_client: Callable[..., TestC
     _assert_error(client.post("/predict/text", json={"text": "hello"}), 503, "model_unavailable")
 
 
-def test_model_lists_champion_classes_and_metrics(client: TestClient) -> None:
+def test_model_lists_champion_classes_and_metrics(client: TestClient, tiny_model: Path) -> None:
     body = client.get("/model").json()
     assert body["classes"] == ["email", "news_article", "resume"]
     assert body["model_name"] and body["model_version"]
     assert 0 <= body["metrics"]["accuracy"] <= 1
     assert set(body["metrics"]["per_class"]) == {"email", "news_article", "resume"}
-    assert body["review_threshold"] == 0.5
+    # No DOCFLOW_REVIEW_THRESHOLD: the threshold calibrated for this model when it was trained.
+    calibrated = json.loads((tiny_model / "config.json").read_text())["review_threshold"]
+    assert body["review_threshold"] == calibrated
+
+
+def test_review_threshold_setting_overrides_the_models(make_client: Callable[..., TestClient]) -> None:
+    client = make_client(DOCFLOW_REVIEW_THRESHOLD="0.999")
+    assert client.get("/model").json()["review_threshold"] == 0.999
+    body = client.post("/predict/text", json={"text": RESUME}).json()
+    assert body["predicted_class"] == "resume" and body["confidence_score"] < 0.999
+    assert body["is_confident"] is False
 
 
 def test_predict_text_keeps_the_seed_fields(client: TestClient) -> None:

@@ -299,6 +299,22 @@ def test_metrics_hold_the_ocr_noised_holdout_and_review_threshold(trained: Train
     config = json.loads((trained.model_dir / "config.json").read_text())
     assert config["architecture"] == "char-ngram-tfidf-logistic-regression"
     assert config["char_ngram_range"] == [CONFIG.char_ngram_min, CONFIG.char_ngram_max]
+    # the calibrated threshold is what the runtime serves unless DOCFLOW_REVIEW_THRESHOLD says otherwise
+    assert config["review_threshold"] == review["threshold"]
+    served = TextClassifier(trained.model_dir)
+    assert served.review_threshold() == review["threshold"]
+    assert served.review_threshold(0.9) == 0.9
+
+
+def test_model_without_a_calibrated_threshold_serves_the_default(trained: TrainingResult, tmp_path: Path) -> None:
+    from docflow.domain.classifier import DEFAULT_REVIEW_THRESHOLD
+
+    copy = tmp_path / "older-model"
+    shutil.copytree(trained.model_dir, copy)
+    config = json.loads((copy / "config.json").read_text())
+    del config["review_threshold"]
+    (copy / "config.json").write_text(json.dumps(config))
+    assert TextClassifier(copy).review_threshold() == DEFAULT_REVIEW_THRESHOLD
 
 
 def test_augmentation_adds_seeded_noised_copies(trained: TrainingResult) -> None:

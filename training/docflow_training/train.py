@@ -354,29 +354,27 @@ def run_training(data_dir: Path, out_dir: Path, config: TrainConfig | None = Non
         (staging / MODEL_FILE).write_bytes(onnx_model.SerializeToString())
         version = config.version or _content_version(staging)
         created_at = datetime.now(UTC).isoformat(timespec="seconds")
-        _write_json(
-            staging / CONFIG_FILE,
-            {
-                "name": config.model_name,
-                "version": version,
-                "created_at": created_at,
-                "architecture": ARCHITECTURES[config.features],
-                "char_ngram_range": list(fitted.char_ngram_range) if fitted.char_ngram_range else None,
-                "max_length": config.max_length,
-                "max_chars": config.max_chars,
-                "pad_token_id": 0,
-                "normalizer_version": NORMALIZER_VERSION,
-                "vocab_size": fitted.vocab_size,
-                "n_classes": len(fitted.labels),
-                "training_data": {
-                    "path": str(data_dir),
-                    "sha256": digest.sha256,
-                    "n_documents": digest.n_documents,
-                    "n_bytes": digest.n_bytes,
-                },
-                "train_config": config.model_dump(mode="json"),
+        model_config: dict[str, Any] = {
+            "name": config.model_name,
+            "version": version,
+            "created_at": created_at,
+            "architecture": ARCHITECTURES[config.features],
+            "char_ngram_range": list(fitted.char_ngram_range) if fitted.char_ngram_range else None,
+            "max_length": config.max_length,
+            "max_chars": config.max_chars,
+            "pad_token_id": 0,
+            "normalizer_version": NORMALIZER_VERSION,
+            "vocab_size": fitted.vocab_size,
+            "n_classes": len(fitted.labels),
+            "training_data": {
+                "path": str(data_dir),
+                "sha256": digest.sha256,
+                "n_documents": digest.n_documents,
+                "n_bytes": digest.n_bytes,
             },
-        )
+            "train_config": config.model_dump(mode="json"),
+        }
+        _write_json(staging / CONFIG_FILE, model_config)
 
         # Score the held-out split through the runtime that will serve these files.
         logger.info("evaluating %d held-out documents through onnxruntime", len(holdout_docs))
@@ -397,6 +395,9 @@ def run_training(data_dir: Path, out_dir: Path, config: TrainConfig | None = Non
         noised["review_threshold"] = review_threshold_for(
             [doc.label for doc in holdout_docs], noised_probabilities, fitted.labels
         )
+        # The served threshold travels with the model, so a promoted champion brings its own calibration.
+        model_config["review_threshold"] = noised["review_threshold"]["threshold"]
+        _write_json(staging / CONFIG_FILE, model_config)
         metrics: dict[str, Any] = {
             "model_name": config.model_name,
             "model_version": version,

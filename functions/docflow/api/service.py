@@ -70,8 +70,9 @@ def classifier(ctx: StepContext) -> TextClassifier:
 
 
 def _is_confident(confidence: float, ctx: StepContext) -> bool:
-    # The pipeline's own rule: below the review threshold a document NEEDS_REVIEW.
-    return confidence >= ctx.settings.review_threshold
+    # The pipeline's own rule: below the review threshold (the settings', else the served model's) a
+    # document NEEDS_REVIEW.
+    return confidence >= classifier(ctx).review_threshold(ctx.settings.review_threshold)
 
 
 def _prediction_response(prediction: Prediction, ctx: StepContext, all_scores: bool) -> dict[str, Any]:
@@ -111,7 +112,7 @@ def model_info(ctx: StepContext) -> ModelInfo:
         model_name=model.name,
         model_version=model.version,
         classes=list(model.labels),
-        review_threshold=ctx.settings.review_threshold,
+        review_threshold=model.review_threshold(ctx.settings.review_threshold),
         created_at=model.config.created_at,
         metrics=metrics,
     )
@@ -161,7 +162,8 @@ def _document_response(
         prediction = DocumentPrediction(
             predicted_class=record.predicted_class,
             confidence_score=record.confidence,
-            is_confident=_is_confident(record.confidence, ctx),
+            # Whether the pipeline found it confident, under the threshold that applied when it was classified.
+            is_confident=record.status is Status.CLASSIFIED,
             model_version=record.model_version,
             all_scores=record.scores,
         )

@@ -48,6 +48,10 @@ INPUT_IDS = "input_ids"
 ATTENTION_MASK = "attention_mask"
 PROBABILITIES = "probabilities"
 
+# Below this confidence a prediction goes to review when neither DOCFLOW_REVIEW_THRESHOLD nor the model
+# (config.json's calibrated ``review_threshold``) names a threshold.
+DEFAULT_REVIEW_THRESHOLD = 0.5
+
 
 class ModelNotFoundError(FileNotFoundError):
     """The model directory, or one of the files the runtime needs, is missing."""
@@ -72,6 +76,9 @@ class ModelConfig(BaseModel):
     # word (``char_ngrams``) to ids instead of splitting words itself.
     char_ngram_range: tuple[int, int] | None = None
     created_at: datetime | None = None
+    # Calibrated when the model was trained: the lowest confidence at which the predictions kept out of
+    # review reach the target precision on the OCR-noised held-out split (metrics.json says how close).
+    review_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
 
 
 def encode_texts(
@@ -179,6 +186,15 @@ class TextClassifier:
     def metrics(self) -> dict[str, Any] | None:
         path = self.model_dir / METRICS_FILE
         return _read_json(path) if path.is_file() else None
+
+    def review_threshold(self, override: float | None = None) -> float:
+        """The confidence below which a prediction goes to review: ``override`` (DOCFLOW_REVIEW_THRESHOLD)
+        when set, else the threshold calibrated for this model at training, else DEFAULT_REVIEW_THRESHOLD."""
+        if override is not None:
+            return override
+        if self.config.review_threshold is not None:
+            return self.config.review_threshold
+        return DEFAULT_REVIEW_THRESHOLD
 
     def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """The graph inputs for ``texts``: (input_ids, attention_mask)."""

@@ -350,7 +350,7 @@ def classify_step(state: PipelineState, ctx: StepContext) -> PipelineState:
     model = ctx.classifier()
     _report_model(model)
     prediction = model.predict(text)
-    threshold = ctx.settings.review_threshold
+    threshold = model.review_threshold(ctx.settings.review_threshold)
     if not text.strip():
         status, reason = Status.NEEDS_REVIEW, "no text could be extracted from the document"
     elif prediction.confidence < threshold:
