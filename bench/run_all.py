@@ -5,9 +5,11 @@
 Runs, each as its own process (so one's imports and caches do not flatter the next): ocr_cer, throughput,
 classify_latency, api_throughput (existing), pipeline_share (outside-OCR share; pages/s at 10/100/1,000
 documents), cold_start (every handler), fault_run (1,000 documents, 5 % transient and 1 % permanent
-faults, audited from the record store), big_pdf (a 300-page scan: time, peak RSS), then aws_cost (paper
-estimate from the measured step times). Each writes bench/results/<name>.json; this collects them into
-bench/results/bench.json with the machine's load before and after (timings on a busy machine are slower).
+faults, audited from the record store), big_pdf (a 300-page scan: time, peak RSS), aws_cost (paper
+estimate from the measured step times), then quality (the classifier end to end per source, through
+`docflow eval`; * = precision on the documents not sent to review). Each writes
+bench/results/<name>.json; this collects them into bench/results/bench.json with the machine's load
+before and after (timings on a busy machine are slower).
 """
 
 from __future__ import annotations
@@ -120,6 +122,14 @@ def table(r: dict[str, Any]) -> list[tuple[str, str, str]]:
                 f"{c['usd_total']:.3f}",
                 f"prices {cost['prices_as_of']}",
             )
+    for source, q in r.get("quality", {}).get("sources", {}).items():
+        precision = q["precision_not_reviewed"]
+        add(
+            f"classifier end to end, {source} ({q['documents']} docs): accuracy, macro-F1, review, precision*",
+            f"{q['accuracy']:.3f}, {q['macro_f1']:.3f}, {q['review_rate']:.0%}, "
+            + ("-" if precision is None else f"{precision:.3f}"),
+            ">= 0.80, 0.78, -, 0.95",
+        )
     return rows
 
 
@@ -150,9 +160,11 @@ def main() -> int:
         seconds["big_pdf"] = time.perf_counter() - started
     if wanted("aws_cost") and (RESULTS / "pipeline_share.json").exists():
         seconds["aws_cost"] = _run("aws_cost")
+    if wanted("quality"):
+        seconds["quality"] = _run("quality")
 
     names = ("ocr_cer", "throughput", "classify_latency", "api_throughput", "pipeline_share", "cold_start")
-    results = {name: _load(name) for name in (*names, "fault_run", "big_pdf", "aws_cost")}
+    results = {name: _load(name) for name in (*names, "fault_run", "big_pdf", "aws_cost", "quality")}
     machine = {
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
