@@ -109,7 +109,13 @@ def test_first_run_is_tracked_registered_and_promoted(loop: Loop) -> None:
     assert len(params["dataset.sha256"]) == 64
     assert params["holdout.source"] == "validation channel" and params["holdout.n_documents"] == "6"
     # Metrics: held-out, per class, validation, and the C grid as steps
-    for key in ("holdout_macro_f1", "holdout_accuracy", "holdout_recall.email", "validation_macro_f1"):
+    for key in (
+        "holdout_macro_f1",
+        "holdout_accuracy",
+        "holdout_recall.email",
+        "validation_macro_f1",
+        "review_threshold",
+    ):
         assert 0.0 <= metrics[key] <= 1.0
     history = client.get_metric_history(first.run_id, "cv_accuracy")
     assert [m.step for m in history] == [0, 1]

@@ -299,10 +299,14 @@ def test_metrics_hold_the_ocr_noised_holdout_and_review_threshold(trained: Train
     config = json.loads((trained.model_dir / "config.json").read_text())
     assert config["architecture"] == "char-ngram-tfidf-logistic-regression"
     assert config["char_ngram_range"] == [CONFIG.char_ngram_min, CONFIG.char_ngram_max]
-    # the calibrated threshold is what the runtime serves unless DOCFLOW_REVIEW_THRESHOLD says otherwise
-    assert config["review_threshold"] == review["threshold"]
+    # the served threshold is the stricter of the clean and the noised held-out calibrations, and it is
+    # what the runtime uses unless DOCFLOW_REVIEW_THRESHOLD says otherwise
+    calibrated = trained.metrics["review_threshold"]
+    assert calibrated["holdout_ocr_noise"] == review
+    assert calibrated["threshold"] == max(calibrated["holdout"]["threshold"], review["threshold"])
+    assert config["review_threshold"] == calibrated["threshold"]
     served = TextClassifier(trained.model_dir)
-    assert served.review_threshold() == review["threshold"]
+    assert served.review_threshold() == calibrated["threshold"]
     assert served.review_threshold(0.9) == 0.9
 
 
@@ -332,6 +336,14 @@ def test_review_threshold_search() -> None:
     probabilities = np.array([[0.9, 0.1], [0.8, 0.2], [0.6, 0.4], [0.55, 0.45]])
     got = review_threshold_for(["a", "a", "b", "a"], probabilities, ["a", "b"], target_precision=0.95)
     assert got["threshold"] == pytest.approx(0.61) and got["coverage"] == 0.5 and got["precision"] == 1.0
+
+
+def test_served_review_threshold_is_the_stricter_calibration() -> None:
+    from docflow_training.train import served_review_threshold
+
+    clean, noised = {"threshold": 0.75, "reached": True}, {"threshold": 0.65, "reached": True}
+    assert served_review_threshold(clean, noised)["threshold"] == 0.75
+    assert served_review_threshold(noised, clean)["threshold"] == 0.75
 
 
 def test_bpe_features_still_train_and_serve(tmp_path: Path) -> None:

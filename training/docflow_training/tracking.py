@@ -281,6 +281,9 @@ def log_training_run(
         for key in ("training_seconds", "onnx_max_abs_diff"):
             if isinstance(metrics.get(key), int | float):
                 scalar[key] = float(metrics[key])
+        served_threshold = (metrics.get("review_threshold") or {}).get("threshold")
+        if isinstance(served_threshold, int | float):
+            scalar["review_threshold"] = float(served_threshold)
         scalar.update(extra_metrics or {})
         mlflow.log_metrics(scalar)
 

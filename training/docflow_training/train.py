@@ -295,6 +295,25 @@ def review_threshold_for(
     }
 
 
+def served_review_threshold(holdout: dict[str, Any], holdout_ocr_noise: dict[str, Any]) -> dict[str, Any]:
+    """The threshold the model is served with: the higher of the two calibrations, so the target
+    precision holds on the held-out split both as it is and through the OCR-noise channel.
+
+    Neither view alone is enough. The noise channel lowers every confidence, so the documents that stay
+    above a threshold there are the plain ones and the noised split calls for a *lower* threshold than
+    the clean one (0.65 vs 0.75 for the default model); yet on real 100-dpi OCR (held-out documents
+    rendered as scans and read back, bench/quality.py) the model makes confident mistakes that the
+    channel does not imitate, and 0.69 gave 92.6 % precision there, 0.75 94.3 %."""
+    threshold = max(holdout["threshold"], holdout_ocr_noise["threshold"])
+    return {
+        "threshold": threshold,
+        "rule": "the higher of the thresholds reaching the target precision on the held-out split as is "
+        "and through the OCR-noise channel",
+        "holdout": holdout,
+        "holdout_ocr_noise": holdout_ocr_noise,
+    }
+
+
 def _replace_dir(staging: Path, target: Path) -> None:
     """Move ``staging`` to ``target``, replacing any previous model directory there.
 
@@ -392,11 +411,13 @@ def run_training(data_dir: Path, out_dir: Path, config: TrainConfig | None = Non
         noised_texts = [ocr_noise(doc.text, HEAVY, f"holdout:{doc.path}") for doc in holdout_docs]
         noised_probabilities = served.predict_proba(noised_texts, batch_size=config.eval_batch_size)
         noised = _evaluate([doc.label for doc in holdout_docs], noised_probabilities, fitted.labels)
-        noised["review_threshold"] = review_threshold_for(
-            [doc.label for doc in holdout_docs], noised_probabilities, fitted.labels
+        holdout_labels = [doc.label for doc in holdout_docs]
+        noised["review_threshold"] = review_threshold_for(holdout_labels, noised_probabilities, fitted.labels)
+        review = served_review_threshold(
+            review_threshold_for(holdout_labels, onnx_probabilities, fitted.labels), noised["review_threshold"]
         )
         # The served threshold travels with the model, so a promoted champion brings its own calibration.
-        model_config["review_threshold"] = noised["review_threshold"]["threshold"]
+        model_config["review_threshold"] = review["threshold"]
         _write_json(staging / CONFIG_FILE, model_config)
         metrics: dict[str, Any] = {
             "model_name": config.model_name,
@@ -415,6 +436,7 @@ def run_training(data_dir: Path, out_dir: Path, config: TrainConfig | None = Non
                 "best_c": fitted.best_c,
             },
             "onnx_max_abs_diff": parity,
+            "review_threshold": review,
             "holdout_ocr_noise": {
                 "channel": "docflow_training.noise.HEAVY",
                 **{k: noised[k] for k in ("accuracy", "macro_f1", "log_loss", "review_threshold", "per_class")},
