@@ -79,6 +79,11 @@ def test_ocr_noised_holdout_clears_the_floor(trained: TrainingResult) -> None:
     # A 95%-precision review threshold exists and leaves at least half the documents automatic.
     review = noised["review_threshold"]
     assert review["reached"] and review["coverage"] >= 0.5, review
+    # The served threshold reaches the target on the clean held-out split too, and is the stricter one.
+    served = trained.metrics["review_threshold"]
+    assert served["holdout"]["reached"], served
+    assert served["threshold"] == max(served["holdout"]["threshold"], review["threshold"])
+    assert json.loads((trained.model_dir / "config.json").read_text())["review_threshold"] == served["threshold"]
 
 
 def test_metrics_file_matches_what_training_returned(trained: TrainingResult) -> None:
