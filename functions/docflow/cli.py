@@ -348,7 +348,7 @@ def eval_command(
     with progress:
         task = progress.add_task("Evaluating", total=len(items))
         try:
-            results, labels = run_pipeline(
+            results, labels, threshold = run_pipeline(
                 items,
                 workers,
                 model_dir=model_dir,
@@ -361,7 +361,7 @@ def eval_command(
     # Its own folder: a textfile collector on metrics/ must not read the same series from two files.
     _write_metrics(sink, settings.home / "metrics" / "eval" / "docflow.prom")
     rows = rows_from_results(items, results)
-    report = evaluate(rows, model_labels=labels)
+    report = evaluate(rows, model_labels=labels, review_threshold=threshold)
     if rows_out:
         rows_out.parent.mkdir(parents=True, exist_ok=True)
         rows_out.write_text("".join(json.dumps(dataclasses.asdict(r)) + "\n" for r in rows), encoding="utf-8")

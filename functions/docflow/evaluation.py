@@ -86,6 +86,7 @@ class EvalReport:
     confusion_labels: list[str]  # columns: the rows' labels, then other predicted classes, then (none)
     confusion: list[list[int]]
     out_of_scope: dict[str, Any] = field(default_factory=dict)
+    review_threshold: float | None = None  # the confidence below which a document went to review
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -125,9 +126,12 @@ def per_class_stats(rows: Sequence[EvalRow], labels: Sequence[str]) -> dict[str,
     return stats
 
 
-def evaluate(rows: Sequence[EvalRow], model_labels: Iterable[str] | None = None) -> EvalReport:
+def evaluate(
+    rows: Sequence[EvalRow], model_labels: Iterable[str] | None = None, review_threshold: float | None = None
+) -> EvalReport:
     """Score ``rows``. ``model_labels``: the classes the model can predict; rows with another true
-    label are out of scope (reported apart). None: every row is in scope."""
+    label are out of scope (reported apart). None: every row is in scope. ``review_threshold`` is
+    only reported."""
     known = set(model_labels) if model_labels is not None else None
     in_scope = [r for r in rows if known is None or r.label in known]
     outside = [r for r in rows if known is not None and r.label not in known]
@@ -169,6 +173,7 @@ def evaluate(rows: Sequence[EvalRow], model_labels: Iterable[str] | None = None)
         confusion_labels=columns,
         confusion=matrix,
         out_of_scope=out_of_scope,
+        review_threshold=review_threshold,
     )
 
 
@@ -192,7 +197,9 @@ def format_report(report: EvalReport) -> str:
     lines = [
         f"documents: {report.n} ({report.n_in_scope} in the model's classes)",
         f"top-1 accuracy: {_pct(report.accuracy)}   macro-F1: {report.macro_f1:.3f}",
-        f"needs review: {_pct(report.abstention_rate)}   auto-classified: {_pct(report.coverage)}   "
+        f"needs review: {_pct(report.abstention_rate)}"
+        + ("" if report.review_threshold is None else f" (confidence below {report.review_threshold:.2f})")
+        + f"   auto-classified: {_pct(report.coverage)}   "
         f"accuracy when classified: {_pct(report.accuracy_classified)}   "
         f"accuracy of those sent to review: {_pct(report.accuracy_abstained)}",
         "statuses: " + ", ".join(f"{k} {v}" for k, v in report.status_counts.items()),
@@ -337,10 +344,11 @@ def run_pipeline(
     review_threshold: float | None = None,
     home: Path | None = None,
     on_result: Any = None,
-) -> tuple[list[Any], list[str]]:
+) -> tuple[list[Any], list[str], float]:
     """Process ``items`` as ``docflow process`` would, on a fresh temporary DOCFLOW_HOME (or ``home``).
-    Returns (DocumentResults in input order, the model's class labels). Raises ConfigurationError before
-    the first document when the model does not load or an OCR language is missing."""
+    Returns (DocumentResults in input order, the model's class labels, the review threshold applied).
+    Raises ConfigurationError before the first document when the model does not load or an OCR
+    language is missing."""
     from docflow.pipeline.embedded import check_ready, process_paths
     from docflow.settings import Settings
 
@@ -351,7 +359,7 @@ def run_pipeline(
         if review_threshold is not None:
             overrides["review_threshold"] = review_threshold
         settings = Settings(**overrides)
-        labels = list(check_ready(settings).labels)
+        model = check_ready(settings)
         files = [(file, str(file)) for file, _ in items]
         results = process_paths(files, settings, workers=max(1, min(workers, len(files))), on_result=on_result)
-    return results, labels
+    return results, list(model.labels), model.review_threshold(settings.review_threshold)

@@ -62,8 +62,20 @@ def test_eval_folder_json_rows_and_plot(labelled: Path, tmp_path: Path) -> None:
     reviewed = sum(r["status"] == "NEEDS_REVIEW" for r in rows)
     assert report["abstention_rate"] == pytest.approx(reviewed / 5)
     assert plot.is_file() and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The threshold applied is the default model's calibrated one, and the statuses follow it.
+    threshold = _calibrated_threshold()
+    assert report["review_threshold"] == threshold
+    assert all(r["confidence"] >= threshold for r in rows if r["status"] == "CLASSIFIED")
+    assert all(r["confidence"] < threshold for r in rows if r["status"] == "NEEDS_REVIEW" and r["confidence"])
     # The user's own DOCFLOW_HOME is untouched: eval runs on a temporary one.
     assert not (home / "docflow.sqlite3").exists()
+
+
+def _calibrated_threshold() -> float:
+    from docflow.settings import DEFAULT_MODEL_DIR
+
+    threshold: float = json.loads((DEFAULT_MODEL_DIR / "config.json").read_text())["review_threshold"]
+    return threshold
 
 
 def test_eval_csv_text_report(labelled: Path, tmp_path: Path) -> None:
@@ -71,12 +83,16 @@ def test_eval_csv_text_report(labelled: Path, tmp_path: Path) -> None:
     csv_file.write_text("path,label\nmemo/memo.pdf,memo\nreport/report-scanned.pdf,report\n")
     try:
         proc = run_cli("eval", str(csv_file), "--workers", "1", home=tmp_path / "home")
+        overridden = run_cli("eval", str(csv_file), "--review-threshold", "0.3", home=tmp_path / "home2")
     finally:
         csv_file.unlink()
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "documents: 2 (2 in the model's classes)" in out
     assert "top-1 accuracy:" in out and "macro-F1:" in out and "needs review:" in out
+    assert f"(confidence below {_calibrated_threshold():.2f})" in out
+    assert overridden.returncode == 0, overridden.stderr
+    assert "(confidence below 0.30)" in overridden.stdout
     assert "confusion matrix" in out and "scientific_report" in out
 
 
