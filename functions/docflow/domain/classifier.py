@@ -77,7 +77,8 @@ class ModelConfig(BaseModel):
     char_ngram_range: tuple[int, int] | None = None
     created_at: datetime | None = None
     # Calibrated when the model was trained: the lowest confidence at which the predictions kept out of
-    # review reach the target precision on the OCR-noised held-out split (metrics.json says how close).
+    # review reach the target precision on the held-out split, as is and OCR-noised (metrics.json's
+    # review_threshold holds both calibrations).
     review_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
 
 
