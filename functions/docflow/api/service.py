@@ -69,18 +69,18 @@ def classifier(ctx: StepContext) -> TextClassifier:
         raise ApiError(503, "model_unavailable", "the classifier model is not available on this server") from exc
 
 
-def _is_confident(confidence: float, ctx: StepContext) -> bool:
-    # The pipeline's own rule: below the review threshold (the settings', else the served model's) a
+def _is_confident(prediction: Prediction, model: TextClassifier, ctx: StepContext) -> bool:
+    # The pipeline's own rule: below the review threshold (the settings', else the predicting model's) a
     # document NEEDS_REVIEW.
-    return confidence >= classifier(ctx).review_threshold(ctx.settings.review_threshold)
+    return prediction.confidence >= model.review_threshold(ctx.settings.review_threshold)
 
 
-def _prediction_response(prediction: Prediction, ctx: StepContext, all_scores: bool) -> dict[str, Any]:
+def _prediction_response(prediction: Prediction, is_confident: bool, all_scores: bool) -> dict[str, Any]:
     return {
         "success": True,
         "predicted_class": prediction.predicted_class,
         "confidence_score": prediction.confidence,
-        "is_confident": _is_confident(prediction.confidence, ctx),
+        "is_confident": is_confident,
         "model_name": prediction.model_name,
         "model_version": prediction.model_version,
         "all_scores": prediction.scores if all_scores else None,
@@ -89,9 +89,12 @@ def _prediction_response(prediction: Prediction, ctx: StepContext, all_scores: b
 
 
 def predict_text(ctx: StepContext, text: str, return_all_scores: bool) -> PredictionResponse:
-    prediction = classifier(ctx).predict(text)
+    model = classifier(ctx)
+    prediction = model.predict(text)
     telemetry.prediction(prediction.predicted_class, prediction.confidence, prediction.model_version)
-    return PredictionResponse(**_prediction_response(prediction, ctx, return_all_scores))
+    return PredictionResponse(
+        **_prediction_response(prediction, _is_confident(prediction, model, ctx), return_all_scores)
+    )
 
 
 def model_info(ctx: StepContext) -> ModelInfo:
@@ -154,9 +157,7 @@ def _reachable(probe: Any) -> bool:
 # -- documents ------------------------------------------------------------------------------------------------
 
 
-def _document_response(
-    record: DocumentRecord, ctx: StepContext, uploads: list[UploadRecord] | None
-) -> DocumentResponse:
+def _document_response(record: DocumentRecord, uploads: list[UploadRecord] | None) -> DocumentResponse:
     prediction = None
     if record.predicted_class is not None and record.confidence is not None:
         prediction = DocumentPrediction(
@@ -209,7 +210,7 @@ def get_document(ctx: StepContext, document_id: str) -> DocumentResponse:
     record = ctx.records.get_document(document_id)
     uploads = ctx.records.list_uploads(document_id)
     if record is not None:
-        return _document_response(record, ctx, uploads)
+        return _document_response(record, uploads)
     if not uploads:
         raise _not_found(document_id)
     # Accepted by the API, not yet picked up by the pipeline: the upload's own status is all there is.
@@ -253,7 +254,7 @@ def list_documents(ctx: StepContext, status: Status | None, limit: int, cursor: 
             raise
         # A tampered cursor reaches the store as a malformed start key; that is the client's error.
         raise ApiError(422, "invalid_cursor", "cursor is not one this API returned") from exc
-    return DocumentPage(items=[_document_response(r, ctx, None) for r in records], next_cursor=_encode_cursor(next_raw))
+    return DocumentPage(items=[_document_response(r, None) for r in records], next_cursor=_encode_cursor(next_raw))
 
 
 def prediction_history(ctx: StepContext, document_id: str) -> PredictionHistory:
@@ -290,7 +291,7 @@ def set_label(ctx: StepContext, document_id: str, label: str) -> DocumentRespons
         from docflow.retrain import label_added
 
         label_added(ctx.settings, ctx.records)
-    return _document_response(updated, ctx, None)
+    return _document_response(updated, None)
 
 
 def repredict_document(ctx: StepContext, document_id: str, all_scores: bool) -> DocumentPredictionResponse:
@@ -325,7 +326,8 @@ def repredict_document(ctx: StepContext, document_id: str, all_scores: bool) -> 
     result = classify_step(state, ctx)
     assert result.prediction is not None
     return DocumentPredictionResponse(
-        **_prediction_response(result.prediction, ctx, all_scores),
+        # classify_step has decided: CLASSIFIED is confident (empty text is NEEDS_REVIEW whatever its score)
+        **_prediction_response(result.prediction, result.status is Status.CLASSIFIED, all_scores),
         document_id=document_id,
         status=result.status,
         reason=result.reason,
@@ -533,7 +535,7 @@ def upload_and_predict(
         if extraction.mean_confidence is not None:
             telemetry.ocr_confidence(extraction.mean_confidence)
     telemetry.prediction(prediction.predicted_class, prediction.confidence, prediction.model_version)
-    response = _prediction_response(prediction, ctx, return_all_scores)
+    response = _prediction_response(prediction, _is_confident(prediction, model, ctx), return_all_scores)
     response["processing_time"] = round(sum(timings.values()), 4)
     return UploadPredictionResponse(
         **response,
