@@ -14,8 +14,8 @@ Sources (each scored apart: one blended figure would hide that every dev folder 
   measures what the 100-dpi OCR channel costs on in-domain text, not the hidden RVL test scans.
 
 Each source goes through ``docflow eval --json`` (the same pipeline as ``docflow process``, with the
-model and review threshold it would use) and the table shows accuracy, macro-F1, the share sent to
-review and the precision on what was not. Writes bench/results/quality.json.
+review threshold it would use; the model given, else the default one) and the table shows accuracy,
+macro-F1, the share sent to review and the precision on what was not. Writes bench/results/quality.json.
 """
 
 from __future__ import annotations
@@ -72,13 +72,11 @@ def render_scan(text: str, seed: str) -> Image.Image:
 
 def rendered_holdout(data: Path, model_dir: Path, per_class: int, out: Path) -> Path:
     """Render ``per_class`` held-out documents of each class; returns the labels CSV."""
-    sys.path[:0] = [str(REPO / "functions"), str(REPO / "training")]
     from docflow_training.data import load_corpus, stratified_split
+    from docflow_training.train import TrainConfig
 
-    config = json.loads((model_dir / "config.json").read_text())
-    training = config.get("train_config", {})
-    seed, fraction = int(training.get("seed", 0)), float(training.get("holdout_fraction", 0.2))
-    _, holdout = stratified_split(load_corpus(data / "tobacco3482"), fraction, seed)
+    trained = TrainConfig.model_validate(json.loads((model_dir / "config.json").read_text())["train_config"])
+    _, holdout = stratified_split(load_corpus(data / "tobacco3482"), trained.holdout_fraction, trained.seed)
     taken: dict[str, int] = {}
     rows = []
     for doc in holdout:
@@ -106,10 +104,17 @@ def dev_csv(data: Path, prefix: str, out: Path) -> Path:
     return _write_csv(out, rows)
 
 
-def run_eval(labels_csv: Path, model_dir: Path | None, workers: int, home: Path) -> dict[str, Any]:
-    command = [str(DOCFLOW), "eval", str(labels_csv), "--json", "--workers", str(workers)]
-    if model_dir is not None:
-        command += ["--model-dir", str(model_dir)]
+def run_eval(labels_csv: Path, model_dir: Path, workers: int, home: Path) -> dict[str, Any]:
+    command = [
+        str(DOCFLOW),
+        "eval",
+        str(labels_csv),
+        "--json",
+        "--workers",
+        str(workers),
+        "--model-dir",
+        str(model_dir),
+    ]
     env = {**os.environ, "DOCFLOW_HOME": str(home)}
     proc = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     if proc.returncode != 0:
@@ -136,13 +141,17 @@ def main() -> int:
     parser.add_argument(
         "--data", type=Path, default=Path(os.environ.get("DOCFLOW_DATA_DIR", REPO.parent / "shared/data"))
     )
-    parser.add_argument("--model-dir", type=Path, default=None, help="default: the model `docflow process` uses")
+    parser.add_argument("--model-dir", type=Path, default=None, help="default: the default model (`make model`)")
     parser.add_argument("--per-class", type=int, default=20, help="held-out documents rendered per class")
     parser.add_argument("--sources", default="rvl,funsd,docbank,rendered_holdout")
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     sources = [s for s in args.sources.split(",") if s]
-    model_dir = args.model_dir or REPO / "functions/docflow/default_model"
+    sys.path[:0] = [str(REPO / "functions"), str(REPO / "training")]
+    from docflow.settings import DEFAULT_MODEL_DIR
+
+    # One model for both the held-out split it was trained without and the scoring.
+    model_dir = args.model_dir or DEFAULT_MODEL_DIR
     results: dict[str, Any] = {"model_dir": str(model_dir), "sources": {}}
     with tempfile.TemporaryDirectory(prefix="docflow-quality-") as tmp:
         work = Path(tmp)
@@ -157,7 +166,7 @@ def main() -> int:
             else:
                 raise SystemExit(f"unknown source {source!r}: choose from {[*DEV_SOURCES, 'rendered_holdout']}")
             home = work / f"home-{source}"
-            report = run_eval(labels_csv, args.model_dir, args.workers, home)
+            report = run_eval(labels_csv, model_dir, args.workers, home)
             results["sources"][source] = {
                 **summary(report),
                 "seconds": round(time.perf_counter() - started, 1),

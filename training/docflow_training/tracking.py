@@ -86,7 +86,6 @@ def redact_secrets(text: str, uri: str) -> str:
         return text
     if not password:
         return text
-    text = text.replace(uri, redact_uri(uri))
     for secret in sorted({password, unquote(password)}, key=len, reverse=True):
         text = text.replace(secret, "***")
     return text

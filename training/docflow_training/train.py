@@ -410,8 +410,8 @@ def run_training(data_dir: Path, out_dir: Path, config: TrainConfig | None = Non
         # The same split through the OCR-noise channel: the text-only proxy for production scans.
         noised_texts = [ocr_noise(doc.text, HEAVY, f"holdout:{doc.path}") for doc in holdout_docs]
         noised_probabilities = served.predict_proba(noised_texts, batch_size=config.eval_batch_size)
-        noised = _evaluate([doc.label for doc in holdout_docs], noised_probabilities, fitted.labels)
         holdout_labels = [doc.label for doc in holdout_docs]
+        noised = _evaluate(holdout_labels, noised_probabilities, fitted.labels)
         noised["review_threshold"] = review_threshold_for(holdout_labels, noised_probabilities, fitted.labels)
         review = served_review_threshold(
             review_threshold_for(holdout_labels, onnx_probabilities, fitted.labels), noised["review_threshold"]
@@ -423,7 +423,7 @@ def run_training(data_dir: Path, out_dir: Path, config: TrainConfig | None = Non
             "model_name": config.model_name,
             "model_version": version,
             "created_at": created_at,
-            **_evaluate([doc.label for doc in holdout_docs], onnx_probabilities, fitted.labels),
+            **_evaluate(holdout_labels, onnx_probabilities, fitted.labels),
             "n_train": len(train_docs),
             "n_holdout": len(holdout_docs),
             "train_support": dict(sorted(Counter(doc.label for doc in train_docs).items())),
