@@ -66,9 +66,14 @@ def _condition_failed(exc: ClientError) -> bool:
     return exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
 
 
-def _missing(exc: ClientError) -> bool:
+def _missing(exc: Exception) -> bool:
     """No such key, or no such version of it (deleted since its event was sent); HEAD answers a bare 404."""
-    return exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "NoSuchVersion", "404", "NotFound")
+    return isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") in (
+        "NoSuchKey",
+        "NoSuchVersion",
+        "404",
+        "NotFound",
+    )
 
 
 class S3BlobStore(BlobStore):
@@ -96,43 +101,35 @@ class S3BlobStore(BlobStore):
         try:
             body: bytes = self._s3.get_object(Bucket=self.bucket, Key=key, **self._version(version_id))["Body"].read()
             return body
-        except ClientError as exc:
+        except (ClientError, BotoCoreError) as exc:
             if _missing(exc):
                 raise BlobNotFoundError(key) from None
-            raise _translate(exc, f"get s3://{self.bucket}/{key}") from exc
-        except BotoCoreError as exc:
             raise _translate(exc, f"get s3://{self.bucket}/{key}") from exc
 
     def exists(self, key: str) -> bool:
         try:
             self._s3.head_object(Bucket=self.bucket, Key=key)
             return True
-        except ClientError as exc:
+        except (ClientError, BotoCoreError) as exc:
             if _missing(exc):
                 return False
-            raise _translate(exc, f"head s3://{self.bucket}/{key}") from exc
-        except BotoCoreError as exc:
             raise _translate(exc, f"head s3://{self.bucket}/{key}") from exc
 
     def size(self, key: str, version_id: str | None = None) -> int:
         try:
             return int(self._s3.head_object(Bucket=self.bucket, Key=key, **self._version(version_id))["ContentLength"])
-        except ClientError as exc:
+        except (ClientError, BotoCoreError) as exc:
             if _missing(exc):
                 raise BlobNotFoundError(key) from None
-            raise _translate(exc, f"head s3://{self.bucket}/{key}") from exc
-        except BotoCoreError as exc:
             raise _translate(exc, f"head s3://{self.bucket}/{key}") from exc
 
     def iter_chunks(self, key: str, chunk_size: int = 1 << 20, version_id: str | None = None) -> Iterator[bytes]:
         what = f"get s3://{self.bucket}/{key}"
         try:
             body = self._s3.get_object(Bucket=self.bucket, Key=key, **self._version(version_id))["Body"]
-        except ClientError as exc:
+        except (ClientError, BotoCoreError) as exc:
             if _missing(exc):
                 raise BlobNotFoundError(key) from None
-            raise _translate(exc, what) from exc
-        except BotoCoreError as exc:
             raise _translate(exc, what) from exc
         try:
             # The body arrives while it is read: a read timeout or a reset connection surfaces here.

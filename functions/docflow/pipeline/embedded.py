@@ -187,9 +187,13 @@ def hold_run_lock(settings: Settings) -> None:
     document), and that document must not look orphaned to the next run."""
     global _run_lock
     if _run_lock is None and settings.backend == "local":
-        settings.home.mkdir(parents=True, exist_ok=True)
-        _run_lock = (settings.home / "run.lock").open("a")
+        _run_lock = _open_run_lock(settings)
         fcntl.flock(_run_lock, fcntl.LOCK_SH)
+
+
+def _open_run_lock(settings: Settings) -> IO[str]:
+    settings.home.mkdir(parents=True, exist_ok=True)
+    return (settings.home / "run.lock").open("a")
 
 
 def _warm_up(ctx: StepContext) -> None:
@@ -222,8 +226,7 @@ def home_run(settings: Settings) -> Iterator[datetime | None]:
     if settings.backend != "local":
         yield None
         return
-    settings.home.mkdir(parents=True, exist_ok=True)
-    with (settings.home / "run.lock").open("a") as lock:
+    with _open_run_lock(settings) as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             alone = True
