@@ -69,7 +69,8 @@ class RecordStore(ABC):
     def restart_document(self, record: DocumentRecord, stale_before: datetime | None = None) -> bool:
         """Replace the document's record only while it is FAILED (a retry takes it over), or, given
         stale_before, while it is unfinished and was last written before then (an orphan of a run that died).
-        False otherwise: another delivery restarted it first, or its run is still going."""
+        A label on file stays, as with put_document(keep_label=True): one set since the caller read the record
+        is not lost. False otherwise: another delivery restarted it first, or its run is still going."""
 
     @abstractmethod
     def get_document(self, document_id: str) -> DocumentRecord | None: ...

@@ -236,6 +236,25 @@ def test_restart_document_takes_over_a_failed_record_only(stores: tuple[BlobStor
     assert records.get_document("d8") is None
 
 
+def test_restart_document_keeps_a_label_set_since_the_record_was_read(stores: tuple[BlobStore, RecordStore]) -> None:
+    _, records = stores
+    # Given a FAILED document, read by a retry that will restart it
+    failed = _doc("r1", Status.FAILED).model_copy(update={"reason": "ocr timed out"})
+    records.put_document(failed)
+    seen = records.get_document("r1")
+    assert seen is not None and seen.label is None
+    # When a user labels it before the restart is written
+    records.set_label("r1", "memo", utcnow())
+    restarted = seen.model_copy(update={"status": Status.PROCESSING, "reason": None, "updated_at": utcnow()})
+    assert records.restart_document(restarted) is True
+    # Then the restart is on file (a field it cleared gone) with the user's label kept
+    assert records.get_document("r1") == restarted.model_copy(update={"label": "memo"})
+    # And a restart's own label is written where none is on file
+    records.put_document(_doc("r2", Status.FAILED))
+    assert records.restart_document(_doc("r2").model_copy(update={"label": "letter"})) is True
+    assert records.get_document("r2").label == "letter"  # type: ignore[union-attr]
+
+
 def test_restart_document_takes_over_an_orphan_only_when_stale(stores: tuple[BlobStore, RecordStore]) -> None:
     _, records = stores
     now = utcnow()

@@ -240,14 +240,10 @@ class DynamoRecordStore(RecordStore):
                     ":stale": _ISO.dump_python(stale_before, mode="json"),
                 }
             )
-        written = self._write_if(
-            "restart document",
-            self._table.put_item,
-            Item=self._document_item(record),
-            ConditionExpression=condition,
-            ExpressionAttributeNames={"#status": "status"},
-            ExpressionAttributeValues=values,
-        )
+        update = self._update_keeping_label(record)
+        update["ExpressionAttributeNames"]["#status"] = "status"
+        update["ExpressionAttributeValues"].update(values)
+        written = self._write_if("restart document", self._table.update_item, **update, ConditionExpression=condition)
         return written is not None  # None: neither FAILED nor an orphan any more
 
     def create_document(self, record: DocumentRecord) -> DocumentRecord | None:
@@ -264,8 +260,12 @@ class DynamoRecordStore(RecordStore):
         if not keep_label:
             self._call("put document", self._table.put_item, Item=self._document_item(record))
             return
-        # An update of every attribute but the label (set only where none is on file): the label a user set
-        # while this record was being made stays, in the same write (no read before it to go stale).
+        self._call("put document", self._table.update_item, **self._update_keeping_label(record))
+
+    def _update_keeping_label(self, record: DocumentRecord) -> dict[str, Any]:
+        """update_item arguments that write every attribute of ``record`` but the label, which is set only
+        where none is on file: a label a user set while this record was being made stays, in the same write
+        (no read before it to go stale)."""
         item = self._document_item(record)
         label = item.pop("label", None)
         del item["pk"], item["sk"]
@@ -285,14 +285,12 @@ class DynamoRecordStore(RecordStore):
             names[f"#r{i}"] = attr
             removes.append(f"#r{i}")
         expression = "SET " + ", ".join(sets) + (" REMOVE " + ", ".join(removes) if removes else "")
-        self._call(
-            "put document",
-            self._table.update_item,
-            Key={"pk": record.document_id, "sk": DOCUMENT_SK},
-            UpdateExpression=expression,
-            ExpressionAttributeNames=names,
-            ExpressionAttributeValues=values,
-        )
+        return {
+            "Key": {"pk": record.document_id, "sk": DOCUMENT_SK},
+            "UpdateExpression": expression,
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": values,
+        }
 
     def set_label(self, document_id: str, label: str, updated_at: datetime) -> DocumentRecord | None:
         resp = self._write_if(

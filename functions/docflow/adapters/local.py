@@ -91,6 +91,10 @@ class LocalBlobStore(BlobStore):
         return str(self.root)
 
 
+# The record's data with the label on file kept, in the same statement (no window for a label to be set
+# between a read and the write); the record's own label fills in where none is on file.
+_KEEP_LABEL = "json_set({new}, '$.label', COALESCE(json_extract({old}, '$.label'), json_extract({new}, '$.label')))"
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS documents (
     document_id TEXT PRIMARY KEY,
@@ -174,13 +178,10 @@ class SqliteRecordStore(RecordStore):
     def put_document(self, record: DocumentRecord, *, keep_label: bool = False) -> None:
         sql = "INSERT OR REPLACE INTO documents (document_id, status, updated_at, data) VALUES (?, ?, ?, ?)"
         if keep_label:
-            # One statement: the label on file is read and kept in the same write (no window for a label to
-            # be set between a read and this write); the record's own label fills in where none is on file.
             sql = (
                 "INSERT INTO documents (document_id, status, updated_at, data) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (document_id) DO UPDATE SET status = excluded.status, updated_at = excluded.updated_at, "
-                "data = json_set(excluded.data, '$.label', "
-                "COALESCE(json_extract(documents.data, '$.label'), json_extract(excluded.data, '$.label')))"
+                f"data = {_KEEP_LABEL.format(new='excluded.data', old='documents.data')}"
             )
         self._connect().execute(
             sql, (record.document_id, record.status, record.updated_at.isoformat(), record.model_dump_json())
@@ -214,9 +215,12 @@ class SqliteRecordStore(RecordStore):
         conn.execute("COMMIT")
 
     def restart_document(self, record: DocumentRecord, stale_before: datetime | None = None) -> bool:
-        sql = "UPDATE documents SET status = ?, updated_at = ?, data = ? WHERE document_id = ? AND (status = 'FAILED'"
-        args: list[object] = [record.status, record.updated_at.isoformat(), record.model_dump_json()]
-        args.append(record.document_id)
+        sql = (
+            f"UPDATE documents SET status = ?, updated_at = ?, data = {_KEEP_LABEL.format(new='?', old='data')} "
+            "WHERE document_id = ? AND (status = 'FAILED'"
+        )
+        data = record.model_dump_json()  # twice: the record, and the label it brings where none is on file
+        args: list[object] = [record.status, record.updated_at.isoformat(), data, data, record.document_id]
         if stale_before is not None:  # updated_at holds isoformat() text: compared as written
             sql += " OR (status IN ('PROCESSING', 'RECEIVED') AND updated_at < ?)"
             args.append(_utc_text(stale_before))
