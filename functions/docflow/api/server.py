@@ -7,7 +7,6 @@ network would hand every document to anyone who asks. On loopback it starts, wit
 from __future__ import annotations
 
 import argparse
-import contextlib
 import ipaddress
 import logging
 import os
@@ -83,39 +82,37 @@ def serve(host: str, port: int, workers: int, settings: Settings) -> None:
     os.environ.setdefault("OMP_THREAD_LIMIT", "1")
     # The state directory's run lock, held while serving: a `docflow process` beside it must not take this
     # server's documents in flight for orphans.
-    run = contextlib.ExitStack()
-    run.enter_context(home_run(settings))  # (its workers journal and re-run their own unfinished uploads)
-    ctx = build_context(settings)
-    # Prometheus: this process's requests, and the pipeline signals its workers hand back (GET /metrics).
-    sink = PrometheusSink()
-    telemetry.configure(sink)
-    report_loaded_model(ctx)
-    pool = LocalWorkers(settings, workers=workers, max_queue=api.api_max_queue)
-    app = create_app(context=lambda: ctx, api_settings=lambda: api, submitter=pool)
-    install_metrics_endpoint(app, sink)
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        lifespan="on",
-        log_level="info",
-        server_header=False,
-        # The pipeline shutdown (lifespan) has its own grace period; requests get a short one.
-        timeout_graceful_shutdown=10,
-    )
-    # uvicorn.Config has configured its loggers: the access log must not carry upload tokens.
-    logging.getLogger("uvicorn.access").addFilter(RedactUploadTokens())
-    server = uvicorn.Server(config)
-    # uvicorn re-raises the stopping signal once it has shut down gracefully, which would kill the process
-    # with it (or print a KeyboardInterrupt); after a clean stop, `serve` returns and the exit status is 0.
-    main_thread = threading.current_thread() is threading.main_thread()
-    previous = {sig: signal.signal(sig, lambda _s, _f: None) for sig in _STOP_SIGNALS} if main_thread else {}
-    try:
-        server.run()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        run.close()
+    with home_run(settings):  # (its workers journal and re-run their own unfinished uploads)
+        ctx = build_context(settings)
+        # Prometheus: this process's requests, and the pipeline signals its workers hand back (GET /metrics).
+        sink = PrometheusSink()
+        telemetry.configure(sink)
+        report_loaded_model(ctx)
+        pool = LocalWorkers(settings, workers=workers, max_queue=api.api_max_queue)
+        app = create_app(context=lambda: ctx, api_settings=lambda: api, submitter=pool)
+        install_metrics_endpoint(app, sink)
+        config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            lifespan="on",
+            log_level="info",
+            server_header=False,
+            # The pipeline shutdown (lifespan) has its own grace period; requests get a short one.
+            timeout_graceful_shutdown=10,
+        )
+        # uvicorn.Config has configured its loggers: the access log must not carry upload tokens.
+        logging.getLogger("uvicorn.access").addFilter(RedactUploadTokens())
+        server = uvicorn.Server(config)
+        # uvicorn re-raises the stopping signal once it has shut down gracefully, which would kill the process
+        # with it (or print a KeyboardInterrupt); after a clean stop, `serve` returns and the exit status is 0.
+        main_thread = threading.current_thread() is threading.main_thread()
+        previous = {sig: signal.signal(sig, lambda _s, _f: None) for sig in _STOP_SIGNALS} if main_thread else {}
+        try:
+            server.run()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def main(argv: list[str] | None = None) -> int:
