@@ -4,7 +4,7 @@
 
 1. Share of time outside OCR, on the fixed real page set of bench/throughput.py (16 RVL-CDIP scans + 20 FUNSD
    forms): `docflow process --json` into a fresh DOCFLOW_HOME, then from the record store and the stored
-   text: OCR seconds = the per-page seconds ExtractText records (decode, 2x upscale, Tesseract); document
+   text: OCR seconds = the per-page seconds ExtractText records (decode, upscale, Tesseract); document
    seconds = each document's wall time in its worker (ingest, validate, extract, classify, records).
    Reported per document (1 - OCR / document seconds, summed) and end to end (1 - OCR / (wall x workers),
    which also charges process start-up, the model load and idle workers at the end).

@@ -8,11 +8,11 @@ The page set is fixed: the 16 RVL-CDIP scans and the first 20 FUNSD forms from t
 1. raw tesseract, default threads — one `tesseract` process given the list of all pages (its own OpenMP
    threads on every core), the way a user would run it by hand;
 2. raw tesseract, OMP_THREAD_LIMIT=1 — the same single process, single-threaded;
-3. docflow process --workers N (default: cores) — validation, 2x upscale, OCR, classification and
+3. docflow process --workers N (default: cores) — validation, upscale, OCR, classification and
    storage for every document, in a fresh DOCFLOW_HOME.
 
 Prints pages/s of each and docflow's ratio to each raw run; writes bench/results/throughput.json.
-Docflow does more work per page (it upscales low-resolution scans 2x before OCR, and classifies).
+Docflow does more work per page (it upscales low-resolution scans up to 3x before OCR, and classifies).
 """
 
 from __future__ import annotations

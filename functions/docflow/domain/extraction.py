@@ -75,7 +75,7 @@ def extract_text(
     PDF pages with at least `options.min_text_layer_chars` meaningful characters in their text layer
     use it (source "pdf_text"); other pages are rendered at `options.render_dpi` and OCR'd (source "ocr").
     Every frame of an image (multi-page TIFF, ...) is OCR'd, upscaled first when it is a low-resolution
-    scan (height < `options.upscale_below_height`).
+    scan (height < `options.upscale_below_height`; see `upscale_factor`).
 
     Raises PageRangeError, DocumentReadError, and docflow.domain.ocr.OcrError from the engine.
     """
@@ -117,15 +117,20 @@ def has_text_layer(text: str, min_chars: int) -> bool:
     return meaningful_chars(text) >= max(min_chars, 1)
 
 
-def upscale_factor(height: int, options: OcrOptions) -> float:
-    """How much to enlarge an image of this height before OCR (1.0 = leave it).
+def upscale_factor(height: int, options: OcrOptions, width: int | None = None) -> float:
+    """How much to enlarge an image of this height (and width) before OCR (1.0 = leave it).
 
     Tesseract reads text best with capital letters ~30 px high (about 300 dpi); ~100-dpi scans such as
-    RVL-CDIP and FUNSD (1000 px for a letter page) gain a lot from a 2x Lanczos upscale.
+    RVL-CDIP and FUNSD (1000 px for a letter page) gain a lot from a Lanczos upscale. A page lower than
+    ``options.upscale_below_height`` is brought towards ``options.upscale_target_height``, by at most
+    ``options.upscale_factor``, and never past MAX_OCR_PIXELS when the width is given.
     """
-    if options.upscale_factor > 1.0 and 0 < height < options.upscale_below_height:
-        return options.upscale_factor
-    return 1.0
+    if options.upscale_factor <= 1.0 or not 0 < height < options.upscale_below_height:
+        return 1.0
+    factor = min(options.upscale_factor, options.upscale_target_height / height)
+    if width:
+        factor = min(factor, math.sqrt(MAX_OCR_PIXELS / (width * height)))
+    return factor if factor > 1.0 else 1.0
 
 
 def to_ocr_mode(image: Image.Image) -> Image.Image:
@@ -167,7 +172,7 @@ def _flatten(rgba: Image.Image) -> Image.Image:
 def prepare_for_ocr(image: Image.Image, options: OcrOptions, *, allow_upscale: bool = True) -> Image.Image:
     """Mode conversion, then the low-resolution upscale (Lanczos) when the options ask for it."""
     image = to_ocr_mode(image)
-    factor = upscale_factor(image.height, options) if allow_upscale else 1.0
+    factor = upscale_factor(image.height, options, image.width) if allow_upscale else 1.0
     if factor != 1.0:
         size = (max(1, round(image.width * factor)), max(1, round(image.height * factor)))
         image = image.resize(size, Image.Resampling.LANCZOS)
