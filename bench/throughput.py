@@ -12,7 +12,7 @@ The page set is fixed: the 16 RVL-CDIP scans and the first 20 FUNSD forms from t
    storage for every document, in a fresh DOCFLOW_HOME.
 
 Prints pages/s of each and docflow's ratio to each raw run; writes bench/results/throughput.json.
-Docflow does more work per page (it upscales low-resolution scans up to 3x before OCR, and classifies).
+Docflow does more work per page (it upscales low-resolution scans 2x before OCR, and classifies).
 """
 
 from __future__ import annotations

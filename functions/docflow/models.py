@@ -103,13 +103,14 @@ class OcrOptions(BaseModel):
     psm: int = 3
     # Scans below this height (≈ 100-150 dpi letter pages) are upscaled before OCR (Lanczos), towards
     # upscale_target_height (a letter page at ≈ 270 dpi: Tesseract reads best near 300 dpi), by at most
-    # upscale_factor. A 1000-px RVL-CDIP scan is read at 3x rather than 2x: on 459 scans (50 FUNSD forms,
-    # 9 RVL samples, 400 rendered held-out pages) the class came out right where 2x was wrong 9 times, the
-    # reverse 3 times (FUNSD 40 -> 42 of 50, bag-of-words F1 0.654 -> 0.662), for ~25 % more OCR time per
-    # page (0.97 against 0.78 s on FUNSD).
+    # upscale_factor. 2x by default (a 1000-px RVL-CDIP scan becomes 2000 px). 3x (DOCFLOW_OCR_UPSCALE_FACTOR)
+    # reads such scans a little better: on 459 scans (50 FUNSD forms, 9 RVL samples, 400 rendered held-out
+    # pages) the class came out right where 2x was wrong 9 times and the reverse 3 times (FUNSD 40 -> 42 of
+    # 50). But `docflow process` drops from 1.96 to 1.12 pages/s on the 36 real scans of bench/throughput.py
+    # (3.2x -> 1.8x raw tesseract, the edge of issue 8's target), so it is an option, not the default.
     upscale_below_height: int = 1800
     upscale_target_height: int = 3000
-    upscale_factor: float = 3.0
+    upscale_factor: float = 2.0
     render_dpi: int = 200  # PDF pages without a text layer are rendered at this resolution
     min_text_layer_chars: int = 20  # fewer real characters than this on a PDF page: treat as scanned
     timeout_seconds: float = 120.0  # per page

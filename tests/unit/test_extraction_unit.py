@@ -25,6 +25,7 @@ from docflow.domain.extraction import (
 )
 from docflow.domain.ocr import OcrEngine, OcrPage, parse_tsv
 from docflow.models import MediaType, OcrOptions
+from docflow.settings import Settings
 
 pytestmark = pytest.mark.unit
 
@@ -164,16 +165,16 @@ def test_text_layer_threshold_is_inclusive():
 @pytest.mark.parametrize(
     ("height", "options", "expected"),
     [
-        (1000, OcrOptions(), 3.0),  # an RVL-CDIP scan: the full factor
-        (1100, OcrOptions(), 3000 / 1100),  # towards the target height
+        (1000, OcrOptions(), 2.0),  # an RVL-CDIP scan: the full factor
         (1500, OcrOptions(), 2.0),
-        (1799, OcrOptions(), 3000 / 1799),
+        (1799, OcrOptions(), 3000 / 1799),  # towards the target height, not past it
         (1800, OcrOptions(), 1.0),
         (3300, OcrOptions(), 1.0),
-        (500, OcrOptions(), 3.0),  # capped at upscale_factor
+        (1000, OcrOptions(upscale_factor=3.0), 3.0),
+        (1100, OcrOptions(upscale_factor=3.0), 3000 / 1100),
+        (500, OcrOptions(upscale_factor=3.0), 3.0),  # capped at upscale_factor
         (1000, OcrOptions(upscale_factor=1.0), 1.0),
         (1000, OcrOptions(upscale_below_height=0), 1.0),
-        (1000, OcrOptions(upscale_factor=2.0), 2.0),
         (1000, OcrOptions(upscale_target_height=900), 1.0),  # already past the target: left alone
     ],
 )
@@ -182,15 +183,25 @@ def test_upscale_decision(height, options, expected):
 
 
 def test_upscale_never_takes_a_wide_frame_past_the_ocr_pixel_cap():
-    # 1000 x 20,000 px (a long strip): 3x would make 180 Mpx; the factor stops at MAX_OCR_PIXELS (36 Mpx).
+    # 1000 x 20,000 px (a long strip): 2x would make 80 Mpx; the factor stops at MAX_OCR_PIXELS (36 Mpx).
     factor = upscale_factor(1000, OcrOptions(), width=20_000)
     assert factor == pytest.approx((36_000_000 / 20_000_000) ** 0.5)
     assert upscale_factor(1000, OcrOptions(), width=40_000) == 1.0  # already past the cap: left alone
 
 
+def test_upscale_factor_is_a_setting(monkeypatch):
+    assert Settings().ocr.upscale_factor == 2.0
+    monkeypatch.setenv("DOCFLOW_OCR_UPSCALE_FACTOR", "3")
+    assert upscale_factor(1000, Settings().ocr) == 3.0
+    monkeypatch.setenv("DOCFLOW_OCR_UPSCALE_FACTOR", "0.5")
+    with pytest.raises(ValueError, match="ocr_upscale_factor"):
+        Settings()
+
+
 def test_prepare_upscales_low_resolution_with_lanczos_and_keeps_large_pages():
     small = prepare_for_ocr(Image.new("L", (754, 1000), 255), OPTIONS)
-    assert small.size == (2262, 3000)
+    assert small.size == (1508, 2000)
+    assert prepare_for_ocr(Image.new("L", (754, 1000), 255), OcrOptions(upscale_factor=3.0)).size == (2262, 3000)
     large = Image.new("L", (2550, 3300), 255)
     assert prepare_for_ocr(large, OPTIONS).size == (2550, 3300)
     assert prepare_for_ocr(Image.new("L", (754, 1000)), OPTIONS, allow_upscale=False).size == (754, 1000)
@@ -330,7 +341,7 @@ def test_multi_frame_tiff_gives_one_page_per_frame_and_upscales_small_frames():
     data = multi_frame_tiff([(754, 1000), (2550, 3300), (400, 500)])
     result = extract_text(data, MediaType.TIFF, OPTIONS, engine=engine)
     assert [p.page for p in result.pages] == [1, 2, 3]
-    assert [size for _, size in engine.calls] == [(2262, 3000), (2550, 3300), (1200, 1500)]
+    assert [size for _, size in engine.calls] == [(1508, 2000), (2550, 3300), (800, 1000)]
     engine = FakeEngine()
     result = extract_text(data, MediaType.TIFF, OPTIONS, engine=engine, first_page=2)
     assert [p.page for p in result.pages] == [2, 3]
@@ -363,4 +374,4 @@ def test_jpeg_extra_frames_are_not_pages():
     engine = FakeEngine()
     result = extract_text(buf.getvalue(), MediaType.JPEG, OPTIONS, engine=engine)
     assert [p.page for p in result.pages] == [1]
-    assert engine.calls == [("RGB", (900, 600))]
+    assert engine.calls == [("RGB", (600, 400))]
