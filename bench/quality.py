@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import os
 import random
@@ -35,6 +36,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +58,34 @@ DEGRADED_FONTS = tuple(
     for face in ("Regular", "Bold")
 )
 DEV_SOURCES = {"rvl": "rvlcdip_samples_", "funsd": "funsd/", "docbank": "docbank_samples/"}
-RENDERED_SOURCES = ("rendered_holdout", "degraded_holdout")
+
+
+@functools.cache
+def _installed(fonts: tuple[str, ...]) -> list[str]:
+    return [f for f in fonts if Path(f).exists()]
+
+
+def _typeset(
+    draw: ImageDraw.ImageDraw,
+    text: str,
+    font: ImageFont.FreeTypeFont,
+    ink: Callable[[], int],
+    *,
+    page_width: int,
+    margin: int,
+    top: int,
+    line_height: int,
+    bottom: int,
+) -> None:
+    """``text``'s lines wrapped to the page between the margins, from ``top`` down to ``bottom``."""
+    columns = max(20, int((page_width - 2 * margin) / font.getlength("n")))
+    y = top
+    for paragraph in text.split("\n"):
+        for line in textwrap.wrap(paragraph, columns) or [""]:
+            if y > bottom:
+                break
+            draw.text((margin, y), line, font=font, fill=ink())
+            y += line_height
 
 
 def render_scan(text: str, seed: str) -> Image.Image:
@@ -65,17 +94,20 @@ def render_scan(text: str, seed: str) -> Image.Image:
     rng = random.Random(seed)
     width, height = 850, 1100
     size = rng.choice((12, 13, 14, 15))
-    font = ImageFont.truetype(rng.choice([f for f in FONTS if Path(f).exists()]), size)
+    font = ImageFont.truetype(rng.choice(_installed(FONTS)), size)
     page = Image.new("L", (width, height), 255)
-    draw = ImageDraw.Draw(page)
-    margin, y, line_height = rng.randint(50, 90), rng.randint(50, 90), int(size * 1.35)
-    columns = max(20, int((width - 2 * margin) / font.getlength("n")))
-    for paragraph in text.split("\n"):
-        for line in textwrap.wrap(paragraph, columns) or [""]:
-            if y > height - 60:
-                break
-            draw.text((margin, y), line, font=font, fill=rng.randint(0, 60))
-            y += line_height
+    margin, top, line_height = rng.randint(50, 90), rng.randint(50, 90), int(size * 1.35)
+    _typeset(
+        ImageDraw.Draw(page),
+        text,
+        font,
+        lambda: rng.randint(0, 60),
+        page_width=width,
+        margin=margin,
+        top=top,
+        line_height=line_height,
+        bottom=height - 60,
+    )
     page = page.rotate(rng.uniform(-0.8, 0.8), fillcolor=255, resample=Image.Resampling.BILINEAR)
     page = page.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 0.7)))
     noise = np.random.default_rng(rng.getrandbits(32)).normal(0.0, 12.0, (height, width))
@@ -88,9 +120,9 @@ def render_degraded(text: str, seed: str) -> Image.Image:
     then a rule or a dark scanner band at one edge, tilted up to 1.5 degrees, then box-averaged down to
     1000 px tall (RVL-CDIP's size: grey edges on bilevel strokes). Deterministic for a seed. The bounds
     keep the page legible to a person; a looser threshold or blur makes Tesseract return nothing."""
-    rng = random.Random(seed)
+    rng = random.Random(f"degraded:{seed}")
     scale, height, width = 3, 1000, rng.choice((754, 762, 786))
-    fonts = [f for f in DEGRADED_FONTS if Path(f).exists()]
+    fonts = _installed(DEGRADED_FONTS)
     if not fonts:
         raise SystemExit("degraded_holdout needs the Liberation fonts: apt-get install fonts-liberation")
     em = rng.uniform(9.0, 14.0)
@@ -98,16 +130,19 @@ def render_degraded(text: str, seed: str) -> Image.Image:
     page = Image.new("L", (width * scale, height * scale), 255)
     draw = ImageDraw.Draw(page)
     margin = int(rng.uniform(0.06, 0.14) * width) * scale
-    y = int(rng.uniform(0.05, 0.12) * height) * scale
+    top = int(rng.uniform(0.05, 0.12) * height) * scale
     line_height = int(em * scale * rng.uniform(1.15, 1.5))
-    columns = max(20, int((width * scale - 2 * margin) / font.getlength("n")))
-    bottom = height * scale - 2 * line_height - 40 * scale
-    for paragraph in text.split("\n"):
-        for line in textwrap.wrap(paragraph, columns) or [""]:
-            if y > bottom:
-                break
-            draw.text((margin, y), line, font=font, fill=0)
-            y += line_height
+    _typeset(
+        draw,
+        text,
+        font,
+        lambda: 0,
+        page_width=width * scale,
+        margin=margin,
+        top=top,
+        line_height=line_height,
+        bottom=height * scale - 2 * line_height - 40 * scale,
+    )
     if rng.random() < 0.3:  # letterhead or form rules
         for _ in range(rng.randint(1, 3)):
             ry = rng.randrange(height * scale)
@@ -126,9 +161,17 @@ def render_degraded(text: str, seed: str) -> Image.Image:
     return bilevel.resize((width, height), Image.Resampling.BOX)
 
 
-def rendered_holdout(data: Path, model_dir: Path, per_class: int, out: Path, style: str = "clean") -> Path:
-    """Render ``per_class`` held-out documents of each class (``style`` "clean": ``render_scan``,
-    "degraded": ``render_degraded``); returns the labels CSV."""
+# How each rendered source sets a held-out document as a page image (text, seed) -> page.
+RENDERERS: dict[str, Callable[[str, str], Image.Image]] = {
+    "rendered_holdout": render_scan,
+    "degraded_holdout": render_degraded,
+}
+
+
+def rendered_holdout(
+    data: Path, model_dir: Path, per_class: int, out: Path, render: Callable[[str, str], Image.Image]
+) -> Path:
+    """Render ``per_class`` held-out documents of each class with ``render``; returns the labels CSV."""
     from docflow_training.data import load_corpus, stratified_split
     from docflow_training.train import TrainConfig
 
@@ -141,11 +184,7 @@ def rendered_holdout(data: Path, model_dir: Path, per_class: int, out: Path, sty
             continue
         taken[doc.label] = taken.get(doc.label, 0) + 1
         path = out / f"{doc.label}_{taken[doc.label]:03d}.png"
-        if style == "degraded":
-            page = render_degraded(doc.text, f"degraded:{doc.path}")
-        else:
-            page = render_scan(doc.text, doc.path)
-        page.save(path, optimize=True)
+        render(doc.text, doc.path).save(path, optimize=True)
         rows.append((str(path), doc.label))
     return _write_csv(out / "labels.csv", rows)
 
@@ -204,7 +243,7 @@ def main() -> int:
     )
     parser.add_argument("--model-dir", type=Path, default=None, help="default: the default model (`make model`)")
     parser.add_argument("--per-class", type=int, default=20, help="held-out documents rendered per class")
-    parser.add_argument("--sources", default=",".join([*DEV_SOURCES, *RENDERED_SOURCES]))
+    parser.add_argument("--sources", default=",".join([*DEV_SOURCES, *RENDERERS]))
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     sources = [s for s in args.sources.split(",") if s]
@@ -218,15 +257,14 @@ def main() -> int:
         work = Path(tmp)
         for source in sources:
             started = time.perf_counter()
-            if source in RENDERED_SOURCES:
+            if source in RENDERERS:
                 folder = work / source
                 folder.mkdir()
-                style = "degraded" if source == "degraded_holdout" else "clean"
-                labels_csv = rendered_holdout(args.data, model_dir, args.per_class, folder, style)
+                labels_csv = rendered_holdout(args.data, model_dir, args.per_class, folder, RENDERERS[source])
             elif source in DEV_SOURCES:
                 labels_csv = dev_csv(args.data, DEV_SOURCES[source], work / f"{source}.csv")
             else:
-                raise SystemExit(f"unknown source {source!r}: choose from {[*DEV_SOURCES, *RENDERED_SOURCES]}")
+                raise SystemExit(f"unknown source {source!r}: choose from {[*DEV_SOURCES, *RENDERERS]}")
             home = work / f"home-{source}"
             report = run_eval(labels_csv, model_dir, args.workers, home)
             results["sources"][source] = {
