@@ -76,9 +76,10 @@ def test_held_out_quality_clears_the_floor(trained: TrainingResult) -> None:
 def test_ocr_noised_holdout_clears_the_floor(trained: TrainingResult) -> None:
     noised = trained.metrics["holdout_ocr_noise"]
     assert noised["accuracy"] >= NOISED_ACCURACY_FLOOR, noised["accuracy"]
-    # A 95%-precision review threshold exists and leaves at least half the documents automatic.
+    # A review threshold holding 95 % precision (at 90 % confidence) exists and leaves most noised
+    # documents automatic (0.51 for the default model).
     review = noised["review_threshold"]
-    assert review["reached"] and review["coverage"] >= 0.5, review
+    assert review["reached"] and review["coverage"] >= 0.45, review
     # The served threshold reaches the target on the clean held-out split too, and is the stricter one.
     served = trained.metrics["review_threshold"]
     assert served["holdout"]["reached"], served

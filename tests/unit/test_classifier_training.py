@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 from pathlib import Path
@@ -295,7 +296,9 @@ def test_metrics_hold_the_ocr_noised_holdout_and_review_threshold(trained: Train
     assert 0.0 <= noised["accuracy"] <= 1.0 and set(noised["per_class"]) == set(LABELS)
     review = noised["review_threshold"]
     assert 0.0 <= review["threshold"] < 1.0 and 0.0 < review["coverage"] <= 1.0
-    assert review["reached"] == (review["precision"] >= review["target_precision"])
+    assert review["reached"] == (review["precision_lower_bound"] >= review["target_precision"])
+    assert review["precision_lower_bound"] <= review["precision"]
+    assert review["confidence"] == CONFIG.review_confidence
     config = json.loads((trained.model_dir / "config.json").read_text())
     assert config["architecture"] == "char-ngram-tfidf-logistic-regression"
     assert config["char_ngram_range"] == [CONFIG.char_ngram_min, CONFIG.char_ngram_max]
@@ -334,8 +337,41 @@ def test_review_threshold_search() -> None:
     from docflow_training.train import review_threshold_for
 
     probabilities = np.array([[0.9, 0.1], [0.8, 0.2], [0.6, 0.4], [0.55, 0.45]])
-    got = review_threshold_for(["a", "a", "b", "a"], probabilities, ["a", "b"], target_precision=0.95)
+    got = review_threshold_for(["a", "a", "b", "a"], probabilities, ["a", "b"], target_precision=0.95, confidence=0.5)
     assert got["threshold"] == pytest.approx(0.61) and got["coverage"] == 0.5 and got["precision"] == 1.0
+    # two right answers are no evidence of 95 % precision: at 90 % confidence no threshold reaches it
+    strict = review_threshold_for(["a", "a", "b", "a"], probabilities, ["a", "b"], target_precision=0.95)
+    assert not strict["reached"] and strict["precision_lower_bound"] < 0.95
+
+
+def test_review_threshold_holds_the_target_at_the_confidence() -> None:
+    from docflow_training.train import review_threshold_for
+
+    # 1000 documents, confidence from 0.50 to 0.999; below 0.7 every 9th is wrong (45 in all, 95.5 %),
+    # above it all are right: the sample's precision reaches 95 % with nothing sent to review, but that
+    # is too close to call from 1000 documents, so at 90 % confidence a higher threshold is needed.
+    top = np.linspace(0.5, 0.999, 1000)
+    probabilities = np.column_stack([top, 1 - top])
+    truth = ["b" if i % 9 == 0 and top[i] < 0.7 else "a" for i in range(1000)]
+    point = review_threshold_for(truth, probabilities, ["a", "b"], confidence=0.5)
+    bound = review_threshold_for(truth, probabilities, ["a", "b"], confidence=0.9)
+    assert point["threshold"] == 0.0 and point["precision"] >= 0.95
+    assert bound["reached"] and bound["precision_lower_bound"] >= 0.95 and bound["threshold"] > 0.0
+    assert bound["coverage"] < point["coverage"]
+
+
+def test_precision_lower_bound_is_the_wilson_interval() -> None:
+    from scipy.stats import binomtest
+
+    from docflow_training.train import precision_lower_bound
+
+    for correct, total in ((95, 100), (480, 500), (10, 10), (0, 5)):
+        # one-sided 90 % = the lower end of the two-sided 80 % interval
+        expected = binomtest(correct, total).proportion_ci(confidence_level=0.8, method="wilson").low
+        assert precision_lower_bound(correct, total, 0.9) == pytest.approx(expected, abs=1e-9)
+    assert precision_lower_bound(95, 100, 0.5) == pytest.approx(0.95)
+    assert precision_lower_bound(0, 0, 0.9) == 0.0
+    assert precision_lower_bound(960, 1000, 0.9) > precision_lower_bound(96, 100, 0.9)
 
 
 def test_served_review_threshold_is_the_stricter_calibration() -> None:
@@ -344,6 +380,8 @@ def test_served_review_threshold_is_the_stricter_calibration() -> None:
     clean, noised = {"threshold": 0.75, "reached": True}, {"threshold": 0.65, "reached": True}
     assert served_review_threshold(clean, noised)["threshold"] == 0.75
     assert served_review_threshold(noised, clean)["threshold"] == 0.75
+    assert served_review_threshold(clean, noised)["reached"]
+    assert not served_review_threshold(clean, {**noised, "reached": False})["reached"]
 
 
 def test_bpe_features_still_train_and_serve(tmp_path: Path) -> None:
@@ -352,3 +390,22 @@ def test_bpe_features_still_train_and_serve(tmp_path: Path) -> None:
     assert served.config.char_ngram_range is None
     assert served.predict(OBVIOUS["email"]).predicted_class == "email"
     assert result.metrics["onnx_max_abs_diff"] < 1e-5
+
+
+def test_training_warns_when_the_held_out_split_cannot_support_the_target(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # 7 held-out documents: even all right, 95 % precision cannot be claimed at 90 % confidence
+    # (the Wilson bound of 7/7 is 0.81), so the model is served strict and training says why.
+    with caplog.at_level(logging.WARNING, logger="docflow_training.train"):
+        strict = run_training(CORPUS, tmp_path / "strict", CONFIG)
+    assert not strict.metrics["review_threshold"]["reached"]
+    assert "held-out documents" in caplog.text and "most documents will go to review" in caplog.text
+    caplog.clear()
+    lenient = CONFIG.model_copy(update={"review_confidence": 0.5})
+    with caplog.at_level(logging.WARNING, logger="docflow_training.train"):
+        point = run_training(CORPUS, tmp_path / "point", lenient)
+    # the sample's own precision does reach it: no warning, a lower threshold
+    assert point.metrics["review_threshold"]["reached"]
+    assert "most documents will go to review" not in caplog.text
+    assert point.metrics["review_threshold"]["threshold"] < strict.metrics["review_threshold"]["threshold"]
