@@ -1,7 +1,8 @@
 """Classifier quality end to end (image → OCR → class), per source, through `docflow eval`.
 
     .venv/bin/python bench/quality.py [--data ../shared/data] [--model-dir DIR] [--per-class 20]
-                                      [--sources rvl,funsd,docbank,rendered_holdout,degraded_holdout] [--workers 2]
+                                      [--sources rvl,funsd,docbank,rendered_holdout,degraded_holdout,turned_scans]
+                                      [--workers 2]
 
 Sources (each scored apart: one blended figure would hide that every dev folder is one source per class):
 - ``rvl``: the RVL-CDIP sample scans (~100 dpi) whose class the model knows (9 of the 16).
@@ -17,6 +18,9 @@ Sources (each scored apart: one blended figure would hide that every dev folder 
   and filled strokes), speckle, scanner shadow bands, rules, up to 1.5 degrees of tilt, then averaged
   down to a 1000-px-tall grey page as RVL-CDIP's are. Harsher than ``rendered_holdout``; closer to
   what the RVL figures in issue 4 suggest real scans cost. Still no handwriting, stamps or logos.
+- ``turned_scans``: the real ``rvl`` and ``funsd`` scans turned by 90, 180 and 270 degrees in turn, as pages
+  fed sideways or upside down come out of a scanner: what the OCR's orientation check is for (run it
+  again with ``DOCFLOW_OCR_ORIENTATION_CHECK_BELOW=0`` to see them read as they come).
 
 Each source goes through ``docflow eval --json`` (the same pipeline as ``docflow process``, with the
 review threshold it would use; the model given, else the default one) and the table shows accuracy,
@@ -197,11 +201,32 @@ def _write_csv(path: Path, rows: list[tuple[str, str]]) -> Path:
     return path
 
 
-def dev_csv(data: Path, prefix: str, out: Path) -> Path:
+def _dev_rows(data: Path, prefix: str) -> list[tuple[str, str]]:
     dev = data / "dev"
     with (dev / "labels.csv").open(newline="") as f:
-        rows = [(str(dev / r["path"]), r["label"]) for r in csv.DictReader(f) if r["path"].startswith(prefix)]
-    return _write_csv(out, rows)
+        return [(str(dev / r["path"]), r["label"]) for r in csv.DictReader(f) if r["path"].startswith(prefix)]
+
+
+def dev_csv(data: Path, prefix: str, out: Path) -> Path:
+    return _write_csv(out, _dev_rows(data, prefix))
+
+
+_TURNS = (Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180, Image.Transpose.ROTATE_270)
+
+
+def turned_scans(data: Path, out: Path) -> Path:
+    """The real RVL-CDIP and FUNSD scans, each turned by 90, 180 or 270 degrees in turn; the labels CSV."""
+    rows = []
+    scans = _dev_rows(data, DEV_SOURCES["rvl"]) + _dev_rows(data, DEV_SOURCES["funsd"])
+    for index, (path, label) in enumerate(scans):
+        target = out / f"{index:03d}_{Path(path).name}"
+        with Image.open(path) as image:
+            image.transpose(_TURNS[index % len(_TURNS)]).save(target)
+        rows.append((str(target), label))
+    return _write_csv(out / "labels.csv", rows)
+
+
+DERIVED: dict[str, Callable[[Path, Path], Path]] = {"turned_scans": turned_scans}
 
 
 def run_eval(labels_csv: Path, model_dir: Path, workers: int, home: Path) -> dict[str, Any]:
@@ -243,7 +268,7 @@ def main() -> int:
     )
     parser.add_argument("--model-dir", type=Path, default=None, help="default: the default model (`make model`)")
     parser.add_argument("--per-class", type=int, default=20, help="held-out documents rendered per class")
-    parser.add_argument("--sources", default=",".join([*DEV_SOURCES, *RENDERERS]))
+    parser.add_argument("--sources", default=",".join([*DEV_SOURCES, *RENDERERS, *DERIVED]))
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     sources = [s for s in args.sources.split(",") if s]
@@ -263,8 +288,12 @@ def main() -> int:
                 labels_csv = rendered_holdout(args.data, model_dir, args.per_class, folder, RENDERERS[source])
             elif source in DEV_SOURCES:
                 labels_csv = dev_csv(args.data, DEV_SOURCES[source], work / f"{source}.csv")
+            elif source in DERIVED:
+                folder = work / source
+                folder.mkdir()
+                labels_csv = DERIVED[source](args.data, folder)
             else:
-                raise SystemExit(f"unknown source {source!r}: choose from {[*DEV_SOURCES, *RENDERERS]}")
+                raise SystemExit(f"unknown source {source!r}: choose from {[*DEV_SOURCES, *RENDERERS, *DERIVED]}")
             home = work / f"home-{source}"
             report = run_eval(labels_csv, model_dir, args.workers, home)
             results["sources"][source] = {

@@ -80,6 +80,8 @@ class Settings(BaseSettings):
     # at most this much, towards a 3000-px-tall page (3: slightly better on 100-dpi scans, ~40 % fewer pages/s)
     ocr_upscale_factor: float = Field(default=2.0, ge=1.0, le=4.0)
     ocr_page_timeout: float = Field(default=120.0, gt=0)
+    # a page read less confidently than this (mean word confidence) has its orientation checked; 0: never
+    ocr_orientation_check_below: float = Field(default=50.0, ge=0.0, le=100.0)
 
     # A document left unfinished (PROCESSING) longer than this is an orphan of a run that died (a killed
     # `docflow process`, a timed-out or aborted execution): the next delivery of its content takes the work
@@ -123,6 +125,7 @@ class Settings(BaseSettings):
             upscale_below_height=self.ocr_upscale_below_height,
             upscale_factor=self.ocr_upscale_factor,
             timeout_seconds=self.ocr_page_timeout,
+            orientation_check_below=self.ocr_orientation_check_below,
         )
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 from PIL import Image
 
-from docflow.domain.extraction import default_engine
-from docflow.domain.ocr import OcrLanguageError, TesseractEngine, TesserocrEngine
-from docflow.models import OcrOptions
+from docflow.domain.extraction import default_engine, extract_text
+from docflow.domain.ocr import OcrEngine, OcrLanguageError, TesseractEngine, TesserocrEngine
+from docflow.models import MediaType, OcrOptions
 from docflow.samples import LETTER, render_page
 
 pytestmark = pytest.mark.integration
@@ -48,3 +50,32 @@ def test_missing_language_names_the_package() -> None:
 
 def test_default_engine_is_in_process() -> None:
     assert isinstance(default_engine(), TesserocrEngine)
+
+
+@pytest.mark.parametrize("engine", [TesserocrEngine(), TesseractEngine()], ids=["tesserocr", "cli"])
+def test_engines_tell_which_way_up_a_page_is(engine: OcrEngine, page: Image.Image) -> None:
+    upright = engine.detect_orientation(page, OcrOptions())
+    assert upright is not None and upright.degrees == 0
+    for turn, back in ((Image.Transpose.ROTATE_90, 270), (Image.Transpose.ROTATE_180, 180)):
+        found = engine.detect_orientation(page.transpose(turn), OcrOptions())
+        assert found is not None and found.degrees == back and found.confidence >= 2.0, (turn, found)
+    # a blank page has nothing to tell by
+    assert engine.detect_orientation(Image.new("L", (800, 1000), 255), OcrOptions()) is None
+
+
+@pytest.mark.parametrize("engine", [TesserocrEngine(), TesseractEngine()], ids=["tesserocr", "cli"])
+def test_a_page_scanned_sideways_is_read_upright(engine: OcrEngine, page: Image.Image) -> None:
+    buffer = io.BytesIO()
+    page.transpose(Image.Transpose.ROTATE_90).save(buffer, format="PNG")
+    read = extract_text(buffer.getvalue(), MediaType.PNG, OcrOptions(), engine).pages[0]
+    assert read.rotated == 270 and {"whitfield", "sincerely"} <= _words(read.text)
+    assert read.confidence is not None and read.confidence > 80
+    as_scanned = extract_text(buffer.getvalue(), MediaType.PNG, OcrOptions(orientation_check_below=0), engine)
+    assert as_scanned.pages[0].rotated == 0 and "whitfield" not in _words(as_scanned.pages[0].text)
+
+
+def test_a_scanned_pdf_page_upside_down_is_read_upright(page: Image.Image) -> None:
+    buffer = io.BytesIO()
+    page.transpose(Image.Transpose.ROTATE_180).convert("RGB").save(buffer, format="PDF", resolution=100)
+    read = extract_text(buffer.getvalue(), MediaType.PDF, OcrOptions()).pages[0]
+    assert read.source == "ocr" and read.rotated == 180 and "whitfield" in _words(read.text)

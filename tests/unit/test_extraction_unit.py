@@ -19,11 +19,14 @@ from docflow.domain.extraction import (
     has_text_layer,
     meaningful_chars,
     prepare_for_ocr,
+    recognize_upright,
     resolve_page_range,
+    should_check_orientation,
     to_ocr_mode,
+    turn_for,
     upscale_factor,
 )
-from docflow.domain.ocr import OcrEngine, OcrPage, parse_tsv
+from docflow.domain.ocr import OcrEngine, OcrPage, Orientation, parse_osd, parse_tsv
 from docflow.models import MediaType, OcrOptions
 from docflow.settings import Settings
 
@@ -375,3 +378,108 @@ def test_jpeg_extra_frames_are_not_pages():
     result = extract_text(buf.getvalue(), MediaType.JPEG, OPTIONS, engine=engine)
     assert [p.page for p in result.pages] == [1]
     assert engine.calls == [("RGB", (600, 400))]
+
+
+# -- orientation ----------------------------------------------------------------------------------------
+
+OSD_OUTPUT = """Page number: 0
+Orientation in degrees: 270
+Rotate: 90
+Orientation confidence: 11.16
+Script: Latin
+Script confidence: 3.94
+"""
+
+
+def test_osd_output_is_parsed():
+    assert parse_osd(OSD_OUTPUT) == Orientation(270, 11.16)
+    assert parse_osd("Too few characters. Skipping this page\n") is None
+    assert parse_osd("") is None
+
+
+class SidewaysEngine(OcrEngine):
+    """A page that reads as garbage as scanned and well once turned; a marker pixel (black in the
+    scan's top-left corner) tells it whether the image it is given was turned."""
+
+    def __init__(self, orientation: Orientation | None, turned_reads: float = 90.0) -> None:
+        self.orientation = orientation
+        self.turned_reads = turned_reads
+        self.read: list[int] = []  # the marker corner seen by each recognize call
+        self.asked = 0
+
+    @staticmethod
+    def page() -> Image.Image:
+        image = Image.new("L", (40, 20), 255)
+        image.putpixel((0, 0), 0)  # the page as scanned: marker top-left
+        return image
+
+    def recognize(self, image: Image.Image, options: OcrOptions) -> OcrPage:
+        as_scanned = image.getpixel((0, 0)) == 0
+        self.read.append(0 if as_scanned else 1)
+        if as_scanned:
+            return OcrPage(text="gArbLe ~~ |||", confidence=31.0, words=3)
+        return OcrPage(text="Dear Sir, thank you", confidence=self.turned_reads, words=4)
+
+    def detect_orientation(self, image: Image.Image, options: OcrOptions) -> Orientation | None:
+        self.asked += 1
+        return self.orientation
+
+
+def test_a_sideways_page_is_read_again_upright():
+    engine = SidewaysEngine(Orientation(90, 6.0))
+    page, rotated = recognize_upright(engine, SidewaysEngine.page(), OPTIONS)
+    assert (page.text, rotated) == ("Dear Sir, thank you", 90)
+    assert engine.read == [0, 1] and engine.asked == 1
+
+
+@pytest.mark.parametrize(
+    "orientation",
+    [None, Orientation(0, 9.0), Orientation(180, 1.0), Orientation(45, 9.0)],
+    ids=["osd-cannot-tell", "osd-says-upright", "osd-unsure", "not-a-right-angle"],
+)
+def test_a_poor_page_is_kept_as_read_unless_osd_is_sure(orientation):
+    engine = SidewaysEngine(orientation)
+    page, rotated = recognize_upright(engine, SidewaysEngine.page(), OPTIONS)
+    assert (page.text, rotated) == ("gArbLe ~~ |||", 0)
+    assert engine.read == [0]
+
+
+def test_the_turned_reading_is_kept_only_if_more_confident():
+    engine = SidewaysEngine(Orientation(180, 6.0), turned_reads=20.0)
+    page, rotated = recognize_upright(engine, SidewaysEngine.page(), OPTIONS)
+    assert (page.text, rotated) == ("gArbLe ~~ |||", 0) and engine.read == [0, 1]
+
+
+def test_a_page_that_reads_well_is_never_checked():
+    engine = FakeEngine()  # confidence 90
+    page, rotated = recognize_upright(engine, Image.new("L", (40, 20), 255), OPTIONS)
+    assert (page.text, rotated) == ("fake 40x20", 0) and len(engine.calls) == 1
+    sideways = SidewaysEngine(Orientation(90, 6.0))
+    off = OcrOptions(orientation_check_below=0)
+    assert recognize_upright(sideways, SidewaysEngine.page(), off)[1] == 0 and sideways.asked == 0
+
+
+def test_orientation_decisions():
+    assert should_check_orientation(OcrPage("", None, 0), OPTIONS)  # no words at all
+    assert should_check_orientation(OcrPage("x", 49.9, 1), OPTIONS)
+    assert not should_check_orientation(OcrPage("x", 50.0, 1), OPTIONS)
+    assert not should_check_orientation(OcrPage("", None, 0), OcrOptions(orientation_check_below=0))
+    assert turn_for(Orientation(270, 2.0), OPTIONS) == 270
+    assert turn_for(Orientation(270, 1.9), OPTIONS) == 0
+    assert turn_for(None, OPTIONS) == 0
+
+
+def test_the_orientation_check_is_a_setting(monkeypatch):
+    assert Settings().ocr.orientation_check_below == 50.0
+    monkeypatch.setenv("DOCFLOW_OCR_ORIENTATION_CHECK_BELOW", "0")
+    assert Settings().ocr.orientation_check_below == 0.0
+    monkeypatch.setenv("DOCFLOW_OCR_ORIENTATION_CHECK_BELOW", "101")
+    with pytest.raises(ValueError, match="ocr_orientation_check_below"):
+        Settings()
+
+
+def test_extracted_pages_say_how_they_were_turned():
+    buffer = io.BytesIO()
+    SidewaysEngine.page().save(buffer, format="PNG")
+    result = extract_text(buffer.getvalue(), MediaType.PNG, OPTIONS, SidewaysEngine(Orientation(270, 8.0)))
+    assert result.pages[0].rotated == 270 and result.pages[0].text == "Dear Sir, thank you"

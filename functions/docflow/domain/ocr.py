@@ -36,8 +36,10 @@ __all__ = [
     "OcrLanguageError",
     "OcrPage",
     "OcrTimeoutError",
+    "Orientation",
     "TesseractEngine",
     "TesseractNotFoundError",
+    "parse_osd",
     "parse_tsv",
 ]
 
@@ -68,6 +70,14 @@ class OcrPage:
     words: int
 
 
+@dataclass(frozen=True, slots=True)
+class Orientation:
+    """Which way up a page is, as Tesseract's orientation and script detection (OSD) sees it."""
+
+    degrees: int  # 0, 90, 180 or 270: turn the page this far counter-clockwise to read it upright
+    confidence: float  # OSD's orientation confidence (under ~2 is a guess; a clear page of text: 5-15)
+
+
 def check_languages(languages: str, available: frozenset[str], where: str = "") -> None:
     """Raise OcrLanguageError naming the package to install when a requested language is missing."""
     if not _LANG_RE.match(languages):
@@ -88,6 +98,10 @@ class OcrEngine(ABC):
     @abstractmethod
     def recognize(self, image: Image.Image, options: OcrOptions) -> OcrPage:
         """OCR one page. Raise OcrError (or a subclass) when no text can be produced."""
+
+    def detect_orientation(self, image: Image.Image, options: OcrOptions) -> Orientation | None:
+        """Which way up the page is; None when the engine cannot tell (no OSD model, too little text)."""
+        return None
 
 
 class TesseractEngine(OcrEngine):
@@ -174,6 +188,36 @@ class TesseractEngine(OcrEngine):
             raise OcrError(f"tesseract exited with {proc.returncode}: {err[-500:]}")
         return parse_tsv(proc.stdout.decode("utf-8", "replace"))
 
+    def detect_orientation(self, image: Image.Image, options: OcrOptions) -> Orientation | None:
+        if "osd" not in self.available_languages:
+            return None
+        try:
+            proc = subprocess.run(
+                [self._binary(), "stdin", "stdout", "--psm", "0"],
+                input=encode_for_tesseract(image),
+                capture_output=True,
+                env=self._env,
+                timeout=options.timeout_seconds,
+                check=False,
+            )
+        except (subprocess.TimeoutExpired, FileNotFoundError):
+            return None  # the page is read as it is; recognize() reports a real failure
+        # exit 1 with "Too few characters" when there is not enough text to tell
+        return parse_osd(proc.stdout.decode("utf-8", "replace")) if proc.returncode == 0 else None
+
+
+_OSD_DEGREES = re.compile(r"^Orientation in degrees:\s*(\d+)", re.MULTILINE)
+_OSD_CONFIDENCE = re.compile(r"^Orientation confidence:\s*([0-9.]+)", re.MULTILINE)
+
+
+def parse_osd(text: str) -> Orientation | None:
+    """Orientation from ``tesseract --psm 0`` output ("Orientation in degrees: 270" … "Orientation
+    confidence: 11.16"); None when it holds none."""
+    degrees, confidence = _OSD_DEGREES.search(text), _OSD_CONFIDENCE.search(text)
+    if degrees is None or confidence is None:
+        return None
+    return Orientation(int(degrees.group(1)) % 360, float(confidence.group(1)))
+
 
 TESSDATA_DIRS = (
     Path("/usr/share/tesseract-ocr/5/tessdata"),
@@ -209,6 +253,7 @@ class TesserocrEngine(OcrEngine):
     def __init__(self, tessdata: Path | None = None) -> None:
         self._tessdata = tessdata
         self._apis: dict[tuple[str, int], Any] = {}
+        self._osd: Any = None  # the OSD-only API, made on the first page that needs it
         self._lock = threading.Lock()
 
     @cached_property
@@ -249,6 +294,23 @@ class TesserocrEngine(OcrEngine):
                 )
             tsv = api.GetTSVText(0)
         return parse_tsv(_TSV_HEADER + tsv)
+
+    def detect_orientation(self, image: Image.Image, options: OcrOptions) -> Orientation | None:
+        if "osd" not in self.available_languages:
+            return None
+        if image.mode not in ("L", "RGB"):
+            image = image.convert("L" if image.mode in ("1", "LA", "I", "I;16", "F") else "RGB")
+        channels = 1 if image.mode == "L" else 3
+        with self._lock:
+            if self._osd is None:
+                import tesserocr
+
+                self._osd = tesserocr.PyTessBaseAPI(path=f"{self.tessdata}/", lang="osd", psm=tesserocr.PSM.OSD_ONLY)
+            self._osd.SetImageBytes(image.tobytes(), image.width, image.height, channels, image.width * channels)
+            found = self._osd.DetectOrientationScript()  # None when there is too little text to tell
+        if not found:
+            return None
+        return Orientation(int(found["orient_deg"]) % 360, float(found["orient_conf"]))
 
 
 _TSV_HEADER = "level\tpage_num\tblock_num\tpar_num\tline_num\tword_num\tleft\ttop\twidth\theight\tconf\ttext\n"
