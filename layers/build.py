@@ -149,8 +149,10 @@ def build_layer(layer: str, force: bool = False) -> Path:
 def _add_tessdata(dest: Path) -> None:
     """Tesseract's language models (Debian's tesseract-ocr-eng/-rus/-osd); the layer mounts them at /opt/tessdata."""
     source = next((d for d in TESSDATA_DIRS if (d / "eng.traineddata").is_file()), None)
-    if source is None:
-        sys.exit("tessdata not found: install tesseract-ocr-eng tesseract-ocr-rus (make system-deps)")
+    missing = [lang for lang in TESSDATA_LANGS if source is None or not (source / f"{lang}.traineddata").is_file()]
+    if source is None or missing:
+        packages = " ".join(f"tesseract-ocr-{lang}" for lang in missing)
+        sys.exit(f"tessdata missing for {', '.join(missing)}: apt-get install {packages} (make system-deps)")
     dest.mkdir(parents=True)
     for lang in TESSDATA_LANGS:
         shutil.copy2(source / f"{lang}.traineddata", dest / f"{lang}.traineddata")

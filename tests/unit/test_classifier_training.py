@@ -344,6 +344,13 @@ def test_review_threshold_search() -> None:
     assert not strict["reached"] and strict["precision_lower_bound"] < 0.95
 
 
+def test_review_threshold_without_held_out_documents_sends_everything_to_review() -> None:
+    from docflow_training.train import review_threshold_for
+
+    got = review_threshold_for([], np.zeros((0, 2)), ["a", "b"])
+    assert got["threshold"] == 1.0 and not got["reached"] and got["coverage"] == 0.0
+
+
 def test_review_threshold_holds_the_target_at_the_confidence() -> None:
     from docflow_training.train import review_threshold_for
 

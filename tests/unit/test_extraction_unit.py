@@ -26,7 +26,7 @@ from docflow.domain.extraction import (
     turn_for,
     upscale_factor,
 )
-from docflow.domain.ocr import OcrEngine, OcrPage, Orientation, parse_osd, parse_tsv
+from docflow.domain.ocr import OcrEngine, OcrPage, OcrTimeoutError, Orientation, TesseractEngine, parse_osd, parse_tsv
 from docflow.models import MediaType, OcrOptions
 from docflow.settings import Settings
 
@@ -397,15 +397,22 @@ def test_osd_output_is_parsed():
     assert parse_osd("") is None
 
 
+TURNS = {90: Image.Transpose.ROTATE_90, 180: Image.Transpose.ROTATE_180, 270: Image.Transpose.ROTATE_270}
+
+
 class SidewaysEngine(OcrEngine):
-    """A page that reads as garbage as scanned and well once turned; a marker pixel (black in the
-    scan's top-left corner) tells it whether the image it is given was turned."""
+    """A page that reads as garbage as scanned and well only once turned by OSD's answer, the right
+    way: a marker pixel (black, top-left of the scan) tells it exactly how the image it is given was
+    turned, so a page turned the wrong way (or not at all) still reads as garbage."""
 
     def __init__(self, orientation: Orientation | None, turned_reads: float = 90.0) -> None:
         self.orientation = orientation
         self.turned_reads = turned_reads
-        self.read: list[int] = []  # the marker corner seen by each recognize call
+        degrees = orientation.degrees if orientation else 0
+        self.upright = self.page().transpose(TURNS[degrees]) if degrees in TURNS else None
+        self.read: list[str] = []  # "scan", "upright" or "wrong" for each recognize call
         self.asked = 0
+        self.timeouts: list[float] = []  # the time limit each call was given
 
     @staticmethod
     def page() -> Image.Image:
@@ -414,22 +421,63 @@ class SidewaysEngine(OcrEngine):
         return image
 
     def recognize(self, image: Image.Image, options: OcrOptions) -> OcrPage:
-        as_scanned = image.getpixel((0, 0)) == 0
-        self.read.append(0 if as_scanned else 1)
-        if as_scanned:
+        self.timeouts.append(options.timeout_seconds)
+        if image.tobytes() == self.page().tobytes() and image.size == (40, 20):
+            self.read.append("scan")
             return OcrPage(text="gArbLe ~~ |||", confidence=31.0, words=3)
-        return OcrPage(text="Dear Sir, thank you", confidence=self.turned_reads, words=4)
+        if self.upright is not None and image.size == self.upright.size and image.tobytes() == self.upright.tobytes():
+            self.read.append("upright")
+            return OcrPage(text="Dear Sir, thank you", confidence=self.turned_reads, words=4)
+        self.read.append("wrong")
+        return OcrPage(text="~~ ||| ~~", confidence=10.0, words=3)
 
     def detect_orientation(self, image: Image.Image, options: OcrOptions) -> Orientation | None:
         self.asked += 1
+        self.timeouts.append(options.timeout_seconds)
         return self.orientation
 
 
-def test_a_sideways_page_is_read_again_upright():
-    engine = SidewaysEngine(Orientation(90, 6.0))
+@pytest.mark.parametrize("degrees", [90, 180, 270])
+def test_a_sideways_page_is_read_again_upright(degrees):
+    engine = SidewaysEngine(Orientation(degrees, 6.0))
     page, rotated = recognize_upright(engine, SidewaysEngine.page(), OPTIONS)
-    assert (page.text, rotated) == ("Dear Sir, thank you", 90)
-    assert engine.read == [0, 1] and engine.asked == 1
+    assert (page.text, rotated) == ("Dear Sir, thank you", degrees)
+    assert engine.read == ["scan", "upright"] and engine.asked == 1
+    # the check and the second reading only get what is left of the page's time limit
+    assert engine.timeouts[0] == OPTIONS.timeout_seconds
+    assert all(t <= OPTIONS.timeout_seconds for t in engine.timeouts[1:])
+
+
+class SlowSecondReading(SidewaysEngine):
+    def recognize(self, image: Image.Image, options: OcrOptions) -> OcrPage:
+        if self.read:
+            self.read.append("timed out")
+            raise OcrTimeoutError("too slow")
+        return super().recognize(image, options)
+
+
+def test_a_second_reading_out_of_time_leaves_the_first():
+    engine = SlowSecondReading(Orientation(90, 6.0))
+    page, rotated = recognize_upright(engine, SidewaysEngine.page(), OPTIONS)
+    assert (page.text, rotated) == ("gArbLe ~~ |||", 0) and engine.read == ["scan", "timed out"]
+
+
+def test_no_second_reading_without_time_left_for_it():
+    engine = SidewaysEngine(Orientation(90, 6.0))
+    page, rotated = recognize_upright(engine, SidewaysEngine.page(), OcrOptions(timeout_seconds=0.5))
+    assert (page.text, rotated) == ("gArbLe ~~ |||", 0) and engine.read == ["scan"]
+
+
+def test_the_cli_engine_without_osd_data_reads_pages_as_they_come(caplog):
+    from docflow.domain import ocr
+
+    engine = TesseractEngine()
+    engine.__dict__["available_languages"] = frozenset({"eng"})  # as if tesseract-ocr-osd were missing
+    ocr._warned.clear()
+    with caplog.at_level("WARNING", logger="docflow.domain.ocr"):
+        assert engine.detect_orientation(SidewaysEngine.page(), OPTIONS) is None
+        assert engine.detect_orientation(SidewaysEngine.page(), OPTIONS) is None
+    assert caplog.text.count("tesseract-ocr-osd") == 1  # said once, not per page
 
 
 @pytest.mark.parametrize(
@@ -441,13 +489,13 @@ def test_a_poor_page_is_kept_as_read_unless_osd_is_sure(orientation):
     engine = SidewaysEngine(orientation)
     page, rotated = recognize_upright(engine, SidewaysEngine.page(), OPTIONS)
     assert (page.text, rotated) == ("gArbLe ~~ |||", 0)
-    assert engine.read == [0]
+    assert engine.read == ["scan"]
 
 
 def test_the_turned_reading_is_kept_only_if_more_confident():
     engine = SidewaysEngine(Orientation(180, 6.0), turned_reads=20.0)
     page, rotated = recognize_upright(engine, SidewaysEngine.page(), OPTIONS)
-    assert (page.text, rotated) == ("gArbLe ~~ |||", 0) and engine.read == [0, 1]
+    assert (page.text, rotated) == ("gArbLe ~~ |||", 0) and engine.read == ["scan", "upright"]
 
 
 def test_a_page_that_reads_well_is_never_checked():
@@ -481,5 +529,6 @@ def test_the_orientation_check_is_a_setting(monkeypatch):
 def test_extracted_pages_say_how_they_were_turned():
     buffer = io.BytesIO()
     SidewaysEngine.page().save(buffer, format="PNG")
-    result = extract_text(buffer.getvalue(), MediaType.PNG, OPTIONS, SidewaysEngine(Orientation(270, 8.0)))
+    as_is = OcrOptions(upscale_factor=1.0)  # the engine must see the pixels as saved
+    result = extract_text(buffer.getvalue(), MediaType.PNG, as_is, SidewaysEngine(Orientation(270, 8.0)))
     assert result.pages[0].rotated == 270 and result.pages[0].text == "Dear Sir, thank you"

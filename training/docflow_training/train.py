@@ -304,7 +304,13 @@ def review_threshold_for(
     """The lowest confidence threshold (grid of 0.01) at which the documents *not* sent to review are
     classified with at least ``target_precision`` — at ``confidence``, i.e. the lower bound of the
     precision's Wilson interval reaches the target, not only the sample's precision — with the
-    coverage (share not sent to review) it leaves."""
+    coverage (share not sent to review) it leaves.
+
+    The bound is per threshold; taking the lowest of a hundred that pass makes the stated confidence
+    nominal, a margin against sampling luck rather than a guarantee. When no threshold passes
+    (``reached`` false: too few held-out documents, or too weak a model), the strictest threshold
+    that still classifies a document is served; with no held-out documents at all, 1.0 (everything to
+    review)."""
     top = probabilities.max(axis=1)
     correct = np.array([labels[i] == y for i, y in zip(np.argmax(probabilities, axis=1), y_true, strict=True)])
     table = []
@@ -314,7 +320,7 @@ def review_threshold_for(
             bound = precision_lower_bound(int(correct[kept].sum()), int(kept.sum()), confidence)
             table.append((float(threshold), float(correct[kept].mean()), bound, float(kept.mean())))
     reaching = [row for row in table if row[2] >= target_precision]
-    threshold, precision, bound, coverage = reaching[0] if reaching else table[-1]
+    threshold, precision, bound, coverage = reaching[0] if reaching else table[-1] if table else (1.0, 0.0, 0.0, 0.0)
     return {
         "target_precision": target_precision,
         "confidence": confidence,

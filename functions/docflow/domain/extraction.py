@@ -17,7 +17,14 @@ import numpy as np
 import pypdfium2 as pdfium
 from PIL import Image, ImageOps
 
-from docflow.domain.ocr import OcrEngine, OcrPage, Orientation, TesseractEngine, TesserocrEngine
+from docflow.domain.ocr import (
+    OcrEngine,
+    OcrPage,
+    OcrTimeoutError,
+    Orientation,
+    TesseractEngine,
+    TesserocrEngine,
+)
 from docflow.models import ExtractionResult, MediaType, OcrOptions, PageText
 
 __all__ = [
@@ -205,22 +212,32 @@ def recognize_upright(engine: OcrEngine, image: Image.Image, options: OcrOptions
 
     Returns the reading and the degrees the page was turned (0 when read as it came). Upright pages
     that read well cost nothing extra; the others one OSD pass (~0.4 s on a 2000-px page) and, when
-    turned, a second reading.
+    turned, a second reading. All of it stays within the page's ``timeout_seconds``: the check gets
+    what the first reading left, and a second reading that runs out of it leaves the first one.
     """
+    deadline = time.monotonic() + options.timeout_seconds
     page = engine.recognize(image, options)
     if not should_check_orientation(page, options):
         return page, 0
-    degrees = turn_for(engine.detect_orientation(image, options), options)
-    if not degrees:
+    degrees = turn_for(engine.detect_orientation(image, _until(deadline, options)), options)
+    left = deadline - time.monotonic()
+    if not degrees or left < 1.0:
         return page, 0
     turned = image.transpose(_TURNS[degrees])
     try:
-        again = engine.recognize(turned, options)
+        again = engine.recognize(turned, _until(deadline, options))
+    except OcrTimeoutError:
+        return page, 0
     finally:
         turned.close()
     if (again.confidence or 0.0) > (page.confidence or 0.0):
         return again, degrees
     return page, 0
+
+
+def _until(deadline: float, options: OcrOptions) -> OcrOptions:
+    """The options with the page's time limit cut to what is left before ``deadline``."""
+    return options.model_copy(update={"timeout_seconds": max(0.1, deadline - time.monotonic())})
 
 
 # -- PDF ------------------------------------------------------------------------------------------------

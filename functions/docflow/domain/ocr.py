@@ -14,6 +14,7 @@ parallelises across pages and documents instead.
 from __future__ import annotations
 
 import io
+import logging
 import os
 import re
 import shutil
@@ -42,6 +43,8 @@ __all__ = [
     "parse_osd",
     "parse_tsv",
 ]
+
+logger = logging.getLogger(__name__)
 
 _INSTALL_HINT = "install Tesseract (Debian/Ubuntu: apt-get install tesseract-ocr; the OCR Lambda layer ships it)"
 _LANG_RE = re.compile(r"^[A-Za-z0-9_]+(\+[A-Za-z0-9_]+)*$")
@@ -189,7 +192,7 @@ class TesseractEngine(OcrEngine):
         return parse_tsv(proc.stdout.decode("utf-8", "replace"))
 
     def detect_orientation(self, image: Image.Image, options: OcrOptions) -> Orientation | None:
-        if "osd" not in self.available_languages:
+        if not _osd_installed(self.available_languages, "tesseract --list-langs"):
             return None
         try:
             proc = subprocess.run(
@@ -204,6 +207,26 @@ class TesseractEngine(OcrEngine):
             return None  # the page is read as it is; recognize() reports a real failure
         # exit 1 with "Too few characters" when there is not enough text to tell
         return parse_osd(proc.stdout.decode("utf-8", "replace")) if proc.returncode == 0 else None
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        logger.warning(message)
+
+
+def _osd_installed(languages: frozenset[str], where: object) -> bool:
+    """Whether orientation detection can run; says once (a log warning) why not."""
+    if "osd" in languages:
+        return True
+    _warn_once(
+        f"no osd.traineddata in {where}: pages scanned sideways or upside down are read as they come "
+        "(Debian/Ubuntu: apt-get install tesseract-ocr-osd)"
+    )
+    return False
 
 
 _OSD_DEGREES = re.compile(r"^Orientation in degrees:\s*(\d+)", re.MULTILINE)
@@ -243,7 +266,8 @@ class TesserocrEngine(OcrEngine):
     """Tesseract in-process through tesserocr, whose wheel bundles libtesseract 5.5 (no binary needed: this
     is what runs on Lambda). Measured on 8 RVL-CDIP pages: same words and confidences as the CLI engine
     in 53 % of its time (no process start, no model reload, no image encoding per page).
-    One API object per (languages, psm), reused across pages; a process-wide lock,
+    One API object per (languages, psm), reused across pages; one lock per engine (default_engine()
+    makes one engine per process),
     as a TessBaseAPI is not safe to share between threads.
 
     OMP_THREAD_LIMIT must be 1 before libtesseract loads (set by the worker initialiser, the Lambda
@@ -254,6 +278,7 @@ class TesserocrEngine(OcrEngine):
         self._tessdata = tessdata
         self._apis: dict[tuple[str, int], Any] = {}
         self._osd: Any = None  # the OSD-only API, made on the first page that needs it
+        self._osd_broken = False
         self._lock = threading.Lock()
 
     @cached_property
@@ -277,16 +302,20 @@ class TesserocrEngine(OcrEngine):
             )
         return self._apis[key]
 
-    def recognize(self, image: Image.Image, options: OcrOptions) -> OcrPage:
-        self.check_languages(options.languages)
+    @staticmethod
+    def _set_image(api: Any, image: Image.Image) -> None:
+        """Raw pixels, no DPI: like the CLI fed PNM, Tesseract estimates the resolution from the text
+        itself (scans that claim 72 dpi otherwise come out empty), and no encode/decode round trip."""
         if image.mode not in ("L", "RGB"):
             image = image.convert("L" if image.mode in ("1", "LA", "I", "I;16", "F") else "RGB")
         channels = 1 if image.mode == "L" else 3
+        api.SetImageBytes(image.tobytes(), image.width, image.height, channels, image.width * channels)
+
+    def recognize(self, image: Image.Image, options: OcrOptions) -> OcrPage:
+        self.check_languages(options.languages)
         with self._lock:
             api = self._api(options)
-            # Raw pixels, no DPI: like the CLI fed PNM, Tesseract estimates the resolution from the text
-            # itself (scans that claim 72 dpi otherwise come out empty), and no encode/decode round trip.
-            api.SetImageBytes(image.tobytes(), image.width, image.height, channels, image.width * channels)
+            self._set_image(api, image)
             if not api.Recognize(timeout=int(options.timeout_seconds * 1000)):
                 raise OcrTimeoutError(
                     f"Tesseract took more than {options.timeout_seconds:g} s on one page "
@@ -296,18 +325,23 @@ class TesserocrEngine(OcrEngine):
         return parse_tsv(_TSV_HEADER + tsv)
 
     def detect_orientation(self, image: Image.Image, options: OcrOptions) -> Orientation | None:
-        if "osd" not in self.available_languages:
+        if self._osd_broken or not _osd_installed(self.available_languages, self.tessdata):
             return None
-        if image.mode not in ("L", "RGB"):
-            image = image.convert("L" if image.mode in ("1", "LA", "I", "I;16", "F") else "RGB")
-        channels = 1 if image.mode == "L" else 3
         with self._lock:
-            if self._osd is None:
-                import tesserocr
+            try:
+                if self._osd is None:
+                    import tesserocr
 
-                self._osd = tesserocr.PyTessBaseAPI(path=f"{self.tessdata}/", lang="osd", psm=tesserocr.PSM.OSD_ONLY)
-            self._osd.SetImageBytes(image.tobytes(), image.width, image.height, channels, image.width * channels)
-            found = self._osd.DetectOrientationScript()  # None when there is too little text to tell
+                    self._osd = tesserocr.PyTessBaseAPI(
+                        path=f"{self.tessdata}/", lang="osd", psm=tesserocr.PSM.OSD_ONLY
+                    )
+                self._set_image(self._osd, image)
+                found = self._osd.DetectOrientationScript()  # None when there is too little text to tell
+                self._osd.Clear()  # do not hold a copy of the page until the next one
+            except RuntimeError as exc:  # a broken osd.traineddata: the page is read as it came
+                self._osd_broken = True
+                _warn_once(f"Tesseract orientation detection failed ({exc}); pages are read as they come")
+                return None
         if not found:
             return None
         return Orientation(int(found["orient_deg"]) % 360, float(found["orient_conf"]))
