@@ -175,6 +175,8 @@ def test_a_worse_model_is_refused_with_its_reasons(loop: Loop) -> None:
     assert tags["gate.decision"] == "refused"
     assert tags["gate.champion_version"] == "1"
     assert float(tags["gate.challenger_macro_f1"]) < float(tags["gate.champion_macro_f1"])
+    # each model's own calibration, as its metrics.json records it (tiny corpora: not reached)
+    assert challenger["review_calibrated"] is False and tags["gate.challenger_review_calibrated"] == "false"
     assert "recall of" in tags["gate.reasons"]
     assert json.loads(tags["gate.policy"]) == {"max_recall_drop": 0.05, "min_eval_docs": 1, "min_macro_f1_gain": 0.0}
     # The champion stays; the refused version is the challenger; nothing new was published

@@ -3,6 +3,7 @@ assembly), and users' labels turned into training examples. No MLflow, no networ
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import stat
@@ -69,6 +70,32 @@ def test_gate_refuses_a_better_average_that_sacrifices_one_class() -> None:
 def test_gate_counts_a_class_the_challenger_lost_as_zero_recall() -> None:
     promote, reasons = decide(_scores(0.99, a=1.0), _scores(0.90, a=0.9, b=0.7), GatePolicy())
     assert not promote and "recall of b drops 0.700" in reasons[0]
+
+
+def test_gate_refuses_a_challenger_whose_review_calibration_fell_short() -> None:
+    better = _scores(0.95, a=1.0)
+    short = dataclasses.replace(better, review_calibrated=False)
+    calibrated = dataclasses.replace(_scores(0.90, a=0.9), review_calibrated=True)
+    promote, reasons = decide(short, calibrated, GatePolicy())
+    assert not promote and reasons == [
+        "its review threshold does not reach its precision target on its held-out split (the champion's "
+        "does): it would be served with the strictest threshold, most documents to review"
+    ]
+    # a champion that did not reach it either, or models that do not say, are compared as before
+    assert decide(short, dataclasses.replace(calibrated, review_calibrated=False), GatePolicy())[0]
+    assert decide(better, _scores(0.90, a=0.9), GatePolicy())[0]
+
+
+def test_review_calibration_is_read_from_the_model(tmp_path: Path) -> None:
+    from docflow_training.registry import review_calibrated
+
+    assert review_calibrated(tmp_path) is None  # no metrics.json
+    (tmp_path / "metrics.json").write_text(json.dumps({"review_threshold": {"reached": True}}))
+    assert review_calibrated(tmp_path) is True
+    (tmp_path / "metrics.json").write_text(json.dumps({"accuracy": 0.9}))  # an older model
+    assert review_calibrated(tmp_path) is None
+    (tmp_path / "metrics.json").write_text("{not json")
+    assert review_calibrated(tmp_path) is None
 
 
 def test_gate_policy_rejects_nonsense() -> None:

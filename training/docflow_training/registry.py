@@ -108,6 +108,19 @@ class Scores:
     macro_f1: float
     recall: dict[str, float]
     support: dict[str, int]
+    # Whether the model's served review threshold reached its precision target on its own held-out
+    # split (metrics.json's review_threshold.reached); None when the model does not say.
+    review_calibrated: bool | None = None
+
+
+def review_calibrated(model_dir: Path) -> bool | None:
+    """metrics.json's ``review_threshold.reached`` of the model in ``model_dir``; None if not recorded."""
+    try:
+        metrics = json.loads((model_dir / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    reached = (metrics.get("review_threshold") or {}).get("reached") if isinstance(metrics, dict) else None
+    return reached if isinstance(reached, bool) else None
 
 
 def score_model(model_dir: Path, docs: Sequence[HeldOutDoc], batch_size: int = 32) -> Scores:
@@ -128,6 +141,7 @@ def score_model(model_dir: Path, docs: Sequence[HeldOutDoc], batch_size: int = 3
         macro_f1=float(np.mean(f1s)) if labels else 0.0,
         recall={label: float(r) for label, r in zip(labels, recalls, strict=True)},
         support={label: y_true.count(label) for label in labels},
+        review_calibrated=review_calibrated(model_dir),
     )
 
 
@@ -163,6 +177,11 @@ def decide(challenger: Scores, champion: Scores, policy: GatePolicy) -> tuple[bo
                 f"recall of {label} drops {before - after:.3f} ({before:.3f} -> {after:.3f}; "
                 f"allowed {policy.max_recall_drop:.3f})"
             )
+    if challenger.review_calibrated is False and champion.review_calibrated is True:
+        reasons.append(
+            "its review threshold does not reach its precision target on its held-out split (the "
+            "champion's does): it would be served with the strictest threshold, most documents to review"
+        )
     return not reasons, reasons
 
 
@@ -200,6 +219,7 @@ class GateDecision:
                 tags[f"gate.{role}_macro_f1"] = f"{scores.macro_f1:.4f}"
                 tags[f"gate.{role}_accuracy"] = f"{scores.accuracy:.4f}"
                 tags[f"gate.{role}_recall"] = json.dumps({k: round(v, 4) for k, v in scores.recall.items()})
+                tags[f"gate.{role}_review_calibrated"] = str(scores.review_calibrated).lower()
         if self.challenger_scores and self.champion_scores:
             tags["gate.macro_f1_gain"] = f"{self.challenger_scores.macro_f1 - self.champion_scores.macro_f1:+.4f}"
             drops = {
