@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 import time
@@ -27,7 +26,7 @@ from typing import Any, Literal
 import numpy as np
 import scipy.sparse as sp
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from scipy.stats import norm
+from scipy.stats import binomtest
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import (
     accuracy_score,
@@ -284,14 +283,12 @@ def _evaluate(y_true: list[str], probabilities: np.ndarray, labels: list[str]) -
 
 def precision_lower_bound(correct: int, total: int, confidence: float) -> float:
     """The lower end of the one-sided Wilson score interval for a precision of ``correct / total`` at
-    ``confidence`` (0.5 gives the point estimate); 0 for an empty sample."""
+    ``confidence`` (the two-sided interval at ``2 * confidence - 1``; 0.5 gives the point estimate);
+    0 for an empty sample."""
     if total <= 0:
         return 0.0
-    z = float(norm.ppf(confidence))
-    share = correct / total
-    centre = share + z * z / (2 * total)
-    spread = z * math.sqrt(share * (1 - share) / total + z * z / (4 * total * total))
-    return max(0.0, (centre - spread) / (1 + z * z / total))
+    interval = binomtest(correct, total).proportion_ci(confidence_level=2 * confidence - 1, method="wilson")
+    return float(interval.low)
 
 
 def review_threshold_for(
