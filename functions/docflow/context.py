@@ -18,7 +18,7 @@ from docflow.ports import BlobStore, RecordStore
 from docflow.settings import Settings, get_settings
 
 if TYPE_CHECKING:
-    from docflow.domain.classifier import TextClassifier
+    from docflow.domain.classifier import ModelFingerprint, TextClassifier
     from docflow.domain.ocr import OcrEngine
 
 
@@ -41,20 +41,22 @@ class StepContext:
     # Set by an embedded run that found no other run using its DOCFLOW_HOME (pipeline.embedded.home_run):
     # an unfinished record written before that run began is an orphan, however recent. Not a setting.
     orphans_before: datetime | None = field(default=None)
-    # The classifier serving now, and a newer champion directory that failed to load (not tried again).
+    # The classifier serving now, and a newer champion directory (with its files' fingerprint) that failed
+    # to load: not tried again until the pointer moves or those files are replaced.
     _serving: TextClassifier | None = field(default=None, repr=False)
-    _broken: Path | None = field(default=None, repr=False)
+    _broken: tuple[Path, ModelFingerprint] | None = field(default=None, repr=False)
 
     def classifier(self) -> TextClassifier:
         # Imported here so Validate/ExtractText cold starts never load onnxruntime.
-        from docflow.domain.classifier import load_classifier
+        from docflow.domain.classifier import load_classifier, model_fingerprint
 
-        # The champion pointer is read at cold start and again every model_refresh_seconds; each
-        # version has its own directory, so load_classifier's per-path cache loads a new champion.
+        # The champion pointer is read at cold start and again every model_refresh_seconds; load_classifier
+        # loads a directory again when the pointer names another one or its files were replaced.
         if self.model_source is None:
             self.model_source = build_model_source(self.settings, ttl_seconds=self.settings.model_refresh_seconds)
         model_dir = self.model_source.model_dir()
-        if self._serving is not None and model_dir == self._broken:
+        identity = (model_dir, model_fingerprint(model_dir))
+        if self._serving is not None and identity == self._broken:
             return self._serving
         try:
             classifier = load_classifier(model_dir)
@@ -63,7 +65,7 @@ class StepContext:
                 raise  # nothing loaded yet: no model we know is right to fall back on
             # A newly published champion that does not load must not stop classification: keep the one in
             # use, say so loudly, and try the pointer's next champion when it changes.
-            self._broken = model_dir
+            self._broken = identity
             logger.exception(
                 "the champion at %s does not load; still serving %s %s",
                 model_dir,

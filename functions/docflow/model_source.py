@@ -9,9 +9,11 @@ model bucket (``s3://<bucket>/models/``); else the model built at set-up.
 
 The pointer is read at cold start and read again once ``ttl_seconds`` have passed. A bucket's
 files are downloaded once per version into ``/tmp/docflow-models/v{N}/`` and checked against the
-pointer's sha256 sums. Every version has its own path, so ``load_classifier`` (cached by path)
-loads a new champion without clearing its cache. The publisher (``docflow_training.publish``)
-writes the files before the pointer, so a reader never sees a pointer to files not yet there.
+pointer's sha256 sums. Every version has its own path; a version published again with other files
+(a registry started afresh numbers from 1 again) replaces its folder as a whole, and
+``load_classifier`` (cached by path and the files' fingerprint) loads the new files. The publisher
+(``docflow_training.publish``) writes the files before the pointer, so a reader never sees a pointer
+to files not yet there.
 """
 
 from __future__ import annotations

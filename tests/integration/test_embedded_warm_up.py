@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from docflow import telemetry
-from docflow.domain.classifier import load_classifier
+from docflow.domain.classifier import classifier_cache_info, clear_classifier_cache
 from docflow.models import Status
 from docflow.pipeline import embedded
 from docflow.samples import MEMO, text_pdf
@@ -28,16 +28,16 @@ def _no_sink() -> Iterator[None]:
 
 
 def test_a_worker_loads_the_model_at_start(docflow_home: Path) -> None:
-    load_classifier.cache_clear()
+    clear_classifier_cache()
     embedded._init_worker(Settings(home=docflow_home, model_dir=DEFAULT_MODEL_DIR))
-    assert load_classifier.cache_info().currsize == 1  # loaded before any document
+    assert classifier_cache_info().currsize == 1  # loaded before any document
     assert embedded._worker_ctx is not None
     embedded._worker_ctx.classifier()
-    assert load_classifier.cache_info().misses == 1  # the documents reuse it
+    assert classifier_cache_info().misses == 1  # the documents reuse it
 
 
 def test_a_model_that_cannot_load_fails_documents_not_the_pool(docflow_home: Path, tmp_path: Path) -> None:
-    load_classifier.cache_clear()
+    clear_classifier_cache()
     files = []
     for name in ("a.pdf", "b.pdf"):
         path = tmp_path / name

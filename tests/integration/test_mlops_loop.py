@@ -150,9 +150,9 @@ def test_champion_is_published_and_served_with_its_registry_version(loop: Loop) 
 
     # Classify resolves the champion from the home and records the registry version on each prediction
     from docflow.context import build_context
-    from docflow.domain.classifier import load_classifier
+    from docflow.domain.classifier import clear_classifier_cache
 
-    load_classifier.cache_clear()
+    clear_classifier_cache()
     prediction = build_context(loop.settings).classifier().predict(FEEDBACK_TEXT)
     assert prediction.model_name == "docflow-classifier" and prediction.model_version == "1"
 

@@ -41,13 +41,16 @@ def bucket() -> Iterator[S3BlobStore]:
         yield S3BlobStore(MODEL_BUCKET)
 
 
-def _publish(trained: Path, version: int, bucket: S3BlobStore, tmp_path: Path) -> ChampionPointer:
+def _publish(
+    trained: Path, version: int, bucket: S3BlobStore, tmp_path: Path, run_id: str | None = None
+) -> ChampionPointer:
     """What publish_version does after downloading from the registry: stamp, hash, write, point."""
-    model_dir = tmp_path / f"publish-v{version}"
+    run_id = run_id or f"run{version}"
+    model_dir = tmp_path / f"publish-v{version}-{run_id}"
     model_dir.mkdir()
     for path in trained.iterdir():
         (model_dir / path.name).write_bytes(path.read_bytes())
-    stamp_version(model_dir, "docflow-classifier", version, run_id=f"run{version}")
+    stamp_version(model_dir, "docflow-classifier", version, run_id=run_id)
     pointer = ChampionPointer(
         model_dir=f"docflow-classifier/v{version}",
         version=version,
@@ -78,6 +81,26 @@ def test_classify_serves_the_buckets_champion(trained: Path, bucket: S3BlobStore
     # A newer champion is picked up at the next check, into its own folder (the old one stays loaded)
     _publish(trained, 4, bucket, tmp_path)
     assert load_classifier(source.model_dir()).predict(MEMO).model_version == "4"
+
+
+def test_a_version_republished_with_other_files_is_served_by_a_warm_process(
+    trained: Path, bucket: S3BlobStore, tmp_path: Path
+) -> None:
+    """A registry started afresh numbers its first model 1 again: the bucket's v1 is then another model
+    under the same number and the same cache folder, and the warm process must serve the new one."""
+    settings = Settings(home=tmp_path / "home", backend="aws", model_bucket=MODEL_BUCKET)
+    source = build_model_source(settings, ttl_seconds=0, cache_root=tmp_path / "cache")
+    _publish(trained, 1, bucket, tmp_path, run_id="first-registry")
+    first = load_classifier(source.model_dir())
+    assert first.config.model_extra["registry"]["run_id"] == "first-registry"
+
+    _publish(trained, 1, bucket, tmp_path, run_id="second-registry")
+    served = source.model_dir()
+    assert served == tmp_path / "cache" / "v1"  # same folder, downloaded again (the sha256 sums differ)
+    again = load_classifier(served)
+    assert again is not first
+    assert again.config.model_extra["registry"]["run_id"] == "second-registry"
+    assert load_classifier(source.model_dir()) is again  # and loaded once, not on every call
 
 
 def test_a_pointer_to_missing_files_fails_at_cold_start(trained: Path, bucket: S3BlobStore, tmp_path: Path) -> None:

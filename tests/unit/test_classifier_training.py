@@ -17,6 +17,7 @@ from docflow.domain.classifier import (
     ModelNotFoundError,
     TextClassifier,
     load_classifier,
+    model_fingerprint,
 )
 from docflow.domain.drift import CONFIDENCE_EDGES, load_baseline
 from docflow.domain.text import normalize_text
@@ -210,6 +211,24 @@ def test_model_from_another_normalizer_is_refused(trained: TrainingResult, tmp_p
 
 def test_load_classifier_is_cached_per_directory(trained: TrainingResult) -> None:
     assert load_classifier(trained.model_dir) is load_classifier(trained.model_dir)
+
+
+def test_a_directory_replaced_as_a_whole_is_loaded_again(trained: TrainingResult, tmp_path: Path) -> None:
+    served = tmp_path / "served"
+    shutil.copytree(trained.model_dir, served)
+    first = load_classifier(served)
+    assert model_fingerprint(served) == model_fingerprint(served)
+
+    staging = tmp_path / "staging"
+    shutil.copytree(trained.model_dir, staging)
+    config = json.loads((staging / "config.json").read_text())
+    (staging / "config.json").write_text(json.dumps({**config, "review_threshold": 0.93}))
+    shutil.rmtree(served)
+    staging.rename(served)
+
+    again = load_classifier(served)
+    assert again is not first and again.review_threshold() == 0.93
+    assert load_classifier(served) is again
 
 
 # --- corpus loading and splitting -------------------------------------------------------------

@@ -50,8 +50,9 @@ class LocalPublishTarget(PublishTarget):
         shutil.copytree(model_dir, staging)
         try:
             if target.exists():
-                # Republishing a version: same files. Rename the old copy aside, never delete in place
-                # (a process may be reading it).
+                # Republishing a version (the same files, or another model under that number when the
+                # registry started afresh): rename the old copy aside, never delete in place (a process may
+                # be reading it). Readers see new files, so load_classifier loads them.
                 retired = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
                 os.replace(target, retired)
                 os.replace(staging, target)

@@ -241,13 +241,29 @@ class TextClassifier:
         return predictions
 
 
-@lru_cache(maxsize=4)
-def load_classifier(model_dir: Path) -> TextClassifier:
-    """The classifier for ``model_dir``, loaded once per process (a Lambda's cold start).
+# (inode, size, mtime in ns) of each file the runtime reads; a missing file is (0, -1, 0).
+ModelFingerprint = tuple[tuple[int, int, int], ...]
 
-    The cache is keyed on the path as given; a model directory is replaced as a whole (training
-    writes it atomically), and a process that must see a new one calls ``load_classifier.cache_clear()``.
-    """
+
+def model_fingerprint(model_dir: Path) -> ModelFingerprint:
+    """What identifies the files in ``model_dir`` now, from four ``stat`` calls (microseconds).
+
+    Model directories are replaced as a whole, never edited in place: publishing a version again, a
+    re-download of a champion whose files changed, ``make model``. A replaced directory has new files,
+    hence new inodes and mtimes, so its fingerprint differs even though its path does not."""
+    stats = []
+    for name in REQUIRED_FILES:
+        try:
+            st = (model_dir / name).stat()
+        except OSError:
+            stats.append((0, -1, 0))  # TextClassifier names the missing file
+        else:
+            stats.append((st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(stats)
+
+
+@lru_cache(maxsize=4)
+def _load_classifier(model_dir: Path, fingerprint: ModelFingerprint) -> TextClassifier:
     started = time.perf_counter()
     classifier = TextClassifier(model_dir)
     logger.info(
@@ -258,3 +274,20 @@ def load_classifier(model_dir: Path) -> TextClassifier:
         time.perf_counter() - started,
     )
     return classifier
+
+
+def load_classifier(model_dir: Path) -> TextClassifier:
+    """The classifier for ``model_dir``, loaded once per process (a Lambda's cold start) and again only
+    when the directory's files are replaced (``model_fingerprint``): a warm process serving a path whose
+    model was republished under the same version serves the new files, not the ones it loaded first."""
+    model_dir = Path(model_dir)
+    return _load_classifier(model_dir, model_fingerprint(model_dir))
+
+
+def clear_classifier_cache() -> None:
+    _load_classifier.cache_clear()
+
+
+def classifier_cache_info() -> Any:
+    """functools' CacheInfo of the loaded classifiers (hits, misses, currsize)."""
+    return _load_classifier.cache_info()
