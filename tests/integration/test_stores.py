@@ -121,6 +121,45 @@ def test_list_documents_by_status_paginates(stores: tuple[BlobStore, RecordStore
     assert [r.document_id for r in rejected] == ["r0"]
 
 
+def test_list_documents_without_a_status_is_newest_first_across_statuses(
+    stores: tuple[BlobStore, RecordStore],
+) -> None:
+    _, records = stores
+    statuses = [Status.CLASSIFIED, Status.REJECTED, Status.PROCESSING, Status.NEEDS_REVIEW, Status.FAILED]
+    for i in range(7):
+        records.put_document(_doc(f"d{i}", statuses[i % len(statuses)], minutes=i))
+    # Uploads and predictions share the table on AWS: they are not documents
+    records.put_upload(UploadRecord(document_id="d6", source="in/d6.pdf", status=Status.CLASSIFIED))
+    records.add_prediction(
+        PredictionRecord(
+            document_id="d6",
+            predicted_class="memo",
+            confidence=0.9,
+            scores={"memo": 0.9},
+            model_name="m",
+            model_version="1",
+        )
+    )
+    seen: list[str] = []
+    cursor: str | None = None
+    pages = 0
+    while True:
+        page, cursor = records.list_documents(limit=3, cursor=cursor)
+        seen += [r.document_id for r in page]
+        pages += 1
+        if cursor is None:
+            break
+    assert seen == [f"d{i}" for i in reversed(range(7))]  # every document once, newest first, no other items
+    assert pages == 3
+
+    # A document updated while a listing is paged moves above the cursor: never listed twice
+    first, cursor = records.list_documents(limit=2)
+    assert [r.document_id for r in first] == ["d6", "d5"]
+    records.put_document(_doc("d6", Status.CLASSIFIED, minutes=30))
+    rest, _ = records.list_documents(limit=10, cursor=cursor)
+    assert [r.document_id for r in rest] == ["d4", "d3", "d2", "d1", "d0"]
+
+
 def test_uploads_and_prediction_history(stores: tuple[BlobStore, RecordStore]) -> None:
     _, records = stores
     records.put_upload(UploadRecord(document_id="d3", source="a.pdf", status=Status.CLASSIFIED))

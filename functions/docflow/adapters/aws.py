@@ -324,39 +324,56 @@ class DynamoRecordStore(RecordStore):
     def list_documents(
         self, status: str | None = None, limit: int = 50, cursor: str | None = None
     ) -> tuple[list[DocumentRecord], str | None]:
-        start = self._start_key(cursor, index=bool(status)) if cursor else None
-        if status:
-            kwargs: dict[str, Any] = {
-                "IndexName": STATUS_INDEX,
-                "KeyConditionExpression": Key("gsi1pk").eq(status),
-                "ScanIndexForward": False,
-                "Limit": limit,
-            }
-            if start:
-                kwargs["ExclusiveStartKey"] = start
-            resp = self._call("list documents", self._table.query, **kwargs)
-        else:
-            kwargs = {"FilterExpression": Key("sk").eq(DOCUMENT_SK), "Limit": limit}
-            if start:
-                kwargs["ExclusiveStartKey"] = start
-            resp = self._call("scan documents", self._table.scan, **kwargs)
-        records = [DocumentRecord.model_validate(i) for i in resp.get("Items", [])]
-        last = resp.get("LastEvaluatedKey")
-        return records, (json.dumps(last, default=str) if last else None)
+        """Newest first by update time, as the local store lists them, with or without a status: each status
+        is a partition of the by-status index, read newest first from the cursor down, and the partitions
+        are merged. No scan: a page costs at most ``limit + 1`` items per status, whatever the table holds.
+
+        The cursor is the index sort key (``<updated_at>#<document_id>``) of the last document returned; a
+        document updated after the listing began moves above it, so paging never returns one twice."""
+        if limit < 1:
+            raise ValueError(f"limit must be positive, got {limit}")
+        below = self._cursor_key(cursor) if cursor else None
+        merged: list[dict[str, Any]] = []
+        for one in [status] if status else [s.value for s in Status]:
+            merged += self._newest_in_status(one, below, limit + 1)
+        merged.sort(key=lambda item: str(item["gsi1sk"]), reverse=True)
+        page = merged[:limit]
+        records = [DocumentRecord.model_validate(item) for item in page]
+        return records, (str(page[-1]["gsi1sk"]) if len(merged) > limit else None)
+
+    def _newest_in_status(self, status: str, below: str | None, count: int) -> list[dict[str, Any]]:
+        """Up to ``count`` document items in ``status``, newest first, sorting below ``below`` when given
+        (a query's 1 MB page may hold fewer than asked: read on until ``count`` or the partition ends)."""
+        condition = Key("gsi1pk").eq(status)
+        if below is not None:
+            condition &= Key("gsi1sk").lt(below)
+        kwargs: dict[str, Any] = {
+            "IndexName": STATUS_INDEX,
+            "KeyConditionExpression": condition,
+            "ScanIndexForward": False,
+        }
+        items: list[dict[str, Any]] = []
+        while len(items) < count:
+            resp = self._call("list documents", self._table.query, Limit=count - len(items), **kwargs)
+            items += resp.get("Items", [])
+            if "LastEvaluatedKey" not in resp:
+                break
+            kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+        return items
 
     @staticmethod
-    def _start_key(cursor: str, index: bool) -> dict[str, str]:
-        """The start key a cursor of list_documents holds; ValueError for any other text (a tampered cursor is
-        the caller's error, not a request botocore refuses as malformed, which would read as transient)."""
-        start = json.loads(cursor)  # JSONDecodeError is a ValueError
-        wanted = {"pk", "sk", "gsi1pk", "gsi1sk"} if index else {"pk", "sk"}
-        if (
-            not isinstance(start, dict)
-            or set(start) != wanted
-            or not all(isinstance(v, str) and v for v in start.values())
-        ):
-            raise ValueError("the cursor is not a start key of this listing")
-        return start
+    def _cursor_key(cursor: str) -> str:
+        """The index sort key a cursor of list_documents holds; ValueError for any other text (a tampered
+        cursor is the caller's error, not a request botocore refuses as malformed, which would read as
+        transient)."""
+        moment, sep, document_id = cursor.rpartition("#")
+        try:
+            datetime.fromisoformat(moment)
+        except ValueError:
+            raise ValueError("the cursor is not a position in this listing") from None
+        if not sep or not document_id:
+            raise ValueError("the cursor is not a position in this listing")
+        return cursor
 
     def put_upload(self, upload: UploadRecord) -> None:
         self._call("put upload", self._table.put_item, Item=self._upload_item(upload))

@@ -208,7 +208,7 @@ def list_documents(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=4096, description="next_cursor of the previous page")] = None,
 ) -> DocumentPage:
-    """Documents, newest first (by status: most recently updated first), one page at a time."""
+    """Documents, most recently updated first (all of them, or those with one status), one page at a time."""
     return service.list_documents(ctx, status, limit, cursor)
 
 
