@@ -137,3 +137,31 @@ def test_a_document_that_kills_its_worker_fails_alone_not_the_queue_behind_it(se
         assert not list(workers.journal_dir.glob("*.started")), "a start marker is left"
     finally:
         workers.shutdown(grace=5)
+
+
+def _stuck_on_slow(job: PendingUpload) -> WorkResult:
+    """A document that outlasts any shutdown grace period (a page OCR cannot finish)."""
+    if job.upload_id == "slow":
+        time.sleep(600)
+    return _work(job)
+
+
+def test_shutdown_stops_a_worker_still_busy_after_the_grace_period(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    workers = LocalWorkers(settings, workers=1, max_attempts=2, work=_stuck_on_slow)
+    ctx = build_context(settings)
+    slow = _accept(settings, workers, ctx, "slow", text_pdf([LETTER]))
+    deadline = time.monotonic() + 60
+    while not (workers.journal_dir / "slow.started").exists():  # the worker has the document
+        assert time.monotonic() < deadline, "the worker never started the document"
+        time.sleep(0.05)
+    started = time.monotonic()
+    with caplog.at_level("INFO"):
+        workers.shutdown(grace=1)  # raised AttributeError once the pool was shut down
+    assert time.monotonic() - started < 15
+    assert "workers stopped: 0 finished, 1 interrupted" in caplog.text
+    assert [job.upload_id for job in workers.journaled()] == ["slow"]  # re-run at the next start
+    assert [u.status for u in ctx.records.list_uploads(slow.document_id)] == [Status.FAILED]
+    record = ctx.records.get_document(slow.document_id)
+    assert record is not None and record.status == Status.FAILED and "server stopped" in (record.reason or "")

@@ -362,11 +362,13 @@ class LocalWorkers:
             running = list(self._inflight.values())
         if pool is None:
             return
+        # Taken before shutdown(), which sets the pool's _processes to None. No public way to stop a busy
+        # worker before Python 3.14's terminate_workers().
+        processes = list((getattr(pool, "_processes", None) or {}).values())
         pool.shutdown(wait=False, cancel_futures=True)
         done, not_done = wait_futures(running, timeout=grace)
-        if not_done and isinstance(pool, ProcessPoolExecutor):
-            # No public way to stop a busy worker before Python 3.14's terminate_workers().
-            for process in list(getattr(pool, "_processes", {}).values()):
+        if not_done:
+            for process in processes:
                 process.terminate()
             wait_futures(not_done, timeout=10)
         queued = sum(1 for f in done if f.cancelled())
