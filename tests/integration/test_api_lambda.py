@@ -255,7 +255,7 @@ def test_listing_pages_on_dynamodb_and_a_tampered_cursor_is_the_clients_error(aw
     ids = {c * 64 for c in "abc"}
     for document_id in ids:
         store.put_document(DocumentRecord(document_id=document_id, status=Status.CLASSIFIED, source="up"))
-    # The store's own cursors page through, with and without a status (a scan's key, the index's key)
+    # The store's own cursors page through, with and without a status (the by-status index's sort key)
     for params in ({}, {"status": "CLASSIFIED"}):
         seen: list[str] = []
         cursor: str | None = None
@@ -267,7 +267,7 @@ def test_listing_pages_on_dynamodb_and_a_tampered_cursor_is_the_clients_error(aw
             if not cursor:
                 break
         assert sorted(seen) == sorted(ids), params
-    # A cursor the API wraps well but whose start key is not one is a 422, not a retryable 503
+    # A cursor the API wraps well but that is no position in the listing is a 422, not a retryable 503
     tampered = ["[1]", "1", '"pk"', '{"pk": 1, "sk": "DOCUMENT"}', '{"pk": "x"}', '{"pk": "x", "sk": "DOCUMENT"}']
     for raw in tampered:
         wrapped = base64.urlsafe_b64encode(json.dumps({"c": raw}).encode()).decode().rstrip("=")

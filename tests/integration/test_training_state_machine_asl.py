@@ -43,6 +43,7 @@ from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state
 )
 from moto.stepfunctions.parser.asl.eval.event.event_detail import EventDetails
 
+from docflow.adapters.aws import DynamoRecordStore
 from docflow.models import ExtractionResult, PageText, Status
 from docflow.records import DocumentRecord
 from infra_cdk import constants as c
@@ -319,11 +320,10 @@ def _upload_corpus(s3: Any, rename: dict[str, str] | None = None) -> None:
 
 def _label_a_document(s3: Any) -> str:
     document_id = "f" * 64
-    table = boto3.resource("dynamodb", region_name=REGION).Table(TABLE)
     record = DocumentRecord(
         document_id=document_id, status=Status.NEEDS_REVIEW, source="s3://up/doc.png", label="email"
     )
-    table.put_item(Item={**json.loads(record.model_dump_json(exclude_none=True)), "pk": document_id, "sk": "DOCUMENT"})
+    DynamoRecordStore(TABLE).put_document(record)  # as the pipeline writes it (with its by-status index keys)
     page = PageText(page=1, text=FEEDBACK_TEXT, source="ocr", confidence=88.0, words=14, seconds=0.1)
     s3.put_object(
         Bucket=BUCKET, Key=f"text/{document_id}.json", Body=ExtractionResult(pages=[page]).model_dump_json().encode()
