@@ -44,7 +44,7 @@ STATUS_STYLE = {
 
 @app.command()
 def process(
-    paths: Annotated[list[Path], typer.Argument(help="Files or folders (searched recursively).")],
+    paths: Annotated[list[Path], typer.Argument(help="Files or folders (searched recursively; dotfiles skipped).")],
     workers: Annotated[int, typer.Option(min=1, help="Documents processed in parallel.")] = os.cpu_count() or 1,
     json_output: Annotated[bool, typer.Option("--json", help="One JSON object per document on stdout.")] = False,
     languages: Annotated[
@@ -55,13 +55,17 @@ def process(
 ) -> None:
     """Run every document through validate → extract text → classify, on the local stores."""
     from docflow.errors import ConfigurationError
-    from docflow.pipeline.embedded import check_ready, discover, display_path, process_paths
+    from docflow.pipeline.embedded import RunInterrupted, check_ready, discover, display_path, process_paths
 
     settings = load_settings(home=home, ocr_languages=languages)
-    missing = [str(p) for p in paths if not p.exists()]
-    if missing:
-        raise fail(f"No such file or folder: {', '.join(missing)}")
-    files = [(path, display_path(path)) for path in discover(paths)]
+    unusable = [why for p in paths if (why := _unusable_input(p))]
+    if unusable:
+        raise fail("; ".join(unusable))
+
+    def skipped(folder: Path, why: str) -> None:
+        err.print(f"[yellow]skipped {display_path(folder)}: {why}[/yellow]", soft_wrap=True)
+
+    files = [(path, display_path(path)) for path in discover(paths, on_skipped=skipped)]
     if not files:
         err.print("[yellow]No files found.[/yellow]")
         raise typer.Exit(0)
@@ -78,19 +82,44 @@ def process(
             print(result.model_dump_json(), flush=True)
 
     sink = _prometheus()
+    interrupted: RunInterrupted | None = None
     with progress:
         task = progress.add_task("Processing", total=len(files))
-        results = process_paths(
-            files,
-            settings,
-            workers=min(workers, len(files)),
-            on_result=on_result,
-            languages=settings.ocr_languages if languages else None,
-        )
+        try:
+            results = process_paths(
+                files,
+                settings,
+                workers=min(workers, len(files)),
+                on_result=on_result,
+                languages=settings.ocr_languages if languages else None,
+            )
+        except RunInterrupted as exc:
+            interrupted, results = exc, exc.results
 
     if not json_output:
         _print_table(results)
     _write_metrics(sink, settings.home / "metrics" / "docflow.prom")
+    if interrupted is not None:
+        err.print(
+            f"[yellow]Interrupted: {len(results)} of {interrupted.total} documents done. Run the same command "
+            "again to finish the rest (those done are reported from the record, not processed again).[/yellow]"
+        )
+        raise typer.Exit(130)
+
+
+def _unusable_input(path: Path) -> str | None:
+    """Why a path named on the command line cannot be looked at (None when it can)."""
+    from docflow.pipeline.embedded import display_path
+
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        if path.is_symlink():
+            return f"{display_path(path)} is a link to nothing"
+        return f"No such file or folder: {display_path(path)}"
+    except OSError as exc:
+        return f"Cannot read {display_path(path)}: {exc.strerror or type(exc).__name__}"
+    return None
 
 
 def _progress() -> Progress:
@@ -315,6 +344,7 @@ def eval_command(
         rows_from_results,
         run_pipeline,
     )
+    from docflow.pipeline.embedded import RunInterrupted
 
     # The documents run on a temporary state directory: DOCFLOW_HOME only receives the metrics file.
     settings = load_settings(check_home=False, model_dir=model_dir, review_threshold=review_threshold)
@@ -357,6 +387,9 @@ def eval_command(
             )
         except ConfigurationError as exc:  # the model does not load, an OCR language is missing
             raise fail(str(exc)) from None
+        except RunInterrupted as exc:
+            err.print(f"[yellow]Interrupted after {len(exc.results)} of {exc.total} documents: no report.[/yellow]")
+            raise typer.Exit(130) from None
     err.print(f"model: {model_dir}", markup=False, soft_wrap=True)
     # Its own folder: a textfile collector on metrics/ must not read the same series from two files.
     _write_metrics(sink, settings.home / "metrics" / "eval" / "docflow.prom")

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,8 +16,10 @@ pytestmark = pytest.mark.e2e
 DOCFLOW = [sys.executable, "-m", "docflow.cli"]
 
 
-def run_cli(*args: str, home: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DOCFLOW_HOME": str(home)}
+def run_cli(
+    *args: str, home: Path, timeout: float = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DOCFLOW_HOME": str(home), **(env or {})}
     return subprocess.run([*DOCFLOW, *args], capture_output=True, text=True, env=env, timeout=timeout)
 
 
@@ -210,10 +213,169 @@ def test_a_document_left_processing_by_a_killed_run_is_finished_by_the_next(docf
     # While another run holds the state directory, that record may be its work in progress: left alone
     with (docflow_home / "run.lock").open("a") as other_run:
         fcntl.flock(other_run, fcntl.LOCK_SH)
-        proc = run_cli("process", str(pdf), "--json", home=docflow_home)
+        started = time.monotonic()
+        proc = run_cli("process", str(pdf), "--json", home=docflow_home, env={"DOCFLOW_OTHER_RUN_WAIT_SECONDS": "2"})
         assert proc.returncode == 0, proc.stderr
-        assert rows(proc)["memo.pdf"]["status"] == "PROCESSING"
+        row = rows(proc)["memo.pdf"]
+        assert row["status"] == "PROCESSING" and "another run is processing" in row["reason"]
+        assert time.monotonic() - started >= 2  # it waited for that run's outcome first
     # A run alone on it knows the record is an orphan, and finishes the document
     proc = run_cli("process", str(pdf), "--json", home=docflow_home)
     assert proc.returncode == 0, proc.stderr
     assert rows(proc)["memo.pdf"]["status"] in ("CLASSIFIED", "NEEDS_REVIEW")
+
+
+def test_inputs_that_are_no_document_file_each_get_a_row_and_nothing_is_copied(
+    samples: Path, docflow_home: Path, tmp_path: Path
+) -> None:
+    import hashlib
+
+    from docflow.samples import FORM, text_pdf
+
+    folder = tmp_path / "in"
+    (folder / "real").mkdir(parents=True)
+    memo = folder / "real" / "memo.pdf"
+    memo.write_bytes((samples / "memo.pdf").read_bytes())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "form.pdf").write_bytes(text_pdf([FORM]))
+    (folder / "linked").symlink_to(elsewhere)  # a linked folder is followed
+    (folder / "real" / "loop").symlink_to(folder)  # a link loop ends
+    (folder / "dangling.png").symlink_to(tmp_path / "gone.png")
+    big = tmp_path / "big.pdf"
+    big.write_bytes(b"%PDF-1.4\n" + os.urandom(5000))
+    proc = run_cli(
+        "process",
+        str(folder),
+        "/dev/null",  # a character device: /dev/zero would once fill the disk
+        str(big),
+        str(memo),  # named twice
+        "--json",
+        "--workers",
+        "2",
+        home=docflow_home,
+        env={"DOCFLOW_MAX_BYTES": "4000"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    got = [json.loads(line) for line in proc.stdout.splitlines()]
+    by_source = {r["source"]: r for r in got}
+    assert set(by_source) == {
+        str(folder / "dangling.png"),
+        str(folder / "linked" / "form.pdf"),
+        str(folder / "real" / "memo.pdf"),
+        "/dev/null",
+        str(big),
+    }
+    assert len(got) == 6  # memo.pdf: named by the folder and by hand, one row each
+    assert by_source["/dev/null"]["status"] == "FAILED" and "character device" in by_source["/dev/null"]["reason"]
+    assert by_source[str(folder / "dangling.png")]["status"] == "FAILED"
+    too_large = by_source[str(big)]
+    assert (too_large["status"], too_large["code"]) == ("REJECTED", "TOO_LARGE")
+    assert too_large["document_id"] == hashlib.sha256(big.read_bytes()).hexdigest()
+    assert by_source[str(folder / "linked" / "form.pdf")]["status"] in ("CLASSIFIED", "NEEDS_REVIEW")
+    memos = [r for r in got if r["source"].endswith("memo.pdf")]
+    assert len(memos) == 2
+    assert {r["status"] for r in memos} <= {"CLASSIFIED", "NEEDS_REVIEW"}
+    assert len({r["document_id"] for r in memos}) == 1
+    # The oversized file was never copied into the state directory; the memo ran once
+    stored = [p for p in (docflow_home / "blobs").rglob("*") if p.is_file()]
+    assert not [p for p in stored if p.name == "big.pdf"], stored
+    from docflow.adapters.local import SqliteRecordStore
+
+    records = SqliteRecordStore(docflow_home / "docflow.sqlite3")
+    assert len(records.list_predictions(memos[0]["document_id"])) == 1
+
+
+def test_a_duplicate_stays_a_duplicate_when_processed_again(samples: Path, docflow_home: Path) -> None:
+    pair = [str(samples / "letter-scan.png"), str(samples / "copy-of-letter.png")]
+    first = rows(run_cli("process", *pair, "--json", "--workers", "1", home=docflow_home))
+    second = rows(run_cli("process", *pair, "--json", "--workers", "1", home=docflow_home))
+    assert first["copy-of-letter.png"]["status"] == "DUPLICATE"
+    assert second["copy-of-letter.png"]["status"] == "DUPLICATE"
+    assert second["copy-of-letter.png"]["duplicate_of"] == first["letter-scan.png"]["document_id"]
+    assert second["letter-scan.png"]["status"] == first["letter-scan.png"]["status"]
+
+
+def _scans(folder: Path, n: int) -> list[Path]:
+    from docflow.samples import LETTER, MEMO, render_page
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        path = folder / f"scan{i:02d}.png"
+        render_page(f"{(MEMO, LETTER)[i % 2]}\nReference number {i}").save(path)
+        paths.append(path)
+    return paths
+
+
+def _start(args: list[str], home: Path) -> subprocess.Popen[str]:
+    env = {**os.environ, "DOCFLOW_HOME": str(home)}
+    return subprocess.Popen(
+        [*DOCFLOW, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,  # its own process group, as a terminal's job is
+    )
+
+
+def _pool_workers(pid: int) -> list[int]:
+    """The spawned pool workers among a process's children (not multiprocessing's resource tracker)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == pid and "spawn_main" in cmdline and "resource_tracker" not in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def test_ctrl_c_stops_the_run_prints_what_finished_and_the_next_run_finishes_the_rest(
+    docflow_home: Path, tmp_path: Path
+) -> None:
+    import signal
+
+    scans = _scans(tmp_path / "scans", 12)
+    proc = _start(["process", str(tmp_path / "scans"), "--json", "--workers", "2"], docflow_home)
+    assert proc.stdout is not None
+    first = proc.stdout.readline()  # one document done: the run is under way
+    assert first, proc.stderr.read() if proc.stderr else ""
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C on a terminal does
+    started = time.monotonic()
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert time.monotonic() - started < 20, "it finished the queue instead of stopping"
+    assert "Interrupted:" in err and "Traceback" not in err
+    done = [json.loads(line) for line in [first, *out.splitlines()]]
+    assert 1 <= len(done) < len(scans)
+    assert not _pool_workers(proc.pid)
+    again = run_cli("process", str(tmp_path / "scans"), "--json", "--workers", "2", home=docflow_home)
+    assert again.returncode == 0, again.stderr
+    assert {r["status"] for r in rows(again).values()} <= {"CLASSIFIED", "NEEDS_REVIEW"}
+    assert len(rows(again)) == len(scans)
+
+
+def test_a_worker_that_dies_costs_its_document_a_retry_not_the_queue(docflow_home: Path, tmp_path: Path) -> None:
+    import signal
+
+    scans = _scans(tmp_path / "scans", 10)
+    proc = _start(["process", str(tmp_path / "scans"), "--json", "--workers", "2"], docflow_home)
+    assert proc.stdout is not None
+    first = proc.stdout.readline()
+    assert first, proc.stderr.read() if proc.stderr else ""
+    workers = _pool_workers(proc.pid)
+    assert workers, "no pool worker found"
+    os.kill(workers[0], signal.SIGKILL)  # as the kernel's OOM killer would
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    got = [json.loads(line) for line in [first, *out.splitlines()]]
+    assert len(got) == len(scans)
+    assert {r["status"] for r in got} <= {"CLASSIFIED", "NEEDS_REVIEW"}, [r["reason"] for r in got]

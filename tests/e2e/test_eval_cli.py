@@ -168,3 +168,15 @@ def test_eval_with_an_unusable_docflow_home_is_one_line(labelled: Path, tmp_path
     proc = run_cli("eval", str(labelled), home=afile, timeout=60)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_a_file_listed_twice_in_a_csv_counts_twice_with_one_outcome(labelled: Path, tmp_path: Path) -> None:
+    memo = labelled / "memo" / "memo.pdf"
+    table = tmp_path / "twice.csv"
+    table.write_text(f"path,label\n{memo},memo\n{memo},memo\n")
+    proc = run_cli("eval", str(table), "--json", "--workers", "2", home=tmp_path / "home")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["n"] == 2
+    assert "PROCESSING" not in report["status_counts"]  # once it read "CLASSIFIED 1, PROCESSING 1"
+    assert sum(report["status_counts"].values()) == 2 and report["no_prediction"] == 0

@@ -9,11 +9,17 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import logging
 import multiprocessing
 import os
+import signal
+import stat
+import tempfile
 import time
+import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from datetime import datetime
 from pathlib import Path
@@ -24,13 +30,15 @@ from pydantic import BaseModel
 from docflow import telemetry
 from docflow.context import StepContext, build_context, resolve_model_dir
 from docflow.errors import ConfigurationError
-from docflow.models import Status, utcnow
+from docflow.models import RejectionCode, Status, utcnow
 from docflow.pipeline.runner import Runner
 from docflow.pipeline.state import DocumentRef, PipelineState
 from docflow.settings import Settings
 
 if TYPE_CHECKING:
     from docflow.domain.classifier import TextClassifier
+
+logger = logging.getLogger(__name__)
 
 
 class DocumentResult(BaseModel):
@@ -53,8 +61,9 @@ class DocumentResult(BaseModel):
     @classmethod
     def from_state(cls, state: PipelineState, seconds: float, ctx: StepContext) -> DocumentResult:
         prediction = state.prediction
-        if state.replay and state.document_id:
-            # A redelivery reports the outcome already on record.
+        if state.replay and state.document_id and state.status != Status.DUPLICATE:
+            # A redelivery reports the outcome already on record. (Not a duplicate's: the record is the
+            # document's it duplicates, and this upload's own outcome stays DUPLICATE.)
             record = ctx.records.get_document(state.document_id)
             if record is not None:
                 return cls(
@@ -88,15 +97,31 @@ class DocumentResult(BaseModel):
         )
 
 
-def discover(paths: Iterable[Path]) -> Iterator[Path]:
-    """Files named directly, and every file under a named folder (recursively, sorted; dotfiles skipped)."""
+def discover(paths: Iterable[Path], on_skipped: Callable[[Path, str], None] | None = None) -> Iterator[Path]:
+    """Files named directly, and every entry under a named folder: recursively, sorted, through linked
+    folders (each real folder once, so a link loop ends), dotfiles and dot-folders skipped. Entries that are
+    not readable documents (a dangling link, a device, a pipe) are yielded too: each gets a row saying why,
+    rather than vanishing from the run. A sub-folder that cannot be listed is reported to ``on_skipped``."""
     for path in paths:
-        if path.is_dir():
-            for child in sorted(path.rglob("*")):
-                if child.is_file() and not any(part.startswith(".") for part in child.relative_to(path).parts):
-                    yield child
-        else:
+        if not path.is_dir():
             yield path
+            continue
+        found: list[Path] = []
+        walked: set[str] = set()
+
+        def unreadable(exc: OSError) -> None:
+            if on_skipped is not None:
+                on_skipped(Path(exc.filename), exc.strerror or str(exc))
+
+        for root, dirs, names in os.walk(path, onerror=unreadable, followlinks=True):
+            real = os.path.realpath(root)
+            if real in walked:  # reached again through a link
+                dirs[:] = []
+                continue
+            walked.add(real)
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            found += [Path(root, name) for name in names if not name.startswith(".")]
+        yield from sorted(found)
 
 
 def display_path(path: Path | str) -> str:
@@ -111,16 +136,75 @@ def ingest_key(path: Path) -> str:
     return f"incoming/{digest}/{display_path(path.name)}"
 
 
-def process_file(path: Path, source: str, ctx: StepContext, languages: str | None = None) -> DocumentResult:
+class InputFileError(Exception):
+    """A named input that is not a file Docflow can take in (a device, a socket): its row says why."""
+
+
+_FILE_KINDS = {
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFIFO: "a named pipe",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFDIR: "a folder",
+}
+
+
+def process_file(
+    path: Path, source: str, ctx: StepContext, languages: str | None = None, owner: str | None = None
+) -> DocumentResult:
     started = time.perf_counter()
+    info = path.stat()  # through a link; a missing or unreadable file raises, and becomes its row
+    if not stat.S_ISREG(info.st_mode):
+        kind = _FILE_KINDS.get(stat.S_IFMT(info.st_mode), "not a regular file")
+        raise InputFileError(f"{display_path(path)} is {kind}, not a document file")
+    limit = ctx.settings.limits.max_bytes
+    if info.st_size > limit:
+        # Rejected here, before a byte is copied into the state directory: an oversized file is never
+        # stored (as the API refuses one with 413), and its content is read once, only to name it.
+        return too_large_row(path, source, info.st_size, limit, started)
     key = ingest_key(path)
     put_file = getattr(ctx.blobs, "put_file", None)
     if put_file is not None:
         put_file(key, path)
     else:
         ctx.blobs.put(key, path.read_bytes())
-    state = Runner(ctx).run(DocumentRef(key=key, source=source), languages=languages)
-    return DocumentResult.from_state(state, round(time.perf_counter() - started, 3), ctx)
+    state = Runner(ctx).run(DocumentRef(key=key, source=source), languages=languages, owner=owner)
+    result = DocumentResult.from_state(state, round(time.perf_counter() - started, 3), ctx)
+    if state.replay and not result.status.terminal:
+        result = _await_other_run(state, ctx, started)
+    return result
+
+
+def _await_other_run(state: PipelineState, ctx: StepContext, started: float) -> DocumentResult:
+    """The outcome another run (a second `docflow process`, `docflow serve`) records for this document,
+    polled; PROCESSING with the reason if it takes longer than Settings.other_run_wait_seconds."""
+    deadline = time.monotonic() + ctx.settings.other_run_wait_seconds
+    while True:
+        result = DocumentResult.from_state(state, round(time.perf_counter() - started, 3), ctx)
+        if result.status.terminal:
+            return result
+        if time.monotonic() >= deadline:
+            why = "another run is processing this document; its outcome will be on record when it ends"
+            return result.model_copy(update={"reason": why})
+        time.sleep(0.5)
+
+
+def too_large_row(path: Path, source: str, size: int, limit: int, started: float) -> DocumentResult:
+    """The row of a file over DOCFLOW_MAX_BYTES: REJECTED/TOO_LARGE, as Validate words it, with the
+    document id (SHA-256) streamed from the file itself. Not kept in the stores."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    telemetry.document_processed(Status.REJECTED, None)
+    return DocumentResult(
+        source=source,
+        document_id=digest.hexdigest(),
+        status=Status.REJECTED,
+        code=RejectionCode.TOO_LARGE,
+        reason=f"the file is {size:,} bytes; the limit is {limit:,} bytes (not stored)",
+        seconds=round(time.perf_counter() - started, 3),
+    )
 
 
 def check_ready(settings: Settings) -> TextClassifier:
@@ -177,6 +261,8 @@ def _init_worker(settings: Settings, orphans_before: datetime | None = None) -> 
 
 
 def _init_pool_worker(settings: Settings, orphans_before: datetime | None) -> None:
+    # Ctrl-C on a terminal reaches the whole process group: the parent decides what stops (RunInterrupted).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     hold_run_lock(settings)
     _init_worker(settings, orphans_before)
 
@@ -208,11 +294,21 @@ def _warm_up(ctx: StepContext) -> None:
         return
 
 
-def _work(path: str, source: str, languages: str | None) -> tuple[DocumentResult, list[telemetry.Emission]]:
-    """One document; its signals come back with its row (worker processes have no sink of their own)."""
+def _work(
+    path: str, source: str, languages: str | None, started_mark: str | None = None, owner: str | None = None
+) -> tuple[DocumentResult, list[telemetry.Emission]]:
+    """One document; its signals come back with its row (worker processes have no sink of their own).
+    ``started_mark``: a file created while the document runs, so that a pool broken by a worker's death
+    can tell the documents it was running from those still queued. ``owner``: the same for every attempt
+    at this document in this run (Runner.run)."""
     assert _worker_ctx is not None, "worker not initialised"
+    mark = Path(started_mark) if started_mark else None
+    if mark is not None:
+        mark.touch()
     with telemetry.recording() as signals:
-        result = process_file(Path(path), source, _worker_ctx, languages)
+        result = process_file(Path(path), source, _worker_ctx, languages, owner)
+    if mark is not None:
+        mark.unlink(missing_ok=True)
     return result, signals
 
 
@@ -249,6 +345,22 @@ def process_paths(
         return _process_paths(files, settings, workers, on_result, languages, orphans_before)
 
 
+class RunInterrupted(Exception):
+    """Ctrl-C during a run: the rows of the documents that finished. The documents that were running are
+    left unfinished on record; the next run on this state directory takes them over."""
+
+    def __init__(self, results: list[DocumentResult], total: int) -> None:
+        super().__init__(f"interrupted after {len(results)} of {total} documents")
+        self.results = results
+        self.total = total
+
+
+# A document whose worker process dies (killed, out of memory, a crash in a native library) is run once
+# more on a fresh pool; dying a second time, it fails with that reason. The documents queued behind it
+# are re-run without being charged.
+MAX_ATTEMPTS = 2
+
+
 def _process_paths(
     files: list[tuple[Path, str]],
     settings: Settings,
@@ -258,45 +370,131 @@ def _process_paths(
     orphans_before: datetime | None,
 ) -> list[DocumentResult]:
     results: list[DocumentResult | None] = [None] * len(files)
+    # One file named twice (the same path, or a link to it) runs once; each naming gets its row.
+    first_of: dict[str, int] = {}
+    also: dict[int, list[int]] = {}
+    todo: list[int] = []
+    for i, (path, _) in enumerate(files):
+        real = os.path.realpath(path)
+        if real in first_of:
+            also.setdefault(first_of[real], []).append(i)
+        else:
+            first_of[real] = i
+            todo.append(i)
 
     def done(i: int, result: DocumentResult, signals: list[telemetry.Emission]) -> None:
         telemetry.replay(signals)  # into this process's sink: exact counts whatever the pool did
-        results[i] = result
-        if on_result:
-            on_result(result)
+        for j in (i, *also.get(i, ())):
+            row = result if j == i else result.model_copy(update={"source": files[j][1]})
+            results[j] = row
+            if on_result:
+                on_result(row)
 
     # Create the stores (SQLite schema, WAL) once here, before workers open them concurrently.
     build_context(settings)
-    signals: list[telemetry.Emission]
-    if workers <= 1 or len(files) <= 1:
-        _init_worker(settings, orphans_before)
-        for i, (path, source) in enumerate(files):
-            try:
-                result, signals = _work(str(path), source, languages)
-            except Exception as exc:  # this document only (e.g. its file cannot be read): a row, as in the pool
-                result, signals = failed_row(source, exc), []
-            done(i, result, signals)
-    else:
-        # spawn, not fork: a forked worker inherits this process's open SQLite connection, and when the child
-        # closes it, POSIX drops every lock the child holds on the file: concurrent writes are then lost
-        # (tests/e2e/test_scale.py saw ~2 % of 300 documents vanish from the record store with fork).
-        with ProcessPoolExecutor(
-            max_workers=workers,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_pool_worker,
-            initargs=(settings, orphans_before),
-        ) as pool:
-            futures: dict[Future[tuple[DocumentResult, list[telemetry.Emission]]], int] = {
-                pool.submit(_work, str(path), source, languages): i for i, (path, source) in enumerate(files)
-            }
-            for future in as_completed(futures):
-                i = futures[future]
-                signals = []
+    try:
+        if workers <= 1 or len(todo) <= 1:
+            _init_worker(settings, orphans_before)
+            for i in todo:
+                path, source = files[i]
                 try:
-                    result, signals = future.result()
-                except BrokenProcessPool as exc:  # a worker died (killed, out of memory): still one row
-                    result = failed_row(files[i][1], exc, worker_stopped=True)
-                except Exception as exc:  # the document's own error (e.g. its file cannot be read)
-                    result = failed_row(files[i][1], exc)
+                    result, signals = _work(str(path), source, languages)
+                except Exception as exc:  # this document only (its file cannot be read): a row, as in the pool
+                    result, signals = failed_row(source, exc), []
                 done(i, result, signals)
+        else:
+            _run_in_pools(todo, files, settings, workers, languages, orphans_before, done)
+    except KeyboardInterrupt:
+        raise RunInterrupted([r for r in results if r is not None], len(files)) from None
     return [r for r in results if r is not None]
+
+
+def _run_in_pools(
+    todo: list[int],
+    files: list[tuple[Path, str]],
+    settings: Settings,
+    workers: int,
+    languages: str | None,
+    orphans_before: datetime | None,
+    done: Callable[[int, DocumentResult, list[telemetry.Emission]], None],
+) -> None:
+    """``todo`` on a pool of worker processes; when a worker dies and breaks the pool, the documents it
+    took down with it run again on a fresh one (MAX_ATTEMPTS)."""
+    attempts: Counter[int] = Counter()
+    # A document run again after its worker died is the same delivery: its record is its own work.
+    owners = {i: uuid.uuid4().hex for i in todo}
+    with tempfile.TemporaryDirectory(prefix="docflow-run-") as marks:
+        pending = todo
+        while pending:
+            # spawn, not fork: a forked worker inherits this process's open SQLite connection, and when the
+            # child closes it, POSIX drops every lock the child holds on the file: concurrent writes are then
+            # lost (tests/e2e/test_scale.py saw ~2 % of 300 documents vanish from the record store with fork).
+            pool = ProcessPoolExecutor(
+                max_workers=min(workers, len(pending)),
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_pool_worker,
+                initargs=(settings, orphans_before),
+            )
+            broken: list[int] = []
+            try:
+                futures = {
+                    pool.submit(
+                        _work, str(files[i][0]), files[i][1], languages, os.path.join(marks, str(i)), owners[i]
+                    ): i
+                    for i in pending
+                }
+                for future in as_completed(futures):
+                    i = futures[future]
+                    signals: list[telemetry.Emission] = []
+                    try:
+                        result, signals = future.result()
+                    except BrokenProcessPool:
+                        broken.append(i)
+                        continue
+                    except Exception as exc:  # the document's own error (e.g. its file cannot be read)
+                        result = failed_row(files[i][1], exc)
+                    done(i, result, signals)
+            except BaseException:  # Ctrl-C: stop the workers now rather than finish the queue
+                _stop_now(pool)
+                raise
+            pool.shutdown(wait=True)
+            pending = _after_break(broken, files, marks, attempts, done)
+
+
+def _after_break(
+    broken: list[int],
+    files: list[tuple[Path, str]],
+    marks: str,
+    attempts: Counter[int],
+    done: Callable[[int, DocumentResult, list[telemetry.Emission]], None],
+) -> list[int]:
+    """The documents of a broken pool to run again. Those that had started (one of them killed its worker)
+    pay an attempt; those still queued go again free. If none had started (a worker that cannot even
+    start), all pay, so a pool that runs nothing is not restarted for ever."""
+    if not broken:
+        return []
+    started = [i for i in broken if os.path.exists(os.path.join(marks, str(i)))]
+    for i in started or broken:
+        attempts[i] += 1
+    again = []
+    for i in sorted(broken):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(marks, str(i)))
+        if attempts[i] >= MAX_ATTEMPTS:
+            stopped = BrokenProcessPool(f"its worker process died {attempts[i]} times")
+            done(i, failed_row(files[i][1], stopped, worker_stopped=True), [])
+        else:
+            again.append(i)
+    if again:
+        logger.warning("a worker process died; running %d document(s) again on a fresh pool", len(again))
+    return again
+
+
+def _stop_now(pool: ProcessPoolExecutor) -> None:
+    """Cancel what is queued and end the workers (taken before shutdown(), which forgets them)."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join(timeout=10)

@@ -70,8 +70,10 @@ class Runner:
                 )
                 self._sleep(delay)
 
-    def run(self, ref: DocumentRef, languages: str | None = None) -> PipelineState:
-        state = PipelineState(ref=ref, languages=languages, owner=uuid.uuid4().hex)  # this run owns its work
+    def run(self, ref: DocumentRef, languages: str | None = None, owner: str | None = None) -> PipelineState:
+        """``owner``: the delivery this run is; given again when the same delivery is run again after the
+        process running it died, so that the document's unfinished record is taken for its own work."""
+        state = PipelineState(ref=ref, languages=languages, owner=owner or uuid.uuid4().hex)
         try:
             state = self._invoke("Validate", validate_step, state)
             if not state.proceed:
