@@ -434,7 +434,8 @@ def drift(
     ] = None,
 ) -> None:
     """Compare the recent window of predictions with the model's held-out baseline: population stability
-    index per signal (class distribution, prediction confidence). Exit 1 on drift, 2 when it cannot tell."""
+    index per signal (class distribution, prediction confidence). Exit 1 on drift; 2 when there is no baseline
+    to compare with; 0 otherwise, a window too small to score included (verdict insufficient_data)."""
     from docflow import telemetry
     from docflow.context import build_context, resolve_model_dir
     from docflow.domain.drift import BaselineMissingError, check_drift
@@ -468,13 +469,16 @@ def drift(
     except (BaselineMissingError, ConfigurationError) as exc:
         raise fail(str(exc)) from None
 
-    sink = telemetry.current()
-    if not isinstance(sink, telemetry.PrometheusSink):
-        sink = telemetry.PrometheusSink()
-        telemetry.configure(sink)
-    for signal in report.signals:
-        if signal.psi is not None:
-            telemetry.drift_score(str(signal.signal), signal.psi)
+    # Only drift_score: the file sits beside the pipeline's docflow.prom in one textfile-collector folder,
+    # where a series written by both files is an error on every scrape.
+    sink = telemetry.PrometheusSink(signals=[telemetry.DRIFT_SCORE])
+    previous = telemetry.configure(sink)
+    try:
+        for signal in report.signals:
+            if signal.psi is not None:
+                telemetry.drift_score(str(signal.signal), signal.psi)
+    finally:
+        telemetry.configure(previous)
     if metrics_file:
         try:
             err.print(f"drift scores written to {sink.write_textfile(metrics_file)}", markup=False)

@@ -237,14 +237,16 @@ def plot_confusion(report: EvalReport, path: Path) -> Path:
     from PIL import Image, ImageDraw, ImageFont
 
     font = ImageFont.load_default()
-    cell, left, top = 44, 12 + 7 * max((len(x) for x in report.labels), default=4), 130
+    cell, left, top = 44, 12 + 7 * max((len(x) for x in report.labels), default=4), 160
     n_rows, n_cols = len(report.labels), len(report.confusion_labels)
-    image = Image.new("RGB", (left + cell * n_cols + 20, top + cell * n_rows + 40), "white")
+    # 90 px on the right: room for the slanted column names
+    image = Image.new("RGB", (left + cell * n_cols + 90, top + cell * n_rows + 40), "white")
     draw = ImageDraw.Draw(image)
-    draw.text((10, 8), f"accuracy {_pct(report.accuracy)}  macro-F1 {report.macro_f1:.3f}", fill="black", font=font)
+    title = f"accuracy: {_pct(report.accuracy)},  macro-F1: {report.macro_f1:.3f}"
+    draw.text((10, 8), title, fill="black", font=font)
     for j, name in enumerate(report.confusion_labels):
-        label = Image.new("RGBA", (110, 14), (255, 255, 255, 0))
-        ImageDraw.Draw(label).text((0, 0), name[:18], fill="black", font=font)
+        label = Image.new("RGBA", (150, 14), (255, 255, 255, 0))  # the longest class name, whole
+        ImageDraw.Draw(label).text((0, 0), name, fill="black", font=font)
         rotated = label.rotate(60, expand=True)
         image.paste(rotated, (left + j * cell + 8, top - rotated.height - 2), rotated)
     for i, (name, counts) in enumerate(zip(report.labels, report.confusion, strict=True)):

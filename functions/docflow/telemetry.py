@@ -18,7 +18,7 @@ handed back with the result; the parent `replay`s it into its own sink, so count
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -229,14 +229,14 @@ class EmfSink:
 
 
 class PrometheusSink:
-    """The contract's Prometheus metrics, in a registry of their own."""
+    """The contract's Prometheus metrics (or only the ``signals`` given), in a registry of their own."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, signals: Iterable[Signal] | None = None) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = registry or CollectorRegistry(auto_describe=True)
         self._metrics: dict[str, Counter | Gauge | Histogram] = {}
-        for signal in SIGNALS.values():
+        for signal in SIGNALS.values() if signals is None else signals:
             if signal.prom_name is None:
                 continue
             kwargs = {"labelnames": signal.labels, "registry": self.registry}

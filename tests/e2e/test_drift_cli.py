@@ -137,6 +137,9 @@ def test_shifted_window_drifts_exits_1_and_writes_the_prometheus_gauge(
     for signal, value in scores.items():
         sample = next(line for line in exposition.splitlines() if line.startswith(f'drift_score{{signal="{signal}"}}'))
         assert float(sample.split()[-1]) == pytest.approx(value)
+    # and nothing else: beside docflow.prom, a series in both files breaks node_exporter's scrape
+    families = {line.split()[2] for line in exposition.splitlines() if line.startswith("# TYPE")}
+    assert families == {"drift_score"}, families
 
     # The verdict can be reported without failing the command, and the threshold is the user's
     assert run_cli("drift", "--no-fail-on-drift", home=docflow_home, model_dir=model_dir).returncode == 0
