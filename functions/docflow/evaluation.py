@@ -18,12 +18,15 @@ How rows count:
 from __future__ import annotations
 
 import csv
+import logging
 import tempfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 # Folder or CSV label names used elsewhere for Docflow's classes (Tobacco-3482's folder names,
 # RVL-CDIP's spellings); anything else is lower-cased and used as is.
@@ -281,6 +284,10 @@ def load_labelled(path: Path) -> list[tuple[Path, str]]:
     path = Path(path)
     items: list[tuple[Path, str]] = []
     if path.is_dir():
+        loose = sorted(p.name for p in path.iterdir() if not p.is_dir() and not p.name.startswith("."))
+        if loose:
+            shown = ", ".join(loose[:5]) + (f" and {len(loose) - 5} more" if len(loose) > 5 else "")
+            logger.warning("%s: %d file(s) not in a class folder, left out: %s", path, len(loose), shown)
         for class_dir in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
             for file in sorted(class_dir.rglob("*")):
                 rel = file.relative_to(class_dir).parts

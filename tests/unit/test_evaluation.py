@@ -150,3 +150,16 @@ def test_duplicates_take_the_originals_prediction() -> None:
         ("memo", "CLASSIFIED", "a"),
         ("memo", "CLASSIFIED", "b"),
     ]
+
+
+def test_files_outside_the_class_folders_are_named_not_silently_dropped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "memo").mkdir()
+    (tmp_path / "memo" / "a.png").write_bytes(b"x")
+    (tmp_path / "stray.png").write_bytes(b"x")
+    (tmp_path / ".DS_Store").write_bytes(b"x")
+    with caplog.at_level("WARNING"):
+        items = load_labelled(tmp_path)
+    assert items == [(tmp_path / "memo" / "a.png", "memo")]
+    assert "1 file(s) not in a class folder, left out: stray.png" in caplog.text

@@ -121,6 +121,9 @@ def connect(tracking: Tracking) -> tuple[MlflowClient, str]:
     import mlflow
     from mlflow import MlflowClient
 
+    # "Creating initial MLflow database tables..." is MLflow's business, not a line for a user's terminal.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+
     if tracking.uri.startswith("sqlite:///"):
         Path(tracking.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(tracking.uri)
