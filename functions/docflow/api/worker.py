@@ -371,6 +371,9 @@ class LocalWorkers:
             for process in processes:
                 process.terminate()
             wait_futures(not_done, timeout=10)
+        # A future's done-callbacks (_done: the FAILED record of an interrupted document) run after its
+        # waiters wake: wait for them too, or the process may exit before the record is written.
+        self.wait_idle(timeout=10)
         queued = sum(1 for f in done if f.cancelled())
         log.info(
             "workers stopped: %d finished, %d interrupted, %d queued for the next start",
