@@ -267,6 +267,21 @@ def train(
     for what, folder in (("corpus", data), ("validation", validation)):
         if folder and not Path(folder).is_dir():
             raise fail(f"No such {what} folder: {folder}")
+    # The corpus layout and --out, checked here in one line each, not found wrong after minutes of training
+    from docflow_training.data import CorpusError, load_corpus
+    from docflow_training.model_dir import model_dir_target_problem
+
+    for option, folder in (("--data", data), ("--validation", validation)):
+        try:
+            if folder:
+                load_corpus(Path(folder))
+        except CorpusError as exc:
+            raise fail(f"{option} {folder}: {exc}") from None
+    if out is not None:
+        out = out.resolve()  # `--out .` names the current folder
+        problem = model_dir_target_problem(out)
+        if problem:
+            raise fail(f"--out: {problem}")
 
     if not track:
         from docflow_training.entry import job_config

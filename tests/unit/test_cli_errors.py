@@ -39,6 +39,21 @@ def one_error_line(output: str) -> str:
 # -- 1. the tracking server's password ---------------------------------------------------------------
 
 
+def _corpus(tmp_path: Path) -> Path:
+    """The smallest corpus `train` accepts: two classes of one .txt file each."""
+    for label in ("memo", "letter"):
+        (tmp_path / "corpus" / label).mkdir(parents=True)
+        (tmp_path / "corpus" / label / "a.txt").write_text(f"a {label}")
+    return tmp_path / "corpus"
+
+
+def test_sagemaker_without_a_managed_tracking_server_hides_the_password(tmp_path: Path) -> None:
+    result = invoke("train", "--data", "s3://bucket/corpus", "--sagemaker", env={"MLFLOW_TRACKING_URI": URI})
+    assert result.exit_code == 2, result.output
+    assert "alice:***@127.0.0.1:9" in one_error_line(result.output)
+    assert PASSWORD not in result.output
+
+
 def test_redact_uri_hides_only_the_password() -> None:
     from docflow_training.tracking import Tracking, redact_secrets, redact_uri
 
@@ -84,8 +99,7 @@ def test_train_hides_the_password_in_the_job_log_and_summary(monkeypatch: pytest
         return JobResult(run_id="r1", tracking_uri=URI, registered_model="docflow-classifier", version=1)
 
     monkeypatch.setattr(launch, "run_local_job", job)
-    (tmp_path / "corpus" / "memo").mkdir(parents=True)
-    result = invoke("train", "--data", str(tmp_path / "corpus"), env={"MLFLOW_TRACKING_URI": URI})
+    result = invoke("train", "--data", str(_corpus(tmp_path)), env={"MLFLOW_TRACKING_URI": URI})
     assert result.exit_code == 0, result.output
     assert "alice:***@127.0.0.1:9" in result.output
     assert PASSWORD not in result.output
@@ -99,8 +113,7 @@ def test_a_failed_training_job_hides_the_password(monkeypatch: pytest.MonkeyPatc
         raise JobFailedError(f"training job failed: API request to {URI}api/2.0/x failed")
 
     monkeypatch.setattr(launch, "run_local_job", job)
-    (tmp_path / "corpus" / "memo").mkdir(parents=True)
-    result = invoke("train", "--data", str(tmp_path / "corpus"), env={"MLFLOW_TRACKING_URI": URI})
+    result = invoke("train", "--data", str(_corpus(tmp_path)), env={"MLFLOW_TRACKING_URI": URI})
     assert result.exit_code == 1
     assert "alice:***@127.0.0.1:9" in one_error_line(result.output)
     assert PASSWORD not in result.output
@@ -236,3 +249,42 @@ def test_a_secret_setting_is_not_echoed() -> None:
     with pytest.raises(ValidationError) as caught:
         Secretive(api_key="hunter2")  # type: ignore[arg-type]
     assert "hunter2" not in " ".join(describe_errors(caught.value))
+
+
+# -- training's inputs, checked before any training ---------------------------------------------------
+
+
+def test_out_never_deletes_a_folder_of_other_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from docflow_training import launch
+
+    monkeypatch.setattr(launch, "run_local_job", lambda *a, **k: pytest.fail("training started"))
+    precious = tmp_path / "mymodels"
+    (precious / "important").mkdir(parents=True)
+    (precious / "notes.txt").write_text("precious")
+    corpus = _corpus(tmp_path)
+    for args in (("--out", str(precious)), ("--out", str(precious), "--no-track")):
+        result = invoke("train", "--data", str(corpus), *args)
+        assert result.exit_code == 2, result.output
+        assert "holds files that are not a model's (important, notes.txt)" in result.output
+    assert (precious / "notes.txt").read_text() == "precious" and (precious / "important").is_dir()
+
+
+def test_a_corpus_that_cannot_train_is_one_line_before_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from docflow_training import launch
+
+    monkeypatch.setattr(launch, "run_local_job", lambda *a, **k: pytest.fail("training started"))
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "one" / "memo").mkdir(parents=True)
+    (tmp_path / "one" / "memo" / "a.txt").write_text("a memo")
+    good = _corpus(tmp_path)
+    cases = [
+        (("--data", str(tmp_path / "empty")), "no <class>/*.txt files"),
+        (("--data", str(tmp_path / "one")), "need at least two classes"),
+        (("--data", str(good), "--validation", str(tmp_path / "empty")), "--validation"),
+    ]
+    for args, expected in cases:
+        result = invoke("train", *args)
+        assert result.exit_code == 2, result.output
+        assert expected in one_error_line(result.output)

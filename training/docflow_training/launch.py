@@ -37,7 +37,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from docflow.settings import Settings
 from docflow_training.feedback import FeedbackSet, collect_feedback, write_feedback_corpus
-from docflow_training.tracking import Tracking, resolve_tracking, tracking_env
+from docflow_training.model_dir import model_dir_target_problem
+from docflow_training.tracking import Tracking, redact_uri, resolve_tracking, tracking_env
 
 if TYPE_CHECKING:
     import boto3
@@ -103,7 +104,12 @@ def _kill_group(pid: int) -> None:
 
 
 def _copy_model_dir(source: Path, target: Path) -> None:
-    """Replace ``target`` with a copy of ``source``, by rename (a reader never sees half a model)."""
+    """Replace ``target`` with a copy of ``source``, by rename (a reader never sees half a model); only
+    a missing or empty folder or an earlier model (model_dir_target_problem)."""
+    target = target.resolve()
+    problem = model_dir_target_problem(target)
+    if problem:
+        raise FileExistsError(problem)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
     shutil.copytree(source, staging)
@@ -332,7 +338,8 @@ def launch_sagemaker(
     if not _MLFLOW_ARN.fullmatch(arn):
         raise ValueError(
             "a SageMaker job logs to a SageMaker managed MLflow tracking server: set "
-            f"DOCFLOW_SAGEMAKER_MLFLOW_TRACKING_ARN (or MLFLOW_TRACKING_URI) to its ARN, got {arn or 'nothing'!r}"
+            "DOCFLOW_SAGEMAKER_MLFLOW_TRACKING_ARN (or MLFLOW_TRACKING_URI) to its ARN, "
+            f"got {redact_uri(arn) if arn else 'nothing'!r}"
         )
     if not job.role_arn:
         raise ValueError("a SageMaker job needs an execution role: set DOCFLOW_SAGEMAKER_ROLE_ARN")

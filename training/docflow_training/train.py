@@ -53,6 +53,7 @@ from docflow.domain.text import NORMALIZER_VERSION, normalize_text
 from docflow_training.data import DatasetDigest, Document, dataset_digest, load_corpus, stratified_split
 from docflow_training.export import build_tfidf_linear_graph
 from docflow_training.features import count_matrix, fit_idf, tfidf, train_char_ngram_tokenizer, train_tokenizer
+from docflow_training.model_dir import model_dir_target_problem
 from docflow_training.noise import HEAVY, ocr_noise
 
 logger = logging.getLogger(__name__)
@@ -361,8 +362,9 @@ def _replace_dir(staging: Path, target: Path) -> None:
     if not target.exists():
         os.replace(staging, target)
         return
-    if not target.is_dir():
-        raise NotADirectoryError(f"{target} exists and is not a directory")
+    problem = model_dir_target_problem(target)
+    if problem:
+        raise FileExistsError(problem)
     retired = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
     os.replace(target, retired)
     try:
@@ -382,6 +384,9 @@ def run_training(data_dir: Path, out_dir: Path, config: TrainConfig | None = Non
     ``out_dir`` atomically. Returns the metrics together with the in-memory fitted model."""
     config = config or TrainConfig()
     data_dir, out_dir = Path(data_dir), Path(out_dir)
+    problem = model_dir_target_problem(out_dir)
+    if problem:  # before minutes of training, not after
+        raise FileExistsError(problem)
     started = time.perf_counter()
     digest: DatasetDigest = dataset_digest(data_dir)
     docs = load_corpus(data_dir)
