@@ -435,3 +435,16 @@ def test_training_warns_when_the_held_out_split_cannot_support_the_target(
     assert point.metrics["review_threshold"]["reached"]
     assert "most documents will go to review" not in caplog.text
     assert point.metrics["review_threshold"]["threshold"] < strict.metrics["review_threshold"]["threshold"]
+
+
+def test_a_two_class_corpus_exports_the_same_probabilities_as_sklearn(tmp_path: Path) -> None:
+    """scikit-learn keeps one weight row for two classes; the graph still gives a probability per class."""
+    two = tmp_path / "two"
+    for folder in ("Email", "Resume"):
+        shutil.copytree(CORPUS / folder, two / folder)
+    result = run_training(two, tmp_path / "model", CONFIG)
+    classifier = TextClassifier(result.model_dir)
+    assert classifier.labels == ("email", "resume")
+    texts = [doc.text for doc in result.holdout_docs + result.train_docs] + [OBVIOUS["email"], OBVIOUS["resume"]]
+    np.testing.assert_allclose(classifier.predict_proba(texts), result.fitted.predict_proba(texts), atol=1e-5)
+    assert classifier.predict(OBVIOUS["resume"]).predicted_class == "resume"

@@ -27,6 +27,17 @@ OPSET = 17
 IR_VERSION = 8
 
 
+def softmax_weights(coef: np.ndarray, intercept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A fitted logistic regression's weights as one row per class for the graph's softmax.
+
+    With two classes scikit-learn keeps one row, ``z = w.x + b`` with P(second class) = sigmoid(z).
+    Rows ``-w/2`` and ``+w/2`` (biases ``-b/2``, ``+b/2``) give softmax = [sigmoid(-z), sigmoid(z)]: the
+    same probabilities, in the graph every model shares."""
+    if coef.shape[0] == 1:
+        return np.vstack([-coef / 2, coef / 2]), np.concatenate([-intercept / 2, intercept / 2])
+    return coef, intercept
+
+
 def build_tfidf_linear_graph(
     idf: np.ndarray,
     coef: np.ndarray,

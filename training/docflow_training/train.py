@@ -51,7 +51,7 @@ from docflow.domain.classifier import (
 from docflow.domain.drift import build_baseline, write_baseline
 from docflow.domain.text import NORMALIZER_VERSION, normalize_text
 from docflow_training.data import DatasetDigest, Document, dataset_digest, load_corpus, stratified_split
-from docflow_training.export import build_tfidf_linear_graph
+from docflow_training.export import build_tfidf_linear_graph, softmax_weights
 from docflow_training.features import count_matrix, fit_idf, tfidf, train_char_ngram_tokenizer, train_tokenizer
 from docflow_training.model_dir import model_dir_target_problem
 from docflow_training.noise import HEAVY, ocr_noise
@@ -408,8 +408,7 @@ def run_training(data_dir: Path, out_dir: Path, config: TrainConfig | None = Non
         _write_json(staging / LABELS_FILE, fitted.labels)
         onnx_model = build_tfidf_linear_graph(
             fitted.idf,
-            fitted.classifier.coef_,
-            fitted.classifier.intercept_,
+            *softmax_weights(fitted.classifier.coef_, fitted.classifier.intercept_),
             metadata={"name": config.model_name, "dataset_sha256": digest.sha256},
         )
         (staging / MODEL_FILE).write_bytes(onnx_model.SerializeToString())
