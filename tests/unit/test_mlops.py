@@ -72,6 +72,15 @@ def test_gate_counts_a_class_the_challenger_lost_as_zero_recall() -> None:
     assert not promote and "recall of b drops 0.700" in reasons[0]
 
 
+def test_gate_refuses_a_challenger_that_cannot_predict_a_class_the_champion_can() -> None:
+    # The held-out documents hold no resume: recall cannot see the class is gone, the model's labels can
+    better = dataclasses.replace(_scores(1.0, a=1.0, b=1.0), classes=["a", "b"])
+    champion = dataclasses.replace(_scores(0.67, a=0.9, b=0.5), classes=["a", "b", "resume"])
+    promote, reasons = decide(better, champion, GatePolicy())
+    assert not promote and reasons == ["it cannot predict resume, which the champion can (its corpus lacks them)"]
+    assert decide(dataclasses.replace(better, classes=["a", "b", "resume", "new"]), champion, GatePolicy())[0]
+
+
 def test_gate_refuses_a_challenger_whose_review_calibration_fell_short() -> None:
     better = _scores(0.95, a=1.0)
     short = dataclasses.replace(better, review_calibrated=False)

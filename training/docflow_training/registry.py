@@ -111,6 +111,8 @@ class Scores:
     # Whether the model's served review threshold reached its precision target on its own held-out
     # split (metrics.json's review_threshold.reached); None when the model does not say.
     review_calibrated: bool | None = None
+    # The classes the model can predict (labels.json); None when not recorded.
+    classes: list[str] | None = None
 
 
 def review_calibrated(model_dir: Path) -> bool | None:
@@ -142,6 +144,7 @@ def score_model(model_dir: Path, docs: Sequence[HeldOutDoc], batch_size: int = 3
         recall={label: float(r) for label, r in zip(labels, recalls, strict=True)},
         support={label: y_true.count(label) for label in labels},
         review_calibrated=review_calibrated(model_dir),
+        classes=list(classifier.labels),
     )
 
 
@@ -164,6 +167,10 @@ def per_class_recall_f1(
 def decide(challenger: Scores, champion: Scores, policy: GatePolicy) -> tuple[bool, list[str]]:
     """(promote?, the reasons it may not be promoted). Pure: same numbers, same answer."""
     reasons: list[str] = []
+    if challenger.classes is not None and champion.classes is not None:
+        lost = sorted(set(champion.classes) - set(challenger.classes))
+        if lost:  # the held-out documents may hold none of them: recall alone would not see it
+            reasons.append(f"it cannot predict {', '.join(lost)}, which the champion can (its corpus lacks them)")
     gain = challenger.macro_f1 - champion.macro_f1
     if not gain > policy.min_macro_f1_gain:
         reasons.append(
