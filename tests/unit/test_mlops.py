@@ -327,3 +327,23 @@ def test_local_job_failures_carry_the_jobs_reason(tmp_path: Path, docflow_home: 
     hanging = _fake_python(tmp_path / "hang", "sleep 30\n")
     with pytest.raises(JobFailedError, match="ran past 1s"):
         run_local_job(CORPUS, Settings(home=docflow_home), python=hanging, include_feedback=False, timeout=1)
+
+
+def test_class_names_mlflow_refuses_become_valid_metric_and_param_names(tmp_path: Path) -> None:
+    import mlflow
+
+    from docflow_training.tracking import flat_params, holdout_metrics
+
+    metrics = {"accuracy": 0.9, "per_class": {"email & fax": {"precision": 1.0, "recall": 0.5, "f1": 0.6}}}
+    names = holdout_metrics(metrics)
+    assert names["holdout_recall.email _ fax"] == 0.5
+    params = flat_params("support.", {"resume (cv)": 3, "news[1]": 2})
+    assert params == {"support.resume _cv_": "3", "support.news_1_": "2"}
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        with mlflow.start_run():  # "Invalid value ... for parameter 'metrics[..].name'" before
+            mlflow.log_metrics(names)
+            mlflow.log_params(params)
+    finally:
+        mlflow.set_tracking_uri(previous)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -146,7 +147,7 @@ def flat_params(prefix: str, values: Mapping[str, Any]) -> dict[str, str]:
     """MLflow params are strings: nested mappings become dotted keys, sequences comma-joined."""
     out: dict[str, str] = {}
     for key, value in values.items():
-        name = f"{prefix}{key}"
+        name = mlflow_name(f"{prefix}{key}")
         if isinstance(value, Mapping):
             out.update(flat_params(f"{name}.", value))
         elif isinstance(value, list | tuple):
@@ -154,6 +155,14 @@ def flat_params(prefix: str, values: Mapping[str, Any]) -> dict[str, str]:
         else:
             out[name] = str(value)
     return out
+
+
+# What MLflow accepts in a metric or param name; anything else (a class folder "Email & Fax") becomes "_".
+_NOT_IN_A_NAME = re.compile(r"[^\w\-. :/]")
+
+
+def mlflow_name(name: str) -> str:
+    return _NOT_IN_A_NAME.sub("_", name)
 
 
 def holdout_metrics(metrics: Mapping[str, Any], prefix: str = "holdout_") -> dict[str, float]:
@@ -166,7 +175,7 @@ def holdout_metrics(metrics: Mapping[str, Any], prefix: str = "holdout_") -> dic
     for label, row in (metrics.get("per_class") or {}).items():
         for key in ("precision", "recall", "f1"):
             if key in row:
-                out[f"{prefix}{key}.{label}"] = float(row[key])
+                out[mlflow_name(f"{prefix}{key}.{label}")] = float(row[key])
     return out
 
 
