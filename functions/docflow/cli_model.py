@@ -213,12 +213,18 @@ def promote(
     registry = _registry(settings)
     try:
         with tracking_errors(registry.tracking.uri):
-            previous = registry.promote(version, reason="manual")
+            registry.version(version)
+            champion = registry.champion()
     except RegistryError as exc:
         raise fail(str(exc), 1) from None
-    err.print(f"{registry.name} v{version} is the champion" + (f" (was v{previous})." if previous else "."))
-    if publish:
+    if champion is not None and int(champion.version) == version:
+        err.print(f"{registry.name} v{version} is already the champion: nothing changed.")
+        return
+    if publish:  # first: a publish that fails leaves the champion as it was, not the alias moved alone
         _publish(registry, settings, bucket, version)
+    with tracking_errors(registry.tracking.uri):
+        previous = registry.promote(version, reason="manual")
+    err.print(f"{registry.name} v{version} is the champion" + (f" (was v{previous})." if previous else "."))
 
 
 @model_app.command()
@@ -234,12 +240,14 @@ def rollback(
     registry = _registry(settings)
     try:
         with tracking_errors(registry.tracking.uri):
-            current, previous = registry.rollback()
+            current, previous = registry.rollback_plan()
     except RegistryError as exc:
         raise fail(str(exc), 1) from None
-    err.print(f"{registry.name}: champion rolled back from v{current} to v{previous}.")
-    if publish:
+    if publish:  # first: a publish that fails leaves the champion as it was
         _publish(registry, settings, bucket, previous)
+    with tracking_errors(registry.tracking.uri):
+        registry.rollback()
+    err.print(f"{registry.name}: champion rolled back from v{current} to v{previous}.")
 
 
 @model_app.command("publish")

@@ -215,6 +215,16 @@ def test_model_commands_list_promote_and_roll_back(loop: Loop) -> None:
     assert int(loop.registry().alias(CHAMPION).version) == 1
     assert json.loads((loop.home / "models" / "champion.json").read_text())["version"] == 1
 
+    # Promoting the champion again changes nothing; a publish that fails leaves the champion as it was
+    same = runner.invoke(model_app, ["promote", "1", *home])
+    assert same.exit_code == 0 and "already the champion" in same.output
+    from moto import mock_aws
+
+    with mock_aws():
+        failed = runner.invoke(model_app, ["promote", "2", *home, "--bucket", "s3://no-such-bucket/models"])
+    assert failed.exit_code == 1 and "Publishing v2" in failed.output, failed.output
+    assert int(loop.registry().alias(CHAMPION).version) == 1
+
     # v1 replaced nothing: there is nowhere further to roll back to
     again = runner.invoke(model_app, ["rollback", *home])
     assert again.exit_code == 1 and "nothing to roll back to" in again.output

@@ -480,18 +480,23 @@ class Registry:
         logger.info("%s v%d is the champion (%s; was v%s)", self.name, version, reason, previous)
         return previous
 
-    def rollback(self) -> tuple[int, int]:
-        """Give the champion alias back to the version it replaced; returns (from, to)."""
+    def rollback_plan(self) -> tuple[int, int]:
+        """(the champion, the version a rollback would give the alias back to), changing nothing."""
         current = self.champion()
         if current is None:
             raise RegistryError(f"{self.name} has no champion to roll back")
         previous = current.tags.get("champion.previous")
         if not previous:
             raise RegistryError(f"{self.name} v{current.version} replaced no earlier champion: nothing to roll back to")
-        self.client.set_registered_model_alias(self.name, CHAMPION, previous)
-        now = datetime.now(UTC).isoformat(timespec="seconds")
-        self.client.set_model_version_tag(self.name, str(current.version), "champion.rolled_back_at", now)
-        self.client.set_model_version_tag(self.name, previous, "champion.since", now)
-        self.client.set_model_version_tag(self.name, previous, "champion.reason", f"rollback from v{current.version}")
-        logger.info("%s: champion rolled back from v%s to v%s", self.name, current.version, previous)
         return int(current.version), int(previous)
+
+    def rollback(self) -> tuple[int, int]:
+        """Give the champion alias back to the version it replaced; returns (from, to)."""
+        current, previous = self.rollback_plan()
+        self.client.set_registered_model_alias(self.name, CHAMPION, str(previous))
+        now = datetime.now(UTC).isoformat(timespec="seconds")
+        self.client.set_model_version_tag(self.name, str(current), "champion.rolled_back_at", now)
+        self.client.set_model_version_tag(self.name, str(previous), "champion.since", now)
+        self.client.set_model_version_tag(self.name, str(previous), "champion.reason", f"rollback from v{current}")
+        logger.info("%s: champion rolled back from v%s to v%s", self.name, current, previous)
+        return current, previous
