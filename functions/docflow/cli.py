@@ -293,10 +293,12 @@ def train(
         print(json.dumps({k: metrics[k] for k in keys if k in metrics}, indent=2))
         return
 
+    from docflow.cli_model import registry_for
     from docflow_training.launch import JobFailedError, run_local_job
-    from docflow_training.tracking import redact_secrets, redact_uri, resolve_tracking
+    from docflow_training.tracking import redact_secrets, redact_uri
 
-    tracking = resolve_tracking(settings.home)
+    # The tracking store answers before minutes of training are spent, or this stops here in one line
+    tracking = registry_for(settings).tracking
 
     def echo(line: str) -> None:  # the job's log, without the tracking server's password
         print(redact_secrets(line, tracking.uri), end="", file=sys.stderr, flush=True)

@@ -130,18 +130,19 @@ def tracking_errors(uri: str) -> Iterator[None]:
     """An MLflow error (an unreachable or refusing tracking server, a broken store) as one line with its
     root cause, the server's password redacted; exit 1."""
     from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import SQLAlchemyError
 
     from docflow_training.tracking import redact_secrets, redact_uri
 
     try:
         yield
-    except MlflowException as exc:
+    except (MlflowException, SQLAlchemyError, OSError) as exc:  # OSError, SQLAlchemy: a local store's file
         cause = _root_cause(exc)
         detail = str(cause) or type(cause).__name__
-        raise fail(f"MLflow tracking server {redact_uri(uri)}: {redact_secrets(detail, uri)}", 1) from None
+        raise fail(f"MLflow tracking store {redact_uri(uri)}: {redact_secrets(detail, uri)}", 1) from None
 
 
-def _registry(settings: Settings) -> Registry:
+def registry_for(settings: Settings) -> Registry:
     try:
         from docflow_training.registry import Registry
         from docflow_training.tracking import resolve_tracking
@@ -173,7 +174,7 @@ def list_versions(
     """The registered versions, newest first, with their aliases and the gate's decision."""
     from docflow_training.tracking import redact_uri
 
-    registry = _registry(_settings(home))
+    registry = registry_for(_settings(home))
     with tracking_errors(registry.tracking.uri):
         rows = registry.versions()
     if json_output:
@@ -210,7 +211,7 @@ def promote(
     from docflow_training.registry import RegistryError
 
     settings = _settings(home)
-    registry = _registry(settings)
+    registry = registry_for(settings)
     try:
         with tracking_errors(registry.tracking.uri):
             registry.version(version)
@@ -237,7 +238,7 @@ def rollback(
     from docflow_training.registry import RegistryError
 
     settings = _settings(home)
-    registry = _registry(settings)
+    registry = registry_for(settings)
     try:
         with tracking_errors(registry.tracking.uri):
             current, previous = registry.rollback_plan()
@@ -254,7 +255,7 @@ def rollback(
 def publish_command(home: HomeOption = None, bucket: BucketOption = None) -> None:
     """Publish the current champion again (e.g. to a new model bucket)."""
     settings = _settings(home)
-    registry = _registry(settings)
+    registry = registry_for(settings)
     with tracking_errors(registry.tracking.uri):
         champion = registry.champion()
     if champion is None:

@@ -142,8 +142,21 @@ def test_an_unreachable_tracking_server_is_one_line_without_its_password(docflow
     assert proc.returncode == 1
     assert "S3cretPW" not in proc.stderr + proc.stdout
     assert "Traceback" not in proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if "MLflow tracking server" in line]
+    errors = [line for line in proc.stderr.splitlines() if "MLflow tracking" in line]
     assert len(errors) == 1 and "alice:***@127.0.0.1" in errors[0] and "refused" in errors[0], proc.stderr
+
+
+def test_train_with_an_unreachable_tracking_server_stops_before_training(docflow_home: Path) -> None:
+    corpus = Path(__file__).resolve().parents[1] / "fixtures" / "corpus"
+    uri = f"http://alice:S3cretPW@127.0.0.1:{_free_port()}/"
+    env = {"MLFLOW_TRACKING_URI": uri, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+    proc = run_cli("train", "--data", str(corpus), home=docflow_home, env=env, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert "S3cretPW" not in proc.stderr + proc.stdout and "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    # the corpus was read (a quick check of its layout), nothing was trained, and one line says why
+    assert lines[0].startswith("loaded 25 documents") and len(lines) == 2, proc.stderr
+    assert lines[1].startswith("MLflow tracking") and "refused" in lines[1], proc.stderr
 
 
 def test_an_unreadable_input_is_a_failed_row_not_a_crash(samples: Path, docflow_home: Path, tmp_path: Path) -> None:

@@ -39,6 +39,13 @@ def one_error_line(output: str) -> str:
 # -- 1. the tracking server's password ---------------------------------------------------------------
 
 
+class _Reachable:
+    """A Registry whose tracking server answered (train checks it before training)."""
+
+    def __init__(self, tracking: object, name: str = "docflow-classifier") -> None:
+        self.tracking, self.name = tracking, name
+
+
 def _corpus(tmp_path: Path) -> Path:
     """The smallest corpus `train` accepts: two classes of one .txt file each."""
     for label in ("memo", "letter"):
@@ -99,6 +106,9 @@ def test_train_hides_the_password_in_the_job_log_and_summary(monkeypatch: pytest
         return JobResult(run_id="r1", tracking_uri=URI, registered_model="docflow-classifier", version=1)
 
     monkeypatch.setattr(launch, "run_local_job", job)
+    from docflow_training import registry
+
+    monkeypatch.setattr(registry, "Registry", _Reachable)
     result = invoke("train", "--data", str(_corpus(tmp_path)), env={"MLFLOW_TRACKING_URI": URI})
     assert result.exit_code == 0, result.output
     assert "alice:***@127.0.0.1:9" in result.output
@@ -113,6 +123,9 @@ def test_a_failed_training_job_hides_the_password(monkeypatch: pytest.MonkeyPatc
         raise JobFailedError(f"training job failed: API request to {URI}api/2.0/x failed")
 
     monkeypatch.setattr(launch, "run_local_job", job)
+    from docflow_training import registry
+
+    monkeypatch.setattr(registry, "Registry", _Reachable)
     result = invoke("train", "--data", str(_corpus(tmp_path)), env={"MLFLOW_TRACKING_URI": URI})
     assert result.exit_code == 1
     assert "alice:***@127.0.0.1:9" in one_error_line(result.output)
@@ -288,3 +301,14 @@ def test_a_corpus_that_cannot_train_is_one_line_before_training(
         result = invoke("train", *args)
         assert result.exit_code == 2, result.output
         assert expected in one_error_line(result.output)
+
+
+@pytest.mark.parametrize("kind", ["below-a-file", "not-a-database"])
+def test_a_broken_local_tracking_store_is_one_line(kind: str, tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x")
+    db = tmp_path / "afile" / "mlflow.db" if kind == "below-a-file" else tmp_path / "junk.db"
+    if kind == "not-a-database":
+        db.write_bytes(bytes(range(256)) * 8)
+    result = invoke("model", "list", "--home", str(tmp_path / "home"), env={"MLFLOW_TRACKING_URI": f"sqlite:///{db}"})
+    assert result.exit_code == 1, result.output
+    assert one_error_line(result.output).startswith("MLflow tracking store sqlite:///")

@@ -124,6 +124,9 @@ def connect(tracking: Tracking) -> tuple[MlflowClient, str]:
 
     # "Creating initial MLflow database tables..." is MLflow's business, not a line for a user's terminal.
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+    # A warning on every request to an http server ("resolving request headers: list index out of range")
+    # that says nothing about the request.
+    logging.getLogger("mlflow.tracking.request_header.registry").setLevel(logging.ERROR)
 
     if tracking.uri.startswith("sqlite:///"):
         Path(tracking.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
