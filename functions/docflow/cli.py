@@ -316,6 +316,9 @@ def train(
         )
     except JobFailedError as exc:
         raise fail(redact_secrets(str(exc), tracking.uri), 1) from None
+    except KeyboardInterrupt:
+        err.print("[yellow]Interrupted: the training job was stopped; its MLflow run ends FAILED.[/yellow]")
+        raise typer.Exit(130) from None
     decision = result.decision or {}
     uri = redact_uri(result.tracking_uri or tracking.uri)
     err.print(f"MLflow run {result.run_id} ({uri}): {result.registered_model} v{result.version}", markup=False)

@@ -329,6 +329,24 @@ def test_local_job_failures_carry_the_jobs_reason(tmp_path: Path, docflow_home: 
         run_local_job(CORPUS, Settings(home=docflow_home), python=hanging, include_feedback=False, timeout=1)
 
 
+def test_ctrl_c_is_passed_on_to_the_job_so_it_can_end_its_run(tmp_path: Path, docflow_home: Path) -> None:
+    from docflow.settings import Settings
+    from docflow_training.launch import run_local_job
+
+    ended = tmp_path / "ended"
+    job = _fake_python(
+        tmp_path / "job",
+        f'trap \'echo ended > "{ended}"; exit 130\' INT\necho "fitting..."\nsleep 30 & wait\n',
+    )
+
+    def ctrl_c(line: str) -> None:  # the terminal's Ctrl-C reaches the CLI while the job runs
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_local_job(CORPUS, Settings(home=docflow_home), python=job, include_feedback=False, echo=ctrl_c)
+    assert ended.read_text().strip() == "ended"  # the job got SIGINT (and time to clean up), not SIGKILL
+
+
 def test_class_names_mlflow_refuses_become_valid_metric_and_param_names(tmp_path: Path) -> None:
     import mlflow
 

@@ -103,6 +103,20 @@ def _kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
+# How long a job given Ctrl-C has to end its MLflow run and remove its temporary files before it is killed.
+INTERRUPT_GRACE_SECONDS = 15.0
+
+
+def _interrupt_group(process: subprocess.Popen[str]) -> None:
+    """Ctrl-C, passed on to the job (in its own session it does not get the terminal's): it ends its MLflow
+    run as FAILED instead of leaving it RUNNING for ever, and cleans up; killed if it is not done in time."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGINT)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=INTERRUPT_GRACE_SECONDS)
+    _kill_group(process.pid)  # and whatever it started
+
+
 def _copy_model_dir(source: Path, target: Path) -> None:
     """Replace ``target`` with a copy of ``source``, by rename (a reader never sees half a model); only
     a missing or empty folder or an earlier model (model_dir_target_problem)."""
@@ -207,8 +221,11 @@ def run_local_job(
                     write(line)
                     tail = [*tail[-40:], line]
                 returncode = process.wait()
+            except KeyboardInterrupt:
+                _interrupt_group(process)
+                raise
             except BaseException:
-                _kill_group(process.pid)  # in its own session, it does not get the terminal's Ctrl-C
+                _kill_group(process.pid)
                 raise
             finally:
                 if watchdog:
