@@ -241,6 +241,8 @@ def train(
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
 
     if sagemaker:
+        from botocore.exceptions import BotoCoreError, ClientError
+
         from docflow_training.launch import SageMakerJobConfig, launch_sagemaker
 
         try:
@@ -257,6 +259,8 @@ def train(
             )
         except (ValueError, ValidationError) as exc:
             raise fail(str(exc)) from None
+        except (BotoCoreError, ClientError) as exc:  # no credentials, no region, a refused call
+            raise fail(f"SageMaker: {exc}", 1) from None
         err.print(
             f"SageMaker training job {launch.job_name} on {launch.instance_type}{' (spot)' if launch.spot else ''}"
         )

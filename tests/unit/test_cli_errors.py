@@ -312,3 +312,19 @@ def test_a_broken_local_tracking_store_is_one_line(kind: str, tmp_path: Path) ->
     result = invoke("model", "list", "--home", str(tmp_path / "home"), env={"MLFLOW_TRACKING_URI": f"sqlite:///{db}"})
     assert result.exit_code == 1, result.output
     assert one_error_line(result.output).startswith("MLflow tracking store sqlite:///")
+
+
+def test_sagemaker_without_aws_credentials_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    env = {
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_CONFIG_FILE": str(tmp_path / "none"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "DOCFLOW_SAGEMAKER_ROLE_ARN": "arn:aws:iam::123456789012:role/docflow-training",
+        "DOCFLOW_SAGEMAKER_MLFLOW_TRACKING_ARN": "arn:aws:sagemaker:us-east-1:123456789012:mlflow-tracking-server/t",
+    }
+    result = invoke("train", "--data", "s3://bucket/corpus", "--sagemaker", env=env)
+    assert result.exit_code == 1, result.output
+    assert "credentials" in one_error_line(result.output).lower()

@@ -62,6 +62,7 @@ class LocalPublishTarget(PublishTarget):
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".champion-")
+        os.fchmod(fd, 0o644)  # readable like the model files beside it (mkstemp makes it 0600)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(pointer.model_dump_json(indent=2) + "\n")
         os.replace(tmp, self.root / POINTER_FILE)
