@@ -146,6 +146,8 @@ def test_champion_is_published_and_served_with_its_registry_version(loop: Loop) 
     model_dir = loop.home / "models" / "docflow-classifier" / "v1"
     config = json.loads((model_dir / "config.json").read_text())
     assert config["version"] == "1" and config["registry"]["run_id"] == loop.first.run_id
+    # the corpus it came from, not the job's working copy (feedback merged into a temporary folder)
+    assert config["training_data"]["path"] == str(loop.train.resolve())
     assert len(config["content_version"]) == 12  # the training content hash, kept
 
     # Classify resolves the champion from the home and records the registry version on each prediction

@@ -285,7 +285,7 @@ def run_job(config: JobConfig, paths: JobPaths, env: Mapping[str, str] = os.envi
         if "trained" not in state.data:
             corpus, n_feedback = assemble_corpus(paths.train, paths.feedback, Path(scratch))
             fit_started = time.perf_counter()
-            result = run_training(corpus, model_dir, config.train)
+            result = run_training(corpus, model_dir, config.train, data_source=config.corpus_uri)
             fit_seconds = time.perf_counter() - fit_started
             holdout = load_corpus(paths.validation) if paths.validation else result.holdout_docs
             write_holdout(holdout, gate_dir / HOLDOUT_FILE)

@@ -299,7 +299,7 @@ def log_training_run(
         if isinstance(served_threshold, int | float):
             scalar["review_threshold"] = float(served_threshold)
         scalar.update(extra_metrics or {})
-        mlflow.log_metrics(scalar)
+        mlflow.log_metrics({mlflow_name(name): value for name, value in scalar.items()})
 
         report = {"per_class": metrics.get("per_class"), "confusion_matrix": metrics.get("confusion_matrix")}
         mlflow.log_dict(report, "per_class_report.json")

@@ -379,7 +379,9 @@ def _write_json(path: Path, payload: Any) -> None:
     path.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n", encoding="utf-8")
 
 
-def run_training(data_dir: Path, out_dir: Path, config: TrainConfig | None = None) -> TrainingResult:
+def run_training(
+    data_dir: Path, out_dir: Path, config: TrainConfig | None = None, data_source: str | None = None
+) -> TrainingResult:
     """Train on ``data_dir`` (a folder per class of .txt files) and write the model directory
     ``out_dir`` atomically. Returns the metrics together with the in-memory fitted model."""
     config = config or TrainConfig()
@@ -427,7 +429,8 @@ def run_training(data_dir: Path, out_dir: Path, config: TrainConfig | None = Non
             "vocab_size": fitted.vocab_size,
             "n_classes": len(fitted.labels),
             "training_data": {
-                "path": str(data_dir),
+                # where the corpus came from (the job's S3 URI or folder), not the job's working copy
+                "path": data_source or str(data_dir),
                 "sha256": digest.sha256,
                 "n_documents": digest.n_documents,
                 "n_bytes": digest.n_bytes,
