@@ -188,7 +188,13 @@ def _hyperparameters(pairs: list[str] | None, seed: int) -> dict[str, object]:
     try:
         values = {"seed": seed, **parse_hyperparameters(args)}
         job_config(values)  # fail here, naming the known hyperparameters, not inside the job
-    except (ValueError, ValidationError) as exc:
+    except ValidationError as exc:  # one line per bad value: --hp NAME=VALUE: what is expected
+        problems = [
+            f"--hp {'.'.join(str(part) for part in error['loc'])}={error.get('input')!r}: {error['msg']}"
+            for error in exc.errors(include_url=False)
+        ]
+        raise fail("Invalid hyperparameters: " + "; ".join(problems)) from None
+    except ValueError as exc:
         raise fail(f"Invalid hyperparameters: {exc}") from None
     return values
 
@@ -325,7 +331,8 @@ def train(
         raise typer.Exit(130) from None
     decision = result.decision or {}
     uri = redact_uri(result.tracking_uri or tracking.uri)
-    err.print(f"MLflow run {result.run_id} ({uri}): {result.registered_model} v{result.version}", markup=False)
+    registered = f"{result.registered_model} v{result.version}" if result.version else "not registered"
+    err.print(f"MLflow run {result.run_id} ({uri}): {registered}", markup=False)
     err.print(f"gate: {decision.get('summary', 'not run')}")
     for reason in decision.get("reasons") or []:
         err.print(f"  - {reason}")

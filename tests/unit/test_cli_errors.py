@@ -328,3 +328,11 @@ def test_sagemaker_without_aws_credentials_is_one_line(tmp_path: Path, monkeypat
     result = invoke("train", "--data", "s3://bucket/corpus", "--sagemaker", env=env)
     assert result.exit_code == 1, result.output
     assert "credentials" in one_error_line(result.output).lower()
+
+
+def test_a_bad_hyperparameter_is_one_line_naming_it(tmp_path: Path) -> None:
+    result = invoke("train", "--data", str(_corpus(tmp_path)), "--hp", "max_iter=-1", "--hp", "c_grid=abc")
+    assert result.exit_code == 2
+    line = one_error_line(result.output)
+    assert "--hp max_iter=-1: Input should be greater than 0" in line and "--hp c_grid.0='abc'" in line
+    assert "pydantic.dev" not in line
