@@ -278,15 +278,19 @@ def train(
         if folder and not Path(folder).is_dir():
             raise fail(f"No such {what} folder: {folder}")
     # The corpus layout and --out, checked here in one line each, not found wrong after minutes of training
-    from docflow_training.data import CorpusError, load_corpus
+    from docflow_training.data import CorpusError, corpus_classes
     from docflow_training.model_dir import model_dir_target_problem
 
     for option, folder in (("--data", data), ("--validation", validation)):
+        if not folder:
+            continue
         try:
-            if folder:
-                load_corpus(Path(folder))
+            classes = corpus_classes(Path(folder))
         except CorpusError as exc:
             raise fail(f"{option} {folder}: {exc}") from None
+        # users' labels (--feedback) may bring the training corpus its second class; nothing completes --validation
+        if len(classes) < 2 and (option == "--validation" or not feedback):
+            raise fail(f"{option} {folder}: need at least two classes, found {sorted(classes)}")
     if out is not None:
         out = out.resolve()  # `--out .` names the current folder
         problem = model_dir_target_problem(out)
@@ -308,7 +312,10 @@ def train(
     from docflow_training.tracking import redact_secrets, redact_uri
 
     # The tracking store answers before minutes of training are spent, or this stops here in one line
+    patient = "MLFLOW_HTTP_REQUEST_MAX_RETRIES" in os.environ
     tracking = registry_for(settings).tracking
+    if not patient:  # registry_for's short retries suit this check, not an hour-long job's logging
+        os.environ.pop("MLFLOW_HTTP_REQUEST_MAX_RETRIES", None)
 
     def echo(line: str) -> None:  # the job's log, without the tracking server's password
         print(redact_secrets(line, tracking.uri), end="", file=sys.stderr, flush=True)

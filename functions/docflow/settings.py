@@ -87,9 +87,6 @@ class Settings(BaseSettings):
     # `docflow process`, a timed-out or aborted execution): the next delivery of its content takes the work
     # over. Longer than any run may take: the state machine stops an execution after 2 hours.
     processing_lease_seconds: float = Field(default=3 * 3600.0, gt=0.0)
-    # `docflow process` naming a document that another run (a second `process`, `serve`) is processing waits
-    # this long for that run's outcome before reporting the document still PROCESSING.
-    other_run_wait_seconds: float = Field(default=600.0, ge=0.0)
 
     # Fault injection for tests and drills (docflow/faults.py): e.g. "ExtractText=transient:2,Classify=permanent".
     faults: str = ""

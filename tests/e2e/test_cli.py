@@ -226,12 +226,10 @@ def test_a_document_left_processing_by_a_killed_run_is_finished_by_the_next(docf
     # While another run holds the state directory, that record may be its work in progress: left alone
     with (docflow_home / "run.lock").open("a") as other_run:
         fcntl.flock(other_run, fcntl.LOCK_SH)
-        started = time.monotonic()
-        proc = run_cli("process", str(pdf), "--json", home=docflow_home, env={"DOCFLOW_OTHER_RUN_WAIT_SECONDS": "2"})
+        proc = run_cli("process", str(pdf), "--json", home=docflow_home)
         assert proc.returncode == 0, proc.stderr
         row = rows(proc)["memo.pdf"]
         assert row["status"] == "PROCESSING" and "another run is processing" in row["reason"]
-        assert time.monotonic() - started >= 2  # it waited for that run's outcome first
     # A run alone on it knows the record is an orphan, and finishes the document
     proc = run_cli("process", str(pdf), "--json", home=docflow_home)
     assert proc.returncode == 0, proc.stderr
@@ -361,6 +359,8 @@ def test_ctrl_c_stops_the_run_prints_what_finished_and_the_next_run_finishes_the
     assert proc.stdout is not None
     first = proc.stdout.readline()  # one document done: the run is under way
     assert first, proc.stderr.read() if proc.stderr else ""
+    workers = _pool_workers(proc.pid)
+    assert workers, "no pool worker found"
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C on a terminal does
     started = time.monotonic()
     out, err = proc.communicate(timeout=60)
@@ -369,7 +369,8 @@ def test_ctrl_c_stops_the_run_prints_what_finished_and_the_next_run_finishes_the
     assert "Interrupted:" in err and "Traceback" not in err
     done = [json.loads(line) for line in [first, *out.splitlines()]]
     assert 1 <= len(done) < len(scans)
-    assert not _pool_workers(proc.pid)
+    for pid in workers:  # the workers were ended, not left running the queue
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2], pid
     again = run_cli("process", str(tmp_path / "scans"), "--json", "--workers", "2", home=docflow_home)
     assert again.returncode == 0, again.stderr
     assert {r["status"] for r in rows(again).values()} <= {"CLASSIFIED", "NEEDS_REVIEW"}

@@ -167,9 +167,9 @@ def test_same_seed_gives_identical_model(trained: TrainingResult, tmp_path: Path
     assert again.metrics["model_version"] == trained.metrics["model_version"]
 
 
-def test_retraining_replaces_the_directory(tmp_path: Path) -> None:
+def test_retraining_replaces_the_directory(trained: TrainingResult, tmp_path: Path) -> None:
     out = tmp_path / "model"
-    out.mkdir()
+    shutil.copytree(trained.model_dir, out)  # an earlier model, with a file of an older format
     (out / "stale.txt").write_text("from an older model")
     metrics = train_model(CORPUS, out, CONFIG)
     assert not (out / "stale.txt").exists()

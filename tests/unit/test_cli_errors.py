@@ -278,7 +278,7 @@ def test_out_never_deletes_a_folder_of_other_files(tmp_path: Path, monkeypatch: 
     for args in (("--out", str(precious)), ("--out", str(precious), "--no-track")):
         result = invoke("train", "--data", str(corpus), *args)
         assert result.exit_code == 2, result.output
-        assert "holds files that are not a model's (important, notes.txt)" in result.output
+        assert "is not a model directory (important, notes.txt)" in result.output
     assert (precious / "notes.txt").read_text() == "precious" and (precious / "important").is_dir()
 
 
@@ -294,7 +294,8 @@ def test_a_corpus_that_cannot_train_is_one_line_before_training(
     good = _corpus(tmp_path)
     cases = [
         (("--data", str(tmp_path / "empty")), "no <class>/*.txt files"),
-        (("--data", str(tmp_path / "one")), "need at least two classes"),
+        (("--data", str(tmp_path / "one"), "--no-feedback"), "need at least two classes"),  # users' labels may add one
+        (("--data", str(good), "--validation", str(tmp_path / "one")), "need at least two classes"),
         (("--data", str(good), "--validation", str(tmp_path / "empty")), "--validation"),
     ]
     for args, expected in cases:

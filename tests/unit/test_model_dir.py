@@ -25,5 +25,7 @@ def test_anything_else_is_refused_with_what_it_holds(tmp_path: Path) -> None:
         (tmp_path / "home" / name).write_text("x")
     problem = model_dir_target_problem(tmp_path / "home")
     assert problem is not None and "(docflow.sqlite3, mlflow.db, models)" in problem
+    (tmp_path / "home" / "config.json").write_text("{}")  # one of a model's files is not a model
+    assert model_dir_target_problem(tmp_path / "home") is not None
     (tmp_path / "a-file").write_text("x")
     assert "is not a folder" in (model_dir_target_problem(tmp_path / "a-file") or "")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,6 +68,13 @@ def _corpus_files(data_dir: Path) -> list[tuple[str, Path]]:
     if not files:
         raise CorpusError(f"no <class>/*.txt files under {data_dir}")
     return sorted(files)
+
+
+def corpus_classes(data_dir: Path) -> dict[str, int]:
+    """Files per class folder (canonical label), from the layout alone: nothing is read. CorpusError when
+    the folder is missing or holds no ``<class>/*.txt``."""
+    counts: Counter[str] = Counter(canonical_label(rel.split("/", 1)[0]) for rel, _ in _corpus_files(Path(data_dir)))
+    return dict(sorted(counts.items()))
 
 
 def load_corpus(data_dir: Path) -> list[Document]:

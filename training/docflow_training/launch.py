@@ -107,14 +107,27 @@ def _kill_group(pid: int) -> None:
 INTERRUPT_GRACE_SECONDS = 15.0
 
 
-def _interrupt_group(process: subprocess.Popen[str]) -> None:
+def _interrupt_group(process: subprocess.Popen[str], write: Callable[[str], None]) -> None:
     """Ctrl-C, passed on to the job (in its own session it does not get the terminal's): it ends its MLflow
-    run as FAILED instead of leaving it RUNNING for ever, and cleans up; killed if it is not done in time."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGINT)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(timeout=INTERRUPT_GRACE_SECONDS)
-    _kill_group(process.pid)  # and whatever it started
+    run as FAILED instead of leaving it RUNNING for ever, and cleans up; its last lines are still shown.
+    Killed if it is not done in time, or on a second Ctrl-C."""
+
+    def drain() -> None:  # reading on: its closing lines are shown, and a full pipe would block it
+        assert process.stdout is not None
+        with contextlib.suppress(OSError, ValueError):
+            for line in process.stdout:
+                write(line)
+
+    reader = threading.Thread(target=drain, name="docflow-job-output", daemon=True)
+    try:
+        reader.start()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGINT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=INTERRUPT_GRACE_SECONDS)
+    finally:
+        _kill_group(process.pid)  # and whatever it started
+        reader.join(timeout=5)
 
 
 def _copy_model_dir(source: Path, target: Path) -> None:
@@ -222,7 +235,7 @@ def run_local_job(
                     tail = [*tail[-40:], line]
                 returncode = process.wait()
             except KeyboardInterrupt:
-                _interrupt_group(process)
+                _interrupt_group(process, write)
                 raise
             except BaseException:
                 _kill_group(process.pid)

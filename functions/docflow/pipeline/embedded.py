@@ -171,22 +171,9 @@ def process_file(
     state = Runner(ctx).run(DocumentRef(key=key, source=source), languages=languages, owner=owner)
     result = DocumentResult.from_state(state, round(time.perf_counter() - started, 3), ctx)
     if state.replay and not result.status.terminal:
-        result = _await_other_run(state, ctx, started)
+        why = "another run is processing this document (or a run that died left it unfinished)"
+        result = result.model_copy(update={"reason": why})
     return result
-
-
-def _await_other_run(state: PipelineState, ctx: StepContext, started: float) -> DocumentResult:
-    """The outcome another run (a second `docflow process`, `docflow serve`) records for this document,
-    polled; PROCESSING with the reason if it takes longer than Settings.other_run_wait_seconds."""
-    deadline = time.monotonic() + ctx.settings.other_run_wait_seconds
-    while True:
-        result = DocumentResult.from_state(state, round(time.perf_counter() - started, 3), ctx)
-        if result.status.terminal:
-            return result
-        if time.monotonic() >= deadline:
-            why = "another run is processing this document; its outcome will be on record when it ends"
-            return result.model_copy(update={"reason": why})
-        time.sleep(0.5)
 
 
 def too_large_row(path: Path, source: str, size: int, limit: int, started: float) -> DocumentResult:
@@ -305,10 +292,12 @@ def _work(
     mark = Path(started_mark) if started_mark else None
     if mark is not None:
         mark.touch()
-    with telemetry.recording() as signals:
-        result = process_file(Path(path), source, _worker_ctx, languages, owner)
-    if mark is not None:
-        mark.unlink(missing_ok=True)
+    try:
+        with telemetry.recording() as signals:
+            result = process_file(Path(path), source, _worker_ctx, languages, owner)
+    finally:
+        if mark is not None:
+            mark.unlink(missing_ok=True)
     return result, signals
 
 
@@ -355,9 +344,10 @@ class RunInterrupted(Exception):
         self.total = total
 
 
-# A document whose worker process dies (killed, out of memory, a crash in a native library) is run once
-# more on a fresh pool; dying a second time, it fails with that reason. The documents queued behind it
-# are re-run without being charged.
+# A worker process that dies (killed, out of memory, a crash in a native library) takes its pool down, and
+# the pool stops its other workers too. The documents that were running are then run again one at a time,
+# where a death is that document's own: dying alone this many times, it fails with that reason. The
+# documents queued behind them are re-run without being charged.
 MAX_ATTEMPTS = 2
 
 
@@ -418,76 +408,137 @@ def _run_in_pools(
     orphans_before: datetime | None,
     done: Callable[[int, DocumentResult, list[telemetry.Emission]], None],
 ) -> None:
-    """``todo`` on a pool of worker processes; when a worker dies and breaks the pool, the documents it
-    took down with it run again on a fresh one (MAX_ATTEMPTS)."""
-    attempts: Counter[int] = Counter()
+    """``todo`` on a pool of worker processes. When a worker dies and breaks the pool, the documents that
+    had started run again alone (``suspects``: a single-worker pool, so a death is the document's own and
+    charged to it, MAX_ATTEMPTS), then the rest on a fresh pool."""
+    deaths: Counter[int] = Counter()
     # A document run again after its worker died is the same delivery: its record is its own work.
     owners = {i: uuid.uuid4().hex for i in todo}
+    queued, suspects = list(todo), list[int]()
     with tempfile.TemporaryDirectory(prefix="docflow-run-") as marks:
-        pending = todo
-        while pending:
-            # spawn, not fork: a forked worker inherits this process's open SQLite connection, and when the
-            # child closes it, POSIX drops every lock the child holds on the file: concurrent writes are then
-            # lost (tests/e2e/test_scale.py saw ~2 % of 300 documents vanish from the record store with fork).
-            pool = ProcessPoolExecutor(
-                max_workers=min(workers, len(pending)),
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=_init_pool_worker,
-                initargs=(settings, orphans_before),
+        while queued or suspects:
+            alone = bool(suspects)
+            batch = suspects if alone else queued
+            size = 1 if alone else workers
+            broken = _run_batch(batch, size, files, settings, languages, orphans_before, marks, owners, done)
+            started = {i for i in broken if os.path.exists(os.path.join(marks, str(i)))}
+            for i in broken:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(marks, str(i)))
+            if not broken:
+                if alone:
+                    suspects = []
+                else:
+                    queued = []
+                continue
+            if not started:  # no document was running: the workers themselves die (cannot even start)
+                rest = _charge(broken, deaths, files, owners, settings, done, ran=False)
+            elif alone:  # alone in its pool, the death is the running document's own
+                rest = [i for i in broken if i not in started] + _charge(
+                    sorted(started), deaths, files, owners, settings, done, ran=True
+                )
+            else:  # any of those running may have done it: each runs again alone, free
+                suspects, queued = sorted(started), sorted(set(broken) - started)
+                rest = None
+            if rest is not None:
+                if alone:
+                    suspects = sorted(rest)
+                else:
+                    queued = sorted(rest)
+            logger.warning(
+                "a worker process died; %d document(s) to run again (%d of them alone)",
+                len(suspects) + len(queued),
+                len(suspects),
             )
-            broken: list[int] = []
-            try:
-                futures = {
-                    pool.submit(
-                        _work, str(files[i][0]), files[i][1], languages, os.path.join(marks, str(i)), owners[i]
-                    ): i
-                    for i in pending
-                }
-                for future in as_completed(futures):
-                    i = futures[future]
-                    signals: list[telemetry.Emission] = []
-                    try:
-                        result, signals = future.result()
-                    except BrokenProcessPool:
-                        broken.append(i)
-                        continue
-                    except Exception as exc:  # the document's own error (e.g. its file cannot be read)
-                        result = failed_row(files[i][1], exc)
-                    done(i, result, signals)
-            except BaseException:  # Ctrl-C: stop the workers now rather than finish the queue
-                _stop_now(pool)
-                raise
-            pool.shutdown(wait=True)
-            pending = _after_break(broken, files, marks, attempts, done)
 
 
-def _after_break(
-    broken: list[int],
+def _charge(
+    docs: list[int],
+    deaths: Counter[int],
     files: list[tuple[Path, str]],
+    owners: dict[int, str],
+    settings: Settings,
+    done: Callable[[int, DocumentResult, list[telemetry.Emission]], None],
+    ran: bool,
+) -> list[int]:
+    """Count a worker death against each of ``docs``; those at MAX_ATTEMPTS end FAILED. Returns the rest."""
+    rest = []
+    for i in docs:
+        deaths[i] += 1
+        if deaths[i] < MAX_ATTEMPTS:
+            rest.append(i)
+        elif ran:
+            done(i, _worker_died_row(files[i], owners[i], deaths[i], settings), [])
+        else:  # it never ran: nothing of it is on record
+            stopped = BrokenProcessPool(f"no worker process could start ({deaths[i]} tries)")
+            done(i, failed_row(files[i][1], stopped, worker_stopped=True), [])
+    return rest
+
+
+def _run_batch(
+    batch: list[int],
+    workers: int,
+    files: list[tuple[Path, str]],
+    settings: Settings,
+    languages: str | None,
+    orphans_before: datetime | None,
     marks: str,
-    attempts: Counter[int],
+    owners: dict[int, str],
     done: Callable[[int, DocumentResult, list[telemetry.Emission]], None],
 ) -> list[int]:
-    """The documents of a broken pool to run again. Those that had started (one of them killed its worker)
-    pay an attempt; those still queued go again free. If none had started (a worker that cannot even
-    start), all pay, so a pool that runs nothing is not restarted for ever."""
-    if not broken:
-        return []
-    started = [i for i in broken if os.path.exists(os.path.join(marks, str(i)))]
-    for i in started or broken:
-        attempts[i] += 1
-    again = []
-    for i in sorted(broken):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(marks, str(i)))
-        if attempts[i] >= MAX_ATTEMPTS:
-            stopped = BrokenProcessPool(f"its worker process died {attempts[i]} times")
-            done(i, failed_row(files[i][1], stopped, worker_stopped=True), [])
-        else:
-            again.append(i)
-    if again:
-        logger.warning("a worker process died; running %d document(s) again on a fresh pool", len(again))
-    return again
+    """One pool over ``batch``; returns the documents a broken pool did not finish."""
+    # spawn, not fork: a forked worker inherits this process's open SQLite connection, and when the child
+    # closes it, POSIX drops every lock the child holds on the file: concurrent writes are then lost
+    # (tests/e2e/test_scale.py saw ~2 % of 300 documents vanish from the record store with fork).
+    pool = ProcessPoolExecutor(
+        max_workers=min(workers, len(batch)),
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_init_pool_worker,
+        initargs=(settings, orphans_before),
+    )
+    broken: list[int] = []
+    try:
+        futures = {}
+        for n, i in enumerate(batch):
+            mark = os.path.join(marks, str(i))
+            try:
+                futures[pool.submit(_work, str(files[i][0]), files[i][1], languages, mark, owners[i])] = i
+            except BrokenProcessPool:  # broke while the queue was being filled: the rest never went in
+                broken += batch[n:]
+                break
+        for future in as_completed(futures):
+            i = futures[future]
+            signals: list[telemetry.Emission] = []
+            try:
+                result, signals = future.result()
+            except BrokenProcessPool:
+                broken.append(i)
+                continue
+            except Exception as exc:  # the document's own error (e.g. its file cannot be read)
+                result = failed_row(files[i][1], exc)
+            done(i, result, signals)
+    except BaseException:  # Ctrl-C: stop the workers now rather than finish the queue
+        _stop_now(pool)
+        raise
+    pool.shutdown(wait=True)
+    return broken
+
+
+def _worker_died_row(file: tuple[Path, str], owner: str, deaths: int, settings: Settings) -> DocumentResult:
+    """A document that killed its worker every time it ran alone: FAILED on record (not left PROCESSING
+    for the lease), as the pipeline's Catch would record it."""
+    from docflow.pipeline.state import StepError
+    from docflow.pipeline.steps import record_failure_step
+
+    path, source = file
+    cause = f"its worker process died each of the {deaths} times it ran alone (out of memory, a native crash)"
+    state = PipelineState(
+        ref=DocumentRef(key=ingest_key(path), source=source),
+        owner=owner,
+        error=StepError(Error="WorkerDied", Cause=cause),
+    )
+    ctx = build_context(settings)
+    return DocumentResult.from_state(record_failure_step(state, ctx), 0.0, ctx)
 
 
 def _stop_now(pool: ProcessPoolExecutor) -> None:
