@@ -102,6 +102,11 @@ class RecordStore(ABC):
     def list_predictions(self, document_id: str) -> list[PredictionRecord]: ...
 
     @abstractmethod
+    def iter_documents(self) -> Iterator[DocumentRecord]:
+        """Every document record, in no particular order: a full pass (the training loop's collection of
+        users' labels), read the cheapest way the store has."""
+
+    @abstractmethod
     def list_documents_updated(self, statuses: Sequence[str], since: datetime, until: datetime) -> list[DocumentRecord]:
         """Documents now in one of ``statuses`` whose last update falls in [since, until), oldest first
         (the drift job's window of recent predictions: CLASSIFIED and NEEDS_REVIEW records)."""

@@ -160,6 +160,14 @@ def test_list_documents_without_a_status_is_newest_first_across_statuses(
     assert [r.document_id for r in rest] == ["d4", "d3", "d2", "d1", "d0"]
 
 
+def test_iter_documents_is_every_document_once(stores: tuple[BlobStore, RecordStore]) -> None:
+    _, records = stores
+    for i in range(5):
+        records.put_document(_doc(f"d{i}", (Status.CLASSIFIED, Status.FAILED)[i % 2]))
+    records.put_upload(UploadRecord(document_id="d0", source="in/d0.pdf", status=Status.CLASSIFIED))
+    assert sorted(r.document_id for r in records.iter_documents()) == [f"d{i}" for i in range(5)]
+
+
 def test_uploads_and_prediction_history(stores: tuple[BlobStore, RecordStore]) -> None:
     _, records = stores
     records.put_upload(UploadRecord(document_id="d3", source="a.pdf", status=Status.CLASSIFIED))

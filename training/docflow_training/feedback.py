@@ -26,7 +26,6 @@ logger = logging.getLogger(__name__)
 # pipeline.steps.text_key's layout; not imported from there because that module pulls in the OCR
 # engines, which a training container does not have. A test keeps the two in step.
 TEXT_KEY = "text/{document_id}.json"
-PAGE_SIZE = 200
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_ -]{0,99}")
 
 
@@ -46,19 +45,10 @@ class FeedbackSet:
         return dict(sorted(Counter(e.label for e in self.examples).items()))
 
 
-def iter_labelled(records: RecordStore, page_size: int = PAGE_SIZE) -> Iterator[DocumentRecord]:
-    """Every document record that carries a user's label, through the store's paginated listing.
-
-    A full pass over the records: training runs rarely, and this needs no index of its own.
-    """
-    cursor: str | None = None
-    while True:
-        page, cursor = records.list_documents(limit=page_size, cursor=cursor)
-        for record in page:
-            if record.label:
-                yield record
-        if cursor is None:
-            return
+def iter_labelled(records: RecordStore) -> Iterator[DocumentRecord]:
+    """Every document record that carries a user's label: one full pass over the records (training runs
+    rarely, and this needs no index of its own)."""
+    return (record for record in records.iter_documents() if record.label)
 
 
 def collect_feedback(records: RecordStore, blobs: BlobStore) -> FeedbackSet:

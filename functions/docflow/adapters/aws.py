@@ -361,6 +361,16 @@ class DynamoRecordStore(RecordStore):
             kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
         return items
 
+    def iter_documents(self) -> Iterator[DocumentRecord]:
+        # A full pass is what a scan is for: each item read once (the merged listing reads every status).
+        kwargs: dict[str, Any] = {"FilterExpression": Key("sk").eq(DOCUMENT_SK)}
+        while True:
+            resp = self._call("scan documents", self._table.scan, **kwargs)
+            yield from (DocumentRecord.model_validate(item) for item in resp.get("Items", []))
+            if "LastEvaluatedKey" not in resp:
+                return
+            kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+
     @staticmethod
     def _cursor_key(cursor: str) -> str:
         """The index sort key a cursor of list_documents holds; ValueError for any other text (a tampered

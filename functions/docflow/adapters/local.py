@@ -252,6 +252,10 @@ class SqliteRecordStore(RecordStore):
         next_cursor = f"{rows[limit - 1][1]}|{rows[limit - 1][2]}" if len(rows) > limit else None
         return records, next_cursor
 
+    def iter_documents(self) -> Iterator[DocumentRecord]:
+        for (data,) in self._connect().execute("SELECT data FROM documents").fetchall():
+            yield DocumentRecord.model_validate_json(data)
+
     # The key column holds the object id (source, and version where there is one): a row per object.
     _UPLOAD_ROW = "INSERT INTO uploads (document_id, source, status, data) VALUES (?, ?, ?, ?)"
 
