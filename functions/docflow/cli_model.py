@@ -219,11 +219,14 @@ def promote(
     except RegistryError as exc:
         raise fail(str(exc), 1) from None
     if champion is not None and int(champion.version) == version:
-        err.print(f"{registry.name} v{version} is already the champion: nothing changed.")
+        err.print(
+            f"{registry.name} v{version} is already the champion: nothing changed "
+            "(`docflow model publish` publishes it again)."
+        )
         return
     if publish:  # first: a publish that fails leaves the champion as it was, not the alias moved alone
         _publish(registry, settings, bucket, version)
-    with tracking_errors(registry.tracking.uri):
+    with _after_publish(registry, version, publish):
         previous = registry.promote(version, reason="manual")
     err.print(f"{registry.name} v{version} is the champion" + (f" (was v{previous})." if previous else "."))
 
@@ -246,9 +249,30 @@ def rollback(
         raise fail(str(exc), 1) from None
     if publish:  # first: a publish that fails leaves the champion as it was
         _publish(registry, settings, bucket, previous)
-    with tracking_errors(registry.tracking.uri):
+    with _after_publish(registry, previous, publish):
         registry.rollback()
     err.print(f"{registry.name}: champion rolled back from v{current} to v{previous}.")
+
+
+@contextmanager
+def _after_publish(registry: Registry, version: int, published: bool) -> Iterator[None]:
+    """Moving the champion alias once ``version``'s files are published: if that fails, say that the model
+    is already serving and how to make the registry agree."""
+    from docflow_training.registry import RegistryError
+
+    try:
+        with tracking_errors(registry.tracking.uri):
+            try:
+                yield
+            except RegistryError as exc:  # e.g. another operator moved the champion meanwhile
+                raise fail(str(exc), 1) from None
+    except typer.Exit:
+        if published:
+            err.print(
+                f"v{version} is published and serving, but the registry's champion alias did not move: run "
+                f"`docflow model promote {version} --no-publish` to make them agree."
+            )
+        raise
 
 
 @model_app.command("publish")

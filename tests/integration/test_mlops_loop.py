@@ -233,6 +233,22 @@ def test_model_commands_list_promote_and_roll_back(loop: Loop) -> None:
     missing = runner.invoke(model_app, ["promote", "9", *home])
     assert missing.exit_code == 1 and "no version 9" in missing.output
 
+    # Published, but the alias could not move: the command says the model is serving and how to agree
+    from mlflow.exceptions import MlflowException
+
+    def refuse(self: Registry, version: int, reason: str = "manual") -> int | None:
+        raise MlflowException("the tracking store is read-only")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Registry, "promote", refuse)
+        half = runner.invoke(model_app, ["promote", "2", *home])
+    assert half.exit_code == 1 and "read-only" in half.output
+    assert "v2 is published and serving" in half.output and "promote 2 --no-publish" in half.output
+    assert json.loads((loop.home / "models" / "champion.json").read_text())["version"] == 2
+    assert runner.invoke(model_app, ["promote", "2", "--no-publish", *home]).exit_code == 0
+    assert int(loop.registry().alias(CHAMPION).version) == 2
+    assert runner.invoke(model_app, ["promote", "1", *home]).exit_code == 0  # as the next tests expect
+
 
 def test_publish_to_the_model_bucket(loop: Loop, tmp_path: Path) -> None:
     from moto import mock_aws
