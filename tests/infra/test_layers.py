@@ -44,7 +44,8 @@ if "training_gate" in module:  # the promotion gate scores through onnxruntime, 
     from docflow_training.registry import GatePolicy, HeldOutDoc, compare_on_holdout, text_sha256
     memo = "MEMORANDUM TO: all staff FROM: J. Smith"
     docs = [HeldOutDoc("memo.txt", "memo", text_sha256(memo), memo)]
-    same = compare_on_holdout(2, lambda: DEFAULT_MODEL_DIR, 1, lambda: DEFAULT_MODEL_DIR, docs, None, GatePolicy())
+    policy = GatePolicy(min_eval_docs=1)
+    same = compare_on_holdout(2, lambda: DEFAULT_MODEL_DIR, 1, lambda: DEFAULT_MODEL_DIR, docs, None, policy)
     out["gate"] = {"promoted": same.promoted, "macro_f1": same.challenger_scores.macro_f1}
 print(json.dumps(out))
 """

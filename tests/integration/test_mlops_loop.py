@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 pytest.importorskip("mlflow", reason="the training extra (MLflow) is not installed")
 
 CORPUS = Path(__file__).resolve().parents[1] / "fixtures" / "corpus"
-HP = {"seed": 7, "vocab_size": 400, "c_grid": (1.0, 10.0), "cv_folds": 3, "holdout_fraction": 0.25}
+HP = {"seed": 7, "vocab_size": 400, "c_grid": (1.0, 10.0), "cv_folds": 3, "holdout_fraction": 0.25, "min_eval_docs": 1}
 ROTATED = {"Email": "News", "News": "Resume", "Resume": "Email"}
 FEEDBACK_TEXT = "From: kim@example.com To: lee@example.com Subject: Re: meeting. Please reply to this email."
 

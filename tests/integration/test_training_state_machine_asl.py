@@ -270,6 +270,7 @@ def machine(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
     monkeypatch.setenv("DOCFLOW_DOCUMENTS_BUCKET", BUCKET)
     monkeypatch.setenv("DOCFLOW_TABLE_NAME", TABLE)
     monkeypatch.setenv("DOCFLOW_MODEL_BUCKET", MODELS)
+    monkeypatch.setenv("DOCFLOW_TRAINING_MIN_EVAL_DOCS", "1")  # the fixture corpus holds out a handful
     loop_settings.cache_clear()
     _serve_with_real_handlers(monkeypatch)
     with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}):

@@ -365,3 +365,13 @@ def test_class_names_mlflow_refuses_become_valid_metric_and_param_names(tmp_path
             mlflow.log_params(params)
     finally:
         mlflow.set_tracking_uri(previous)
+
+
+def test_by_default_the_gate_will_not_decide_on_a_handful_of_documents() -> None:
+    from docflow_training.registry import HeldOutDoc, compare_on_holdout, text_sha256
+
+    docs = [HeldOutDoc(f"{i}.txt", "memo", text_sha256(f"memo {i}"), f"memo {i}") for i in range(29)]
+    never = lambda: pytest.fail("a model was scored")  # noqa: E731
+    decision = compare_on_holdout(2, never, 1, never, docs, None, GatePolicy())
+    assert not decision.promoted
+    assert "29 held-out documents the champion did not train on (of 29; at least 30 needed)" in decision.summary

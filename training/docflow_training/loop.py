@@ -65,7 +65,7 @@ class LoopSettings(BaseSettings):
     registered_model: str = REGISTERED_MODEL
     min_macro_f1_gain: float = Field(default=0.0, ge=-1.0, le=1.0)
     max_recall_drop: float = Field(default=0.05, ge=0.0, le=1.0)
-    min_eval_docs: int = Field(default=1, ge=1)
+    min_eval_docs: int = Field(default=GatePolicy.model_fields["min_eval_docs"].default, ge=1)
 
     @property
     def policy(self) -> GatePolicy:
