@@ -154,9 +154,9 @@ def test_train_with_an_unreachable_tracking_server_stops_before_training(docflow
     assert proc.returncode == 1, proc.stderr
     assert "S3cretPW" not in proc.stderr + proc.stdout and "Traceback" not in proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    # the corpus was read (a quick check of its layout), nothing was trained, and one line says why
-    assert lines[0].startswith("loaded 25 documents") and len(lines) == 2, proc.stderr
-    assert lines[1].startswith("MLflow tracking") and "refused" in lines[1], proc.stderr
+    # nothing was trained (the job's log would say "loaded … documents"), and one line says why
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("MLflow tracking") and "refused" in lines[0], proc.stderr
 
 
 def test_an_unreadable_input_is_a_failed_row_not_a_crash(samples: Path, docflow_home: Path, tmp_path: Path) -> None:
