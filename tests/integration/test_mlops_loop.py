@@ -312,3 +312,18 @@ def test_a_bad_job_configuration_fails_with_a_reason(tmp_path: Path) -> None:
     env = {"SM_CHANNEL_TRAIN": str(CORPUS), "SM_OUTPUT_DATA_DIR": str(tmp_path / "output" / "data")}
     assert main(["--epochs", "10"], env) == 2
     assert "unknown hyperparameters ['epochs']" in (tmp_path / "output" / "failure").read_text()
+
+
+def test_a_promoted_model_whose_publish_fails_does_not_become_champion(tmp_path: Path) -> None:
+    """Files first, then the alias: the registry never names a champion that is not what Classify serves."""
+    from docflow_training.launch import JobFailedError
+
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    home = tmp_path / "home"
+    hp = {**HP, "publish_to": str(blocked / "models")}
+    with pytest.raises(JobFailedError):
+        run_local_job(CORPUS, Settings(home=home), hyperparameters=hp, include_feedback=False, echo=lambda _: None)
+    registry = Registry(resolve_tracking(home))
+    assert registry.version(1).tags["gate.decision"] == "promoted"  # decided, but not published
+    assert registry.champion() is None

@@ -344,9 +344,11 @@ def run_job(config: JobConfig, paths: JobPaths, env: Mapping[str, str] = os.envi
         published = state.data.get("published")
         if version is not None and decision is None:
             registry = Registry(tracking, config.registered_model)
-            gated = registry.gate(int(version), config.gate)
+            gated = registry.gate(int(version), config.gate, move_alias=False)
             decision = gated.to_dict()
             state.save(decision=decision)
+        # A promoted version's files are published first, then it gets the champion alias: a publish that
+        # fails leaves the registry naming the model that still serves (and a retried job goes on from here).
         if version is not None and decision and decision["promoted"] and config.publish_to and not published:
             from docflow_training.publish import publish_version, target_from_uri
 
@@ -355,6 +357,9 @@ def run_job(config: JobConfig, paths: JobPaths, env: Mapping[str, str] = os.envi
             )
             published = {"to": config.publish_to, "pointer": json.loads(pointer.model_dump_json())}
             state.save(published=published)
+        if version is not None and decision and decision["promoted"] and not state.data.get("championed"):
+            Registry(tracking, config.registered_model).make_champion(int(version), reason="gate")
+            state.save(championed=True)
 
         paths.model.mkdir(parents=True, exist_ok=True)
         for name in MODEL_FILES:

@@ -402,9 +402,10 @@ class Registry:
 
     # -- deciding --------------------------------------------------------------------------------
 
-    def gate(self, version: int, policy: GatePolicy | None = None) -> GateDecision:
+    def gate(self, version: int, policy: GatePolicy | None = None, move_alias: bool = True) -> GateDecision:
         """Make ``version`` the challenger, compare it with the champion, record the decision as tags,
-        and promote it if it passes (or if there is no champion yet)."""
+        and promote it if it passes (or if there is no champion yet). ``move_alias=False``: decide only;
+        the caller publishes the files first, then calls ``make_champion``."""
         policy = policy or GatePolicy()
         candidate = self.version(version)
         self.client.set_registered_model_alias(self.name, CHALLENGER, str(version))
@@ -419,7 +420,7 @@ class Registry:
             self.client.set_model_version_tag(self.name, str(version), key, value)
         if candidate.run_id:
             self.client.set_tag(candidate.run_id, "gate.decision", decision.tags()["gate.decision"])
-        if decision.promoted:
+        if decision.promoted and move_alias:
             self._set_champion(version, reason="gate")
         logger.info(
             "gate: %s v%d %s — %s%s",
@@ -472,6 +473,14 @@ class Registry:
         if previous_version is not None and previous_version != version:
             self.client.set_model_version_tag(self.name, str(version), "champion.previous", str(previous_version))
         return previous_version
+
+    def make_champion(self, version: int, reason: str = "gate") -> int | None:
+        """Give ``version`` the champion alias (the gate's decision, once its files are published); returns
+        the previous champion's version. Idempotent: a retried job calling it again changes nothing."""
+        current = self.champion()
+        if current is not None and int(current.version) == version:
+            return None
+        return self._set_champion(version, reason)
 
     def promote(self, version: int, reason: str = "manual") -> int | None:
         """Make ``version`` the champion without the gate (an operator's decision); returns the
