@@ -165,3 +165,18 @@ def test_shutdown_stops_a_worker_still_busy_after_the_grace_period(
     assert [u.status for u in ctx.records.list_uploads(slow.document_id)] == [Status.FAILED]
     record = ctx.records.get_document(slow.document_id)
     assert record is not None and record.status == Status.FAILED and "server stopped" in (record.reason or "")
+
+
+def test_shutdown_does_not_spend_the_grace_period_on_queued_uploads(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    workers = LocalWorkers(settings, workers=1, max_attempts=2)
+    ctx = build_context(settings)
+    jobs = [_accept(settings, workers, ctx, f"q{i}", text_pdf([f"{MEMO}\nnumber {i}"])) for i in range(6)]
+    started = time.monotonic()
+    with caplog.at_level("INFO"):
+        workers.shutdown(grace=30)  # the one or two in flight take a second; the rest wait in the journal
+    assert time.monotonic() - started < 15, "it waited out the grace period"
+    queued = int(caplog.text.split(" queued for the next start")[0].rsplit(" ", 1)[-1])
+    assert queued >= 3 and len(workers.journaled()) >= queued
+    assert {job.upload_id for job in workers.journaled()} <= {job.upload_id for job in jobs}

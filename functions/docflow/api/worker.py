@@ -366,7 +366,10 @@ class LocalWorkers:
         # worker before Python 3.14's terminate_workers().
         processes = list((getattr(pool, "_processes", None) or {}).values())
         pool.shutdown(wait=False, cancel_futures=True)
-        done, not_done = wait_futures(running, timeout=grace)
+        # A future cancelled there is CANCELLED, which wait() does not count as done: leave the queued
+        # uploads out (their journal entries bring them back at the next start), or the grace is spent on them.
+        queued = sum(1 for f in running if f.cancelled())
+        done, not_done = wait_futures([f for f in running if not f.cancelled()], timeout=grace)
         if not_done:
             for process in processes:
                 process.terminate()
@@ -374,10 +377,9 @@ class LocalWorkers:
         # A future's done-callbacks (_done: the FAILED record of an interrupted document) run after its
         # waiters wake: wait for them too, or the process may exit before the record is written.
         self.wait_idle(timeout=10)
-        queued = sum(1 for f in done if f.cancelled())
         log.info(
             "workers stopped: %d finished, %d interrupted, %d queued for the next start",
-            len(done) - queued,
+            len(done),
             len(not_done),
             queued,
         )
