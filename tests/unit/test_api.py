@@ -354,6 +354,8 @@ def test_listing_pages_with_an_opaque_cursor(client: TestClient) -> None:
         _assert_error(client.get("/documents", params={"cursor": bad}), 422, "invalid_cursor")
     _assert_error(client.get("/documents", params={"status": "DONE"}), 422, "invalid_request")
     _assert_error(client.get("/documents", params={"limit": 0}), 422, "invalid_request")
+    for upload_only in ("RECEIVED", "DUPLICATE"):  # an upload's statuses: listing by them was always empty
+        _assert_error(client.get("/documents", params={"status": upload_only}), 422, "invalid_status")
 
 
 # -- synchronous upload-and-predict --------------------------------------------------------------------------
@@ -718,3 +720,17 @@ def test_access_log_hides_upload_tokens() -> None:
         '127.0.0.1:5 - "PUT /uploads/<redacted> HTTP/1.1" 202'
     )
     assert line("/documents/abc?x=1") == '127.0.0.1:5 - "PUT /documents/abc?x=1 HTTP/1.1" 202'
+
+
+def test_a_failed_document_sent_again_is_not_reported_terminal_before_its_rerun(docflow_home: Path) -> None:
+    """A client polls until terminal: the old FAILED must not end its poll while the retry waits in the queue."""
+    from docflow.api import service
+
+    ctx = build_context(Settings(home=docflow_home))
+    doc = "d" * 64
+    ctx.records.put_document(DocumentRecord(document_id=doc, status=Status.FAILED, source="first.png", reason="x"))
+    ctx.records.put_upload(UploadRecord(document_id=doc, source="first.png", status=Status.FAILED))
+    assert service.get_document(ctx, doc).terminal
+    ctx.records.put_upload(UploadRecord(document_id=doc, source="again.png", status=Status.RECEIVED))
+    polled = service.get_document(ctx, doc)
+    assert (polled.status, polled.terminal) == (Status.RECEIVED, False)

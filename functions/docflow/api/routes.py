@@ -208,7 +208,9 @@ def list_documents(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=4096, description="next_cursor of the previous page")] = None,
 ) -> DocumentPage:
-    """Documents, most recently updated first (all of them, or those with one status), one page at a time."""
+    """Documents, most recently updated first (all of them, or those with one status), one page at a time.
+    A document updated while you page (labelled, re-predicted, finished) moves to the front: page again from
+    the start to see it. Statuses RECEIVED and DUPLICATE belong to uploads, not documents (422)."""
     return service.list_documents(ctx, status, limit, cursor)
 
 

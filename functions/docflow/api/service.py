@@ -210,7 +210,12 @@ def get_document(ctx: StepContext, document_id: str) -> DocumentResponse:
     record = ctx.records.get_document(document_id)
     uploads = ctx.records.list_uploads(document_id)
     if record is not None:
-        return _document_response(record, uploads)
+        response = _document_response(record, uploads)
+        if record.status is Status.FAILED and any(u.status is Status.RECEIVED for u in uploads):
+            # Sent again (the user's retry) and not picked up yet: the failure on record is about to be
+            # replaced, so a client polling for a terminal status must keep polling.
+            response = response.model_copy(update={"status": Status.RECEIVED, "terminal": False})
+        return response
     if not uploads:
         raise _not_found(document_id)
     # Accepted by the API, not yet picked up by the pipeline: the upload's own status is all there is.
@@ -243,7 +248,16 @@ def _decode_cursor(cursor: str | None) -> str | None:
     raise ApiError(422, "invalid_cursor", "cursor is not one this API returned")
 
 
+# What an upload can be but a document record never is: listing by them would always come back empty.
+_UPLOAD_ONLY = {
+    Status.RECEIVED: "an upload not yet picked up has no document record yet; GET /documents/{id} reports it",
+    Status.DUPLICATE: "DUPLICATE is an upload's outcome (its document is the original); see a document's uploads",
+}
+
+
 def list_documents(ctx: StepContext, status: Status | None, limit: int, cursor: str | None) -> DocumentPage:
+    if status in _UPLOAD_ONLY:
+        raise ApiError(422, "invalid_status", f"no document is listed as {status}: {_UPLOAD_ONLY[status]}")
     raw = _decode_cursor(cursor)
     try:
         records, next_raw = ctx.records.list_documents(status=status.value if status else None, limit=limit, cursor=raw)
