@@ -734,3 +734,18 @@ def test_a_failed_document_sent_again_is_not_reported_terminal_before_its_rerun(
     ctx.records.put_upload(UploadRecord(document_id=doc, source="again.png", status=Status.RECEIVED))
     polled = service.get_document(ctx, doc)
     assert (polled.status, polled.terminal) == (Status.RECEIVED, False)
+
+
+def test_an_upload_refused_as_busy_leaves_no_document_behind(
+    make_client: Callable[..., TestClient], docflow_home: Path
+) -> None:
+    client = make_client(DOCFLOW_API_MAX_QUEUE="1")
+    first = _upload(client, _png(LETTER), "scan.png", "image/png")  # OCR keeps the one place in the queue busy
+    assert first.status_code == 202, first.text
+    pdf = text_pdf([f"{MEMO}\nrefused"])
+    refused = _upload(client, pdf)
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "10", refused.text
+    document_id = hashlib.sha256(pdf).hexdigest()
+    _assert_error(client.get(f"/documents/{document_id}"), 404, "not_found")  # once a FAILED phantom
+    assert not [p for p in (docflow_home / "blobs").rglob("*") if p.is_file() and p.name == "memo.pdf"]
+    _wait_terminal(client, first.json()["document_id"])

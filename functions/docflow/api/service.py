@@ -373,19 +373,25 @@ def _sniff(ctx: StepContext, data: bytes) -> Any:
     return report
 
 
+def _busy(exc: Exception) -> ApiError:
+    return ApiError(503, "busy", f"not accepting uploads right now ({exc}); retry later", headers={"Retry-After": "10"})
+
+
 def _hand_over(ctx: StepContext, submitter: Submitter, job: PendingUpload, store: Callable[[], None]) -> None:
     """The RECEIVED upload record first (a poll right after the 202 finds the document), then the bytes (on AWS
     their arrival starts the state machine), then the local workers. A failure on the way marks the upload
     FAILED, so none stays RECEIVED for nothing."""
+    try:
+        submitter.check_room()  # refused now: nothing stored, no record a client could find after the 503
+    except (StoppingError, QueueFullError) as exc:
+        raise _busy(exc) from exc
     ctx.records.put_upload(UploadRecord(document_id=job.document_id, source=job.source, status=Status.RECEIVED))
     try:
         store()
         submitter.accept(job)
-    except (StoppingError, QueueFullError) as exc:
+    except (StoppingError, QueueFullError) as exc:  # filled up in between: the upload is FAILED, never RECEIVED
         ctx.records.put_upload(UploadRecord(document_id=job.document_id, source=job.source, status=Status.FAILED))
-        raise ApiError(
-            503, "busy", f"not accepting uploads right now ({exc}); retry later", headers={"Retry-After": "10"}
-        ) from exc
+        raise _busy(exc) from exc
     except Exception:
         ctx.records.put_upload(UploadRecord(document_id=job.document_id, source=job.source, status=Status.FAILED))
         raise

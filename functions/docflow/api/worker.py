@@ -58,12 +58,18 @@ class StoppingError(Exception):
 
 
 class Submitter(Protocol):
+    def check_room(self) -> None:
+        """Raise StoppingError or QueueFullError if an upload would be refused now (before anything is stored)."""
+
     def accept(self, job: PendingUpload) -> None:
         """Take responsibility for the upload reaching a terminal status (called before the 202)."""
 
 
 class S3Trigger:
     """AWS: the object under incoming/ already starts the state machine (EventBridge); nothing to do."""
+
+    def check_room(self) -> None:
+        return None
 
     def accept(self, job: PendingUpload) -> None:
         return None
@@ -252,12 +258,19 @@ class LocalWorkers:
             log.warning("re-queued %d upload(s) accepted before the last stop", len(pending))
         return len(pending)
 
+    def check_room(self) -> None:
+        with self._lock:
+            self._refuse_if_full()
+
+    def _refuse_if_full(self) -> None:
+        if self._stopping:
+            raise StoppingError("the server is shutting down")
+        if len(self._inflight) >= self.max_queue:
+            raise QueueFullError(f"{len(self._inflight)} uploads are waiting")
+
     def accept(self, job: PendingUpload) -> None:
         with self._lock:
-            if self._stopping:
-                raise StoppingError("the server is shutting down")
-            if len(self._inflight) >= self.max_queue:
-                raise QueueFullError(f"{len(self._inflight)} uploads are waiting")
+            self._refuse_if_full()
             if self._pool is None:
                 self._pool = self._new_pool()
             self._write_journal(job)
