@@ -312,10 +312,7 @@ def train(
     from docflow_training.tracking import redact_secrets, redact_uri
 
     # The tracking store answers before minutes of training are spent, or this stops here in one line
-    patient = "MLFLOW_HTTP_REQUEST_MAX_RETRIES" in os.environ
     tracking = registry_for(settings).tracking
-    if not patient:  # registry_for's short retries suit this check, not an hour-long job's logging
-        os.environ.pop("MLFLOW_HTTP_REQUEST_MAX_RETRIES", None)
 
     def echo(line: str) -> None:  # the job's log, without the tracking server's password
         print(redact_secrets(line, tracking.uri), end="", file=sys.stderr, flush=True)

@@ -148,12 +148,26 @@ def registry_for(settings: Settings) -> Registry:
         from docflow_training.tracking import resolve_tracking
     except ImportError as exc:
         raise fail(f"The registry needs the training extra: pip install -e '.[training]' ({exc})") from None
-    # An interactive command: MLflow's default of 7 retries waits ~4 minutes for a server that is down;
-    # 3 give up in ~15 s (an exported MLFLOW_HTTP_REQUEST_MAX_RETRIES still wins).
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
     tracking = resolve_tracking(settings.home)
-    with tracking_errors(tracking.uri):
+    with tracking_errors(tracking.uri), _quick_retries():
         return Registry(tracking)
+
+
+@contextmanager
+def _quick_retries() -> Iterator[None]:
+    """Connecting is the check that the tracking server answers: MLflow's default of 7 retries waits ~4
+    minutes for one that is down, 3 give up in ~15 s. Only for the check: once it answered, MLflow's own
+    patience applies, also to a training job started afterwards. An exported MLFLOW_HTTP_REQUEST_MAX_RETRIES
+    wins."""
+    name = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
+    if name in os.environ:
+        yield
+        return
+    os.environ[name] = "3"
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)
 
 
 def _target(settings: Settings, bucket: str | None) -> PublishTarget:

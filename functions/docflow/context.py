@@ -59,7 +59,7 @@ class StepContext:
         if self._serving is not None and identity == self._broken:
             return self._serving
         try:
-            classifier = load_classifier(model_dir)
+            classifier = load_classifier(*identity)
         except Exception:
             if self._serving is None:
                 raise  # nothing loaded yet: no model we know is right to fall back on

@@ -375,9 +375,9 @@ class LocalWorkers:
             running = list(self._inflight.values())
         if pool is None:
             return
-        # Taken before shutdown(), which sets the pool's _processes to None. No public way to stop a busy
-        # worker before Python 3.14's terminate_workers().
-        processes = list((getattr(pool, "_processes", None) or {}).values())
+        from docflow.pipeline.embedded import worker_processes
+
+        processes = worker_processes(pool)
         pool.shutdown(wait=False, cancel_futures=True)
         # A future cancelled there is CANCELLED, which wait() does not count as done: leave the queued
         # uploads out (their journal entries bring them back at the next start), or the grace is spent on them.

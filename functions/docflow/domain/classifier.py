@@ -276,12 +276,13 @@ def _load_classifier(model_dir: Path, fingerprint: ModelFingerprint) -> TextClas
     return classifier
 
 
-def load_classifier(model_dir: Path) -> TextClassifier:
+def load_classifier(model_dir: Path, fingerprint: ModelFingerprint | None = None) -> TextClassifier:
     """The classifier for ``model_dir``, loaded once per process (a Lambda's cold start) and again only
-    when the directory's files are replaced (``model_fingerprint``): a warm process serving a path whose
-    model was republished under the same version serves the new files, not the ones it loaded first."""
+    when the directory's files are replaced (``model_fingerprint``, taken here unless the caller has it):
+    a warm process serving a path whose model was republished under the same version serves the new files,
+    not the ones it loaded first."""
     model_dir = Path(model_dir)
-    return _load_classifier(model_dir, model_fingerprint(model_dir))
+    return _load_classifier(model_dir, fingerprint or model_fingerprint(model_dir))
 
 
 def clear_classifier_cache() -> None:

@@ -19,9 +19,10 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from datetime import datetime
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
@@ -179,14 +180,12 @@ def process_file(
 def too_large_row(path: Path, source: str, size: int, limit: int, started: float) -> DocumentResult:
     """The row of a file over DOCFLOW_MAX_BYTES: REJECTED/TOO_LARGE, as Validate words it, with the
     document id (SHA-256) streamed from the file itself. Not kept in the stores."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
+    from docflow.model_source import sha256_file
+
     telemetry.document_processed(Status.REJECTED, None)
     return DocumentResult(
         source=source,
-        document_id=digest.hexdigest(),
+        document_id=sha256_file(path),
         status=Status.REJECTED,
         code=RejectionCode.TOO_LARGE,
         reason=f"the file is {size:,} bytes; the limit is {limit:,} bytes (not stored)",
@@ -425,31 +424,22 @@ def _run_in_pools(
             for i in broken:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(marks, str(i)))
-            if not broken:
-                if alone:
-                    suspects = []
-                else:
-                    queued = []
-                continue
-            if not started:  # no document was running: the workers themselves die (cannot even start)
-                rest = _charge(broken, deaths, files, owners, settings, done, ran=False)
-            elif alone:  # alone in its pool, the death is the running document's own
-                rest = [i for i in broken if i not in started] + _charge(
-                    sorted(started), deaths, files, owners, settings, done, ran=True
-                )
-            else:  # any of those running may have done it: each runs again alone, free
+            if started and not alone:  # any of those running may have done it: each runs again alone, free
                 suspects, queued = sorted(started), sorted(set(broken) - started)
-                rest = None
-            if rest is not None:
+            else:  # alone, the death is the running document's own; none started: the workers cannot start
+                payers = started or set(broken)
+                charged = _charge(sorted(payers), deaths, files, owners, settings, done, ran=bool(started))
+                left = sorted((set(broken) - payers) | set(charged))
                 if alone:
-                    suspects = sorted(rest)
+                    suspects = left
                 else:
-                    queued = sorted(rest)
-            logger.warning(
-                "a worker process died; %d document(s) to run again (%d of them alone)",
-                len(suspects) + len(queued),
-                len(suspects),
-            )
+                    queued = left
+            if broken:
+                logger.warning(
+                    "a worker process died; %d document(s) to run again (%d of them alone)",
+                    len(suspects) + len(queued),
+                    len(suspects),
+                )
 
 
 def _charge(
@@ -541,9 +531,15 @@ def _worker_died_row(file: tuple[Path, str], owner: str, deaths: int, settings: 
     return DocumentResult.from_state(record_failure_step(state, ctx), 0.0, ctx)
 
 
+def worker_processes(pool: Executor) -> list[BaseProcess]:
+    """A process pool's worker processes, to end busy ones: no public way before Python 3.14's
+    terminate_workers(). Take them before shutdown(), which sets the pool's _processes to None."""
+    return list((getattr(pool, "_processes", None) or {}).values())
+
+
 def _stop_now(pool: ProcessPoolExecutor) -> None:
-    """Cancel what is queued and end the workers (taken before shutdown(), which forgets them)."""
-    processes = list((getattr(pool, "_processes", None) or {}).values())
+    """Cancel what is queued and end the workers."""
+    processes = worker_processes(pool)
     pool.shutdown(wait=False, cancel_futures=True)
     for process in processes:
         process.terminate()
