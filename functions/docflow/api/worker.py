@@ -379,9 +379,10 @@ class LocalWorkers:
 
         processes = worker_processes(pool)
         pool.shutdown(wait=False, cancel_futures=True)
-        # A future cancelled there is CANCELLED, which wait() does not count as done: leave the queued
-        # uploads out (their journal entries bring them back at the next start), or the grace is spent on them.
-        queued = sum(1 for f in running if f.cancelled())
+        # shutdown() leaves the cancelling to the pool's own thread, later: cancel the queued uploads here
+        # (their journal entries bring them back at the next start). A CANCELLED future is not done for
+        # wait(), so they are left out of it too, or the grace is spent waiting for them.
+        queued = sum(1 for f in running if f.cancel())
         done, not_done = wait_futures([f for f in running if not f.cancelled()], timeout=grace)
         if not_done:
             for process in processes:
