@@ -43,9 +43,11 @@ $(CDK_BIN)/cdk: infra_cdk/package.json infra_cdk/package-lock.json
 
 install: system-deps $(BIN)/.installed $(CDK_BIN)/cdk ## Set up everything: apt packages, .venv, CDK CLI
 
-$(MODEL_DIR)/model.onnx: $(BIN)/.installed $(wildcard training/docflow_training/*.py) functions/docflow/domain/text.py functions/docflow/domain/classifier.py
+# The text model from the corpus, and its scan head from the real labelled scans (rvl_dev) where they are.
+$(MODEL_DIR)/model.onnx: $(BIN)/.installed $(wildcard training/docflow_training/*.py) functions/docflow/domain/text.py functions/docflow/domain/classifier.py functions/docflow/domain/layout.py functions/docflow/domain/scan_head.py functions/docflow/domain/extraction.py
 	@[ -d "$(DOCFLOW_DATA_DIR)/tobacco3482" ] || { echo "Corpus not found at $(DOCFLOW_DATA_DIR)/tobacco3482: set DOCFLOW_DATA_DIR"; exit 1; }
-	$(BIN)/docflow train --no-track --data "$(DOCFLOW_DATA_DIR)/tobacco3482" --out $(MODEL_DIR)
+	$(BIN)/docflow train --no-track --data "$(DOCFLOW_DATA_DIR)/tobacco3482" --out $(MODEL_DIR) \
+		$$([ -d "$(DOCFLOW_DATA_DIR)/rvl_dev" ] && echo --scans "$(DOCFLOW_DATA_DIR)/rvl_dev" || echo "Real scans not found at $(DOCFLOW_DATA_DIR)/rvl_dev: no scan head" >&2)
 
 model: install $(MODEL_DIR)/model.onnx ## Train the default model from the corpus (once)
 

@@ -231,12 +231,21 @@ def train(
     spot: Annotated[bool, typer.Option("--spot", help="SageMaker managed spot training, with checkpoints.")] = False,
     wait: Annotated[bool, typer.Option("--wait", help="SageMaker: wait for the job to end.")] = False,
     home: Annotated[Path | None, typer.Option(help="State directory (default: DOCFLOW_HOME or ~/.docflow).")] = None,
+    scans: Annotated[
+        Path | None,
+        typer.Option(
+            help="Real labelled scans (class folders or a path,label CSV) to fit the model's scan head on: "
+            "layout-aware scores and out-of-scope detection, with cross-validated figures. With --no-track."
+        ),
+    ] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="Processes reading --scans (default: all cores).")] = None,
 ) -> None:
     """Train the classifier: MLflow run, registry version, promotion gate, published champion.
 
     The training job runs as a local process (or on SageMaker with --sagemaker); a promoted model is
     published to DOCFLOW_HOME/models, where `process` and `serve` find it. --no-track only trains."""
     try:
+        from docflow_training.scan_head import ScanHeadError
         from docflow_training.train import TrainConfig, train_model
     except ImportError as exc:
         raise fail(f"Training needs the training extra: pip install -e '.[training]' ({exc})") from None
@@ -296,15 +305,26 @@ def train(
         problem = model_dir_target_problem(out)
         if problem:
             raise fail(f"--out: {problem}")
+    if scans is not None and track:
+        raise fail("--scans fits the scan head of a model trained with --no-track (tracked runs: not yet)")
 
     if not track:
         from docflow_training.entry import job_config
 
         target = out or DEFAULT_MODEL_DIR
-        metrics = train_model(corpus, target, TrainConfig(**job_config(hyperparameters).train.model_dump()))
+        read = _read_scans(scans, settings, workers) if scans is not None else None
+        config = TrainConfig(**job_config(hyperparameters).train.model_dump())
+        try:
+            metrics = train_model(corpus, target, config, scans=read, scans_source=str(scans) if scans else None)
+        except ScanHeadError as exc:
+            raise fail(f"--scans {scans}: {exc}") from None
         err.print(f"Model written to {target}")
         keys = ("accuracy", "macro_f1", "n_train", "n_holdout")
-        print(json.dumps({k: metrics[k] for k in keys if k in metrics}, indent=2))
+        summary = {k: metrics[k] for k in keys if k in metrics}
+        if "real_scans" in metrics:
+            cross_validated = metrics["real_scans"]["scan_head"]["cross_validated"]
+            summary["real_scans_cross_validated"] = {k: v for k, v in cross_validated.items() if k != "predictions"}
+        print(json.dumps(summary, indent=2))
         return
 
     from docflow.cli_model import registry_for
@@ -353,6 +373,29 @@ def train(
         "device": result.device.get("kind"),
     }
     print(json.dumps(summary, indent=2))
+
+
+def _read_scans(folder: Path, settings: Any, workers: int | None) -> list[Any]:
+    """The labelled scans under ``folder``, read by the pipeline's ExtractText, with a progress bar; cached in
+    DOCFLOW_HOME/cache/scans so that fitting again does not read them again."""
+    from docflow.evaluation import EvalInputError
+    from docflow_training.scans import read_scans
+
+    if not folder.exists():
+        raise fail(f"No such scans folder: {folder}")
+    with _progress() as bar:
+        task = bar.add_task("reading scans", total=None)
+        try:
+            read = read_scans(
+                folder,
+                settings.ocr,
+                workers=workers,
+                cache_dir=settings.home / "cache" / "scans",
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
+        except EvalInputError as exc:
+            raise fail(f"--scans: {exc}") from None
+    return read
 
 
 @app.command("eval")
@@ -413,7 +456,7 @@ def eval_command(
     with progress:
         task = progress.add_task("Evaluating", total=len(items))
         try:
-            results, labels, threshold = run_pipeline(
+            results, labels, threshold, head = run_pipeline(
                 items,
                 workers,
                 model_dir=model_dir,
@@ -429,7 +472,12 @@ def eval_command(
     # Its own folder: a textfile collector on metrics/ must not read the same series from two files.
     _write_metrics(sink, settings.home / "metrics" / "eval" / "docflow.prom")
     rows = rows_from_results(items, results)
-    report = evaluate(rows, model_labels=labels, review_threshold=threshold)
+    report = dataclasses.replace(evaluate(rows, model_labels=labels, review_threshold=threshold), scan_head=head)
+    if head and head["in_sample"]:
+        err.print(
+            f"[yellow]{head['in_sample']} of these documents were used to fit the model's scan head: the figures "
+            "on them are in-sample (bench/quality.py reports them cross-validated).[/yellow]"
+        )
     if rows_out:
         rows_out.parent.mkdir(parents=True, exist_ok=True)
         rows_out.write_text("".join(json.dumps(dataclasses.asdict(r)) + "\n" for r in rows), encoding="utf-8")

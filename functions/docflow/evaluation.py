@@ -90,6 +90,9 @@ class EvalReport:
     confusion: list[list[int]]
     out_of_scope: dict[str, Any] = field(default_factory=dict)
     review_threshold: float | None = None  # the confidence below which a document went to review
+    # For a model with a scan head: the threshold its scans were reviewed at, and how many of these documents
+    # the head was fitted on (figures on those are in-sample; bench/quality.py cross-validates).
+    scan_head: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -195,6 +198,16 @@ def _short_names(names: Sequence[str], width: int = 8) -> list[str]:
     return short
 
 
+def _scan_head_lines(head: dict[str, Any]) -> list[str]:
+    lines = [f"scan head: pages read by OCR are reviewed below {head['review_threshold']:.2f}"]
+    if head.get("in_sample"):
+        lines.append(
+            f"IN-SAMPLE: the model's scan head was fitted on {head['in_sample']} of these documents; figures on "
+            "them overstate what new scans get (bench/quality.py reports them cross-validated)"
+        )
+    return lines
+
+
 def format_report(report: EvalReport) -> str:
     """The report as plain text: summary, per-class table, abstention, confusion matrix."""
     lines = [
@@ -205,6 +218,7 @@ def format_report(report: EvalReport) -> str:
         + f"   auto-classified: {_pct(report.coverage)}   "
         f"accuracy when classified: {_pct(report.accuracy_classified)}   "
         f"accuracy of those sent to review: {_pct(report.accuracy_abstained)}",
+        *(_scan_head_lines(report.scan_head) if report.scan_head else []),
         "statuses: " + ", ".join(f"{k} {v}" for k, v in report.status_counts.items()),
     ]
     if report.no_prediction:
@@ -353,9 +367,10 @@ def run_pipeline(
     review_threshold: float | None = None,
     home: Path | None = None,
     on_result: Any = None,
-) -> tuple[list[Any], list[str], float]:
+) -> tuple[list[Any], list[str], float, dict[str, Any] | None]:
     """Process ``items`` as ``docflow process`` would, on a fresh temporary DOCFLOW_HOME (or ``home``).
-    Returns (DocumentResults in input order, the model's class labels, the review threshold applied).
+    Returns (DocumentResults in input order, the model's class labels, the review threshold applied, and for
+    a model with a scan head its threshold and how many of the documents it was fitted on).
     Raises ConfigurationError before the first document when the model does not load or an OCR
     language is missing."""
     from docflow.pipeline.embedded import check_ready, process_paths
@@ -371,4 +386,13 @@ def run_pipeline(
         model = check_ready(settings)
         files = [(file, str(file)) for file, _ in items]
         results = process_paths(files, settings, workers=max(1, min(workers, len(files))), on_result=on_result)
-    return results, list(model.labels), model.review_threshold(settings.review_threshold)
+    head = None
+    if model.scan_head is not None:
+        fitted = set((model.scan_head.spec.model_extra or {}).get("fitted_on", {}).get("documents", []))
+        head = {
+            "review_threshold": settings.review_threshold
+            if settings.review_threshold is not None
+            else model.scan_head.review_threshold,
+            "in_sample": sum(1 for r in results if getattr(r, "document_id", None) in fitted),
+        }
+    return results, list(model.labels), model.review_threshold(settings.review_threshold), head

@@ -63,6 +63,14 @@ class RejectionCode(StrEnum):
     CONTENT_TOO_LARGE = "CONTENT_TOO_LARGE"
 
 
+class ReviewCode(StrEnum):
+    """Why a document was sent to a person (NEEDS_REVIEW) instead of being classified."""
+
+    NO_TEXT = "NO_TEXT"  # nothing could be read from it
+    OUT_OF_SCOPE = "OUT_OF_SCOPE"  # it looks like none of the model's classes (the scan head says so)
+    LOW_CONFIDENCE = "LOW_CONFIDENCE"  # its best class scored below the review threshold
+
+
 class ValidationLimits(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -131,6 +139,10 @@ class PageText(BaseModel):
     words: int
     seconds: float
     rotated: int = 0  # degrees the page was turned (counter-clockwise) to be read upright (OCR only)
+    # What the page looks like (docflow.domain.layout.FEATURE_NAMES, definition LAYOUT_VERSION): from the OCR's
+    # word boxes and the page image. None for a page read from a PDF's text layer.
+    layout: dict[str, float] | None = None
+    layout_version: str | None = None
 
 
 class ExtractionResult(BaseModel):
@@ -150,6 +162,15 @@ class ExtractionResult(BaseModel):
         confs = [p.confidence for p in self.pages if p.confidence is not None]
         return sum(confs) / len(confs) if confs else None
 
+    @property
+    def first_layout(self) -> tuple[dict[str, float], str] | None:
+        """The layout of the first page that has one, with its definition's version: a document's type shows
+        on its first page (a letter's letterhead, a memo's header block, a report's cover)."""
+        for page in self.pages:
+            if page.layout is not None and page.layout_version is not None:
+                return page.layout, page.layout_version
+        return None
+
 
 class Prediction(BaseModel):
     predicted_class: str
@@ -158,3 +179,7 @@ class Prediction(BaseModel):
     model_name: str
     model_version: str
     seconds: float = 0.0
+    # Set by a model with a scan head (docflow.domain.scan_head) on a page with a layout: how likely the page is
+    # none of the model's classes. The scores are then the classes' given that it is one of them, and
+    # ``confidence`` is the predicted class's score times (1 - out_of_scope).
+    out_of_scope: float | None = None

@@ -62,13 +62,22 @@ def test_eval_folder_json_rows_and_plot(labelled: Path, tmp_path: Path) -> None:
     reviewed = sum(r["status"] == "NEEDS_REVIEW" for r in rows)
     assert report["abstention_rate"] == pytest.approx(reviewed / 5)
     assert plot.is_file() and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # The threshold applied is the default model's calibrated one, and the statuses follow it.
-    threshold = _calibrated_threshold()
+    # The thresholds applied are the default model's calibrated ones (the text model's; its scan head's for
+    # pages read by OCR), and the statuses follow them. None of these samples is one the head was fitted on.
+    threshold, head_threshold = _calibrated_threshold(), _scan_head_threshold()
     assert report["review_threshold"] == threshold
-    assert all(r["confidence"] >= threshold for r in rows if r["status"] == "CLASSIFIED")
-    assert all(r["confidence"] < threshold for r in rows if r["status"] == "NEEDS_REVIEW" and r["confidence"])
+    assert report["scan_head"] == {"review_threshold": head_threshold, "in_sample": 0}
+    lowest = min(threshold, head_threshold)
+    assert all(r["confidence"] >= lowest for r in rows if r["status"] == "CLASSIFIED")
     # The user's own DOCFLOW_HOME is untouched: eval runs on a temporary one.
     assert not (home / "docflow.sqlite3").exists()
+
+
+def _scan_head_threshold() -> float:
+    from docflow.settings import DEFAULT_MODEL_DIR
+
+    threshold: float = json.loads((DEFAULT_MODEL_DIR / "scan_head.json").read_text())["review_threshold"]
+    return threshold
 
 
 def _calibrated_threshold() -> float:
@@ -180,3 +189,20 @@ def test_a_file_listed_twice_in_a_csv_counts_twice_with_one_outcome(labelled: Pa
     assert report["n"] == 2
     assert "PROCESSING" not in report["status_counts"]  # once it read "CLASSIFIED 1, PROCESSING 1"
     assert sum(report["status_counts"].values()) == 2 and report["no_prediction"] == 0
+
+
+def test_eval_on_scans_the_scan_head_was_fitted_on_says_it_is_in_sample(shared_data: Path, tmp_path: Path) -> None:
+    rvl = shared_data / "rvl_dev"
+    if not rvl.is_dir():
+        pytest.skip(f"no real scans at {rvl}")
+    # One scan of a class the model has, one of a class it lacks (an RVL budget page).
+    labels = tmp_path / "labels.csv"
+    memo = next((rvl / "memo").iterdir())
+    budget = next((rvl / "budget").iterdir())
+    labels.write_text(f"path,label\n{memo},memo\n{budget},budget\n")
+    proc = run_cli("eval", str(labels), "--json", "--workers", "2", home=tmp_path / "home")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["scan_head"]["in_sample"] == 2
+    assert "2 of these documents were used to fit the model's scan head" in proc.stderr
+    assert report["out_of_scope"]["n"] == 1

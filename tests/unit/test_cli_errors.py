@@ -337,3 +337,34 @@ def test_a_bad_hyperparameter_is_one_line_naming_it(tmp_path: Path) -> None:
     line = one_error_line(result.output)
     assert "--hp max_iter=-1: Input should be greater than 0" in line and "--hp c_grid.0='abc'" in line
     assert "pydantic.dev" not in line
+
+
+def test_scans_that_cannot_fit_a_head_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from docflow_training import launch, train
+    from docflow_training.scan_head import ScanHeadError
+
+    monkeypatch.setattr(launch, "run_local_job", lambda *a, **k: pytest.fail("training started"))
+    good = _corpus(tmp_path)
+    result = invoke("train", "--data", str(good), "--scans", str(tmp_path / "nowhere"))
+    assert result.exit_code == 2
+    assert "with --no-track" in one_error_line(result.output)
+    result = invoke("train", "--data", str(good), "--no-track", "--scans", str(tmp_path / "nowhere"))
+    assert result.exit_code == 2
+    assert one_error_line(result.output) == f"No such scans folder: {tmp_path / 'nowhere'}"
+    (tmp_path / "noscans").mkdir()
+    result = invoke("train", "--data", str(good), "--no-track", "--scans", str(tmp_path / "noscans"))
+    assert result.exit_code == 2
+    assert "no labelled files found" in one_error_line(result.output)
+
+    # Scans that read but cannot fit a head: the training's own error, in one line (no OCR here).
+    def too_few(*args: object, **kwargs: object) -> None:
+        raise ScanHeadError("3 labelled scans; at least 20 are needed to fit a scan head")
+
+    monkeypatch.setattr(train, "run_training", too_few)
+    (tmp_path / "few" / "memo").mkdir(parents=True)
+    (tmp_path / "few" / "memo" / "a.png").write_bytes(b"")
+    monkeypatch.setattr("docflow_training.scans.read_scans", lambda *a, **k: [])
+    out = str(tmp_path / "m")
+    result = invoke("train", "--data", str(good), "--no-track", "--scans", str(tmp_path / "few"), "--out", out)
+    assert result.exit_code == 2
+    assert "at least 20 are needed" in one_error_line(result.output)

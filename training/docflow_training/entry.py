@@ -52,6 +52,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from docflow.domain.model_files import MODEL_FILES
 from docflow_training.data import canonical_label, load_corpus
 from docflow_training.registry import (
     GatePolicy,
@@ -78,7 +79,6 @@ logger = logging.getLogger("docflow_training.entry")
 OPT_ML = Path("/opt/ml")
 RESULT_FILE = "result.json"
 STATE_FILE = "state.json"
-MODEL_FILES = ("model.onnx", "tokenizer.json", "labels.json", "config.json", "metrics.json", "baseline.json")
 
 
 class JobConfig(BaseModel):

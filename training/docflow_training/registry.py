@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from docflow.domain.model_files import MODEL_FILES
 from docflow_training.tracking import (
     GATE_ARTIFACTS,
     HOLDOUT_FILE,
@@ -46,7 +47,6 @@ logger = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
-MODEL_FILE_NAMES = ("model.onnx", "tokenizer.json", "labels.json", "config.json", "metrics.json", "baseline.json")
 
 
 class RegistryError(RuntimeError):
@@ -389,7 +389,7 @@ class Registry:
             dst.mkdir(parents=True, exist_ok=True)
             shutil.copy2(raw / "model.onnx", dst / "model.onnx")
             for extra in sorted((raw / "extra_files").glob("*")):
-                if extra.name in MODEL_FILE_NAMES:
+                if extra.name in MODEL_FILES:
                     shutil.copy2(extra, dst / extra.name)
         return dst
 

@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from docflow.domain.model_files import MODEL_FILE, MODEL_FILES
+
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
@@ -44,8 +46,8 @@ TRAIN_MANIFEST_FILE = "train_manifest.json"
 # What serves the model (the Lambda's ML layer): declared, not inferred — inference loads the model
 # in a subprocess and takes ~12 s per run.
 RUNTIME_PACKAGES = ("onnxruntime", "tokenizers", "numpy")
-# baseline.json (the drift baseline) is absent from models trained before it existed: logged when present.
-EXTRA_MODEL_FILES = ("tokenizer.json", "labels.json", "config.json", "metrics.json", "baseline.json")
+# The optional files (metrics, drift baseline, scan head) are logged when the model has them.
+EXTRA_MODEL_FILES = tuple(name for name in MODEL_FILES if name != MODEL_FILE)
 
 
 @dataclass(frozen=True)

@@ -49,12 +49,15 @@ from docflow.domain.classifier import (
     encode_texts,
 )
 from docflow.domain.drift import build_baseline, write_baseline
+from docflow.domain.model_files import SCAN_HEAD_FILE
 from docflow.domain.text import NORMALIZER_VERSION, normalize_text
 from docflow_training.data import DatasetDigest, Document, dataset_digest, load_corpus, stratified_split
 from docflow_training.export import build_tfidf_linear_graph, softmax_weights
 from docflow_training.features import count_matrix, fit_idf, tfidf, train_char_ngram_tokenizer, train_tokenizer
 from docflow_training.model_dir import model_dir_target_problem
 from docflow_training.noise import HEAVY, ocr_noise
+from docflow_training.scan_head import fit_scan_head, text_only
+from docflow_training.scans import Scan, fingerprint, scan_set
 
 logger = logging.getLogger(__name__)
 
@@ -380,10 +383,19 @@ def _write_json(path: Path, payload: Any) -> None:
 
 
 def run_training(
-    data_dir: Path, out_dir: Path, config: TrainConfig | None = None, data_source: str | None = None
+    data_dir: Path,
+    out_dir: Path,
+    config: TrainConfig | None = None,
+    data_source: str | None = None,
+    scans: Sequence[Scan] | None = None,
+    scans_source: str | None = None,
 ) -> TrainingResult:
     """Train on ``data_dir`` (a folder per class of .txt files) and write the model directory
-    ``out_dir`` atomically. Returns the metrics together with the in-memory fitted model."""
+    ``out_dir`` atomically. Returns the metrics together with the in-memory fitted model.
+
+    With ``scans`` (real labelled scans read by ``docflow_training.scans.read_scans``) the model gets a scan
+    head fitted on them (``scan_head.json``) and metrics.json a ``real_scans`` section: the text model's
+    figures on the scans and the head's, cross-validated."""
     config = config or TrainConfig()
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     problem = model_dir_target_problem(out_dir)
@@ -516,6 +528,9 @@ def run_training(
                 source=f"held-out split ({len(holdout_docs)} documents, seed {config.seed})",
             ),
         )
+        if scans:
+            metrics["real_scans"] = write_scan_head(staging, served, scans, scans_source, review["threshold"])
+            _write_json(staging / METRICS_FILE, metrics)
         del served  # release the session's file handle before the directory moves
         _replace_dir(staging, out_dir)
     except BaseException:
@@ -532,6 +547,46 @@ def run_training(
     return TrainingResult(out_dir, metrics, fitted, train_docs, holdout_docs)
 
 
-def train_model(data_dir: Path, out_dir: Path, config: TrainConfig | None = None) -> dict[str, Any]:
+def write_scan_head(
+    model_dir: Path, served: TextClassifier, scans: Sequence[Scan], source: str | None, text_threshold: float
+) -> dict[str, Any]:
+    """Fit the scan head on ``scans`` for the model in ``model_dir``, write scan_head.json there, and return
+    what metrics.json says of real scans (the text model alone, and the head cross-validated)."""
+    labels = list(served.labels)
+    probabilities = served.predict_proba([scan.text for scan in scans])
+    data = scan_set(scans, probabilities)
+    fitted = fit_scan_head(data, labels)
+    fitted_on = {"source": source, **fingerprint(scans)}
+    summary = {k: v for k, v in fitted.report.items() if k != "predictions"}
+    # The scans' SHA-256 (= their document ids): `docflow eval` names figures on them in-sample.
+    documents = sorted({scan.sha256 for scan in scans})
+    spec = fitted.spec.model_dump() | {"fitted_on": {**fitted_on, "documents": documents}, "cross_validated": summary}
+    _write_json(model_dir / SCAN_HEAD_FILE, spec)
+    logger.info(
+        "scan head on %d real scans (%s), cross-validated: in-scope top-1 %.3f, macro-F1 %.3f, %.0f %% classified "
+        "at %.1f %% precision, %.0f %% of out-of-scope scans classified; review threshold %.3f",
+        len(scans),
+        source or "given",
+        summary["top1"] or 0.0,
+        summary["macro_f1"] or 0.0,
+        100 * (summary["classified_share"] or 0.0),
+        100 * (summary["classified_precision"] or 0.0),
+        100 * (summary["out_of_scope_classified_share"] or 0.0),
+        fitted.spec.review_threshold,
+    )
+    return {
+        "fitted_on": fitted_on,
+        "text_only": text_only(data, labels, text_threshold),
+        "scan_head": {"review_threshold": fitted.spec.review_threshold, "cross_validated": fitted.report},
+    }
+
+
+def train_model(
+    data_dir: Path,
+    out_dir: Path,
+    config: TrainConfig | None = None,
+    scans: Sequence[Scan] | None = None,
+    scans_source: str | None = None,
+) -> dict[str, Any]:
     """Train on ``data_dir`` and write the model directory ``out_dir``; returns metrics.json's content."""
-    return run_training(data_dir, out_dir, config).metrics
+    return run_training(data_dir, out_dir, config, scans=scans, scans_source=scans_source).metrics

@@ -72,7 +72,7 @@ def classifier(ctx: StepContext) -> TextClassifier:
 def _is_confident(prediction: Prediction, model: TextClassifier, ctx: StepContext) -> bool:
     # The pipeline's own rule: below the review threshold (the settings', else the predicting model's) a
     # document NEEDS_REVIEW.
-    return prediction.confidence >= model.review_threshold(ctx.settings.review_threshold)
+    return model.review(prediction, ctx.settings.review_threshold) is None
 
 
 def _prediction_response(prediction: Prediction, is_confident: bool, all_scores: bool) -> dict[str, Any]:
@@ -534,7 +534,7 @@ def upload_and_predict(
         started = time.perf_counter()
         extraction = extract_text(data, report.media_type, options, ctx.ocr_engine)
         extracted = time.perf_counter()
-        prediction = model.predict(extraction.text)
+        prediction = model.predict(extraction.text, extraction.first_layout)
         timings = {"extract": round(extracted - started, 4), "classify": round(time.perf_counter() - extracted, 4)}
         return extraction, prediction, timings
 

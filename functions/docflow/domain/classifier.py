@@ -7,6 +7,8 @@ A model directory holds
     labels.json     the class names, in the order of the output columns
     config.json     name, version, max_length, max_chars, pad_token_id, normalizer_version, …
     metrics.json    the held-out evaluation (read if present; not needed to predict)
+    baseline.json   the drift baseline (docflow.domain.drift; optional)
+    scan_head.json  the scan head fitted on real labelled scans (docflow.domain.scan_head; optional)
 
 The graph contract is the same for the TF-IDF model trained today and for a transformer later, so
 this module does not know which it serves. Text goes through ``normalize_text`` (shared with
@@ -32,17 +34,33 @@ import onnxruntime as ort
 from pydantic import BaseModel, ConfigDict, Field
 from tokenizers import Tokenizer
 
+from docflow.domain.model_files import (
+    CONFIG_FILE,
+    LABELS_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    MODEL_FILES,
+    REQUIRED_FILES,
+    SERVED_FILES,
+    TOKENIZER_FILE,
+)
+from docflow.domain.scan_head import ScanHead, load_scan_head
 from docflow.domain.text import NORMALIZER_VERSION, char_ngrams, normalize_text
-from docflow.models import Prediction
+from docflow.models import Prediction, ReviewCode
 
 logger = logging.getLogger(__name__)
 
-MODEL_FILE = "model.onnx"
-TOKENIZER_FILE = "tokenizer.json"
-LABELS_FILE = "labels.json"
-CONFIG_FILE = "config.json"
-METRICS_FILE = "metrics.json"
-REQUIRED_FILES = (MODEL_FILE, TOKENIZER_FILE, LABELS_FILE, CONFIG_FILE)
+__all__ = [
+    "CONFIG_FILE",
+    "LABELS_FILE",
+    "METRICS_FILE",
+    "MODEL_FILE",
+    "MODEL_FILES",
+    "REQUIRED_FILES",
+    "TOKENIZER_FILE",
+    "TextClassifier",
+    "load_classifier",
+]
 
 INPUT_IDS = "input_ids"
 ATTENTION_MASK = "attention_mask"
@@ -174,6 +192,10 @@ class TextClassifier:
             raise ModelIncompatibleError(
                 f"{model_dir / MODEL_FILE} outputs {n_out} classes but labels.json names {len(self.labels)}"
             )
+        try:
+            self.scan_head: ScanHead | None = load_scan_head(model_dir, self.labels)
+        except ValueError as exc:
+            raise ModelIncompatibleError(str(exc)) from exc
 
     @property
     def name(self) -> str:
@@ -188,14 +210,40 @@ class TextClassifier:
         path = self.model_dir / METRICS_FILE
         return _read_json(path) if path.is_file() else None
 
-    def review_threshold(self, override: float | None = None) -> float:
+    def review_threshold(self, override: float | None = None, prediction: Prediction | None = None) -> float:
         """The confidence below which a prediction goes to review: ``override`` (DOCFLOW_REVIEW_THRESHOLD)
-        when set, else the threshold calibrated for this model at training, else DEFAULT_REVIEW_THRESHOLD."""
+        when set; else, for a prediction the scan head made, the head's (calibrated on real scans); else the
+        threshold calibrated for this model at training, else DEFAULT_REVIEW_THRESHOLD."""
         if override is not None:
             return override
+        if prediction is not None and prediction.out_of_scope is not None and self.scan_head is not None:
+            return self.scan_head.review_threshold
         if self.config.review_threshold is not None:
             return self.config.review_threshold
         return DEFAULT_REVIEW_THRESHOLD
+
+    def review(
+        self, prediction: Prediction, override: float | None = None, *, has_text: bool = True
+    ) -> tuple[ReviewCode, str] | None:
+        """Why ``prediction`` needs a person (a code and a sentence), or None when it can be trusted: no text,
+        a page the scan head calls out of scope, or a confidence under the review threshold."""
+        if not has_text:
+            return ReviewCode.NO_TEXT, "no text could be extracted from the document"
+        closest = f"{prediction.predicted_class!r} {prediction.scores.get(prediction.predicted_class, 0.0):.2f}"
+        head = self.scan_head
+        out_of_scope = prediction.out_of_scope
+        if head is not None and out_of_scope is not None and out_of_scope >= head.spec.out_of_scope_threshold:
+            return ReviewCode.OUT_OF_SCOPE, (
+                f"the page looks like none of the classes the model knows (out-of-scope probability "
+                f"{out_of_scope:.2f}; closest class {closest})"
+            )
+        threshold = self.review_threshold(override, prediction)
+        if prediction.confidence < threshold:
+            return ReviewCode.LOW_CONFIDENCE, (
+                f"confidence {prediction.confidence:.2f} in {prediction.predicted_class!r} "
+                f"is below the review threshold {threshold:.2f}"
+            )
+        return None
 
     def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """The graph inputs for ``texts``: (input_ids, attention_mask)."""
@@ -217,8 +265,30 @@ class TextClassifier:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
         return np.concatenate(chunks).astype(np.float32, copy=False)
 
-    def predict(self, text: str) -> Prediction:
-        return self.predict_batch([text])[0]
+    def predict(self, text: str, layout: tuple[dict[str, float], str] | None = None) -> Prediction:
+        """The class of one document. With ``layout`` (its first page's features and their definition's
+        version, ``ExtractionResult.first_layout``) and a scan head fitted on that definition, the head decides
+        (``docflow.domain.scan_head``); otherwise the text model alone."""
+        prediction = self.predict_batch([text])[0]
+        head = self.scan_head
+        if head is None or layout is None:
+            return prediction
+        features, version = layout
+        if version != head.layout_version:
+            return prediction  # text extracted under another layout definition: the text model alone
+        started = time.perf_counter()
+        text_scores = np.array([prediction.scores[label] for label in self.labels])
+        scores, out_of_scope = head.apply(text_scores, features)
+        best = int(np.argmax(scores))
+        return prediction.model_copy(
+            update={
+                "predicted_class": head.classes[best],
+                "confidence": float(scores[best]) * (1.0 - out_of_scope),
+                "scores": {label: float(p) for label, p in zip(head.classes, scores, strict=True)},
+                "out_of_scope": out_of_scope,
+                "seconds": prediction.seconds + time.perf_counter() - started,
+            }
+        )
 
     def predict_batch(self, texts: Sequence[str], batch_size: int = 32) -> list[Prediction]:
         """One Prediction per text; each one's ``seconds`` is its share of the batch's wall time."""
@@ -246,13 +316,13 @@ ModelFingerprint = tuple[tuple[int, int, int], ...]
 
 
 def model_fingerprint(model_dir: Path) -> ModelFingerprint:
-    """What identifies the files in ``model_dir`` now, from four ``stat`` calls (microseconds).
+    """What identifies the files in ``model_dir`` now, from five ``stat`` calls (microseconds).
 
     Model directories are replaced as a whole, never edited in place: publishing a version again, a
     re-download of a champion whose files changed, ``make model``. A replaced directory has new files,
     hence new inodes and mtimes, so its fingerprint differs even though its path does not."""
     stats = []
-    for name in REQUIRED_FILES:
+    for name in SERVED_FILES:
         try:
             st = (model_dir / name).stat()
         except OSError:

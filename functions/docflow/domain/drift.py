@@ -27,11 +27,12 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from docflow.domain.model_files import BASELINE_FILE, CONFIG_FILE
+
 if TYPE_CHECKING:
     from docflow.ports import RecordStore
 
-BASELINE_FILE = "baseline.json"
-MODEL_CONFIG_FILE = "config.json"
+MODEL_CONFIG_FILE = CONFIG_FILE
 # Fixed bins: every baseline and every window of every model is cut the same way.
 CONFIDENCE_EDGES: tuple[float, ...] = tuple(round(i / 10, 1) for i in range(11))
 EPSILON = 1e-4

@@ -7,6 +7,7 @@ decoded one by one. A PDF page with a real text layer is never rendered nor OCR'
 from __future__ import annotations
 
 import io
+import logging
 import math
 import time
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ import numpy as np
 import pypdfium2 as pdfium
 from PIL import Image, ImageOps
 
+from docflow.domain.layout import LAYOUT_VERSION, page_layout
 from docflow.domain.ocr import (
     OcrEngine,
     OcrPage,
@@ -26,6 +28,8 @@ from docflow.domain.ocr import (
     TesserocrEngine,
 )
 from docflow.models import ExtractionResult, MediaType, OcrOptions, PageText
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "MAX_RENDER_PIXELS",
@@ -235,6 +239,18 @@ def recognize_upright(engine: OcrEngine, image: Image.Image, options: OcrOptions
     return page, 0
 
 
+def layout_of(image: Image.Image, page: OcrPage, rotated: int) -> dict[str, float] | None:
+    """The page's layout features from the reading kept and the image it was read from; None when the engine
+    gave no word boxes. A page whose layout cannot be computed is still classified by its text."""
+    if not page.tsv:
+        return None
+    try:
+        return page_layout(image, page.tsv, rotated)
+    except Exception:  # numbers about the page must never cost the page its text
+        logger.warning("layout features failed on a %dx%d page", image.width, image.height, exc_info=True)
+        return None
+
+
 def _until(deadline: float, options: OcrOptions) -> OcrOptions:
     """The options with the page's time limit cut to what is left before ``deadline``."""
     return options.model_copy(update={"timeout_seconds": max(0.1, deadline - time.monotonic())})
@@ -271,7 +287,7 @@ def _pdf_pages(
                         seconds=time.perf_counter() - started,
                     )
                     continue
-                ocr, rotated = _ocr_pdf_page(page, options, engine or default_engine())
+                ocr, rotated, layout = _ocr_pdf_page(page, options, engine or default_engine())
             finally:
                 page.close()
             yield PageText(
@@ -282,6 +298,8 @@ def _pdf_pages(
                 words=ocr.words,
                 seconds=time.perf_counter() - started,
                 rotated=rotated,
+                layout=layout,
+                layout_version=LAYOUT_VERSION if layout is not None else None,
             )
     finally:
         pdf.close()
@@ -292,7 +310,9 @@ def _clean_layer_text(text: str) -> str:
     return "\n".join(line.rstrip() for line in text.split("\n")).strip()
 
 
-def _ocr_pdf_page(page: pdfium.PdfPage, options: OcrOptions, engine: OcrEngine) -> tuple[OcrPage, int]:
+def _ocr_pdf_page(
+    page: pdfium.PdfPage, options: OcrOptions, engine: OcrEngine
+) -> tuple[OcrPage, int, dict[str, float] | None]:
     width_pt, height_pt = page.get_size()
     scale = options.render_dpi / 72.0
     pixels = width_pt * height_pt * scale * scale
@@ -302,7 +322,8 @@ def _ocr_pdf_page(page: pdfium.PdfPage, options: OcrOptions, engine: OcrEngine) 
     try:  # the PIL image may share the bitmap's buffer: keep the bitmap open until OCR is done
         # Rendered at a known resolution: no upscale (page height says nothing about dpi here).
         image = prepare_for_ocr(bitmap.to_pil(), options, allow_upscale=False)
-        return recognize_upright(engine, image, options)
+        ocr, rotated = recognize_upright(engine, image, options)
+        return ocr, rotated, layout_of(image, ocr, rotated)
     finally:
         bitmap.close()
 
@@ -367,6 +388,7 @@ def _image_pages(
                 raise DocumentReadError(f"cannot decode frame {index + 1}: {exc}") from exc
             try:
                 ocr, rotated = recognize_upright(engine or default_engine(), image, options)
+                layout = layout_of(image, ocr, rotated)
             finally:
                 image.close()
                 with suppress(Exception):
@@ -379,4 +401,6 @@ def _image_pages(
                 words=ocr.words,
                 seconds=time.perf_counter() - started,
                 rotated=rotated,
+                layout=layout,
+                layout_version=LAYOUT_VERSION if layout is not None else None,
             )

@@ -71,6 +71,9 @@ class OcrPage:
     text: str  # lines separated by "\n", paragraphs/blocks by a blank line
     confidence: float | None  # mean word confidence 0..100 over words with conf >= 0; None: no words
     words: int
+    # Tesseract's TSV for the page (word boxes, lines, blocks): what docflow.domain.layout reads the page's
+    # layout from. Empty from an engine that has none.
+    tsv: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -394,4 +397,4 @@ def parse_tsv(tsv: str) -> OcrPage:
             confs.append(conf)
     text = "\n\n".join("\n".join(" ".join(line) for line in par) for par in paragraphs)
     confidence = sum(confs) / len(confs) if confs else None
-    return OcrPage(text=text, confidence=confidence, words=words)
+    return OcrPage(text=text, confidence=confidence, words=words, tsv=tsv)

@@ -51,6 +51,7 @@ class DocumentResult(BaseModel):
     predicted_class: str | None = None
     confidence: float | None = None
     scores: dict[str, float] | None = None
+    out_of_scope: float | None = None  # the scan head's probability that the page is none of the classes
     reason: str | None = None
     code: str | None = None
     duplicate_of: str | None = None
@@ -88,6 +89,7 @@ class DocumentResult(BaseModel):
             predicted_class=prediction.predicted_class if prediction else None,
             confidence=prediction.confidence if prediction else None,
             scores=prediction.scores if prediction else None,
+            out_of_scope=prediction.out_of_scope if prediction else None,
             reason=state.reason,
             code=state.code,
             duplicate_of=state.duplicate_of,

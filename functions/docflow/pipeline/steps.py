@@ -349,22 +349,15 @@ def classify_step(state: PipelineState, ctx: StepContext) -> PipelineState:
     text = extraction.text
     model = ctx.classifier()
     _report_model(model)
-    prediction = model.predict(text)
-    threshold = model.review_threshold(ctx.settings.review_threshold)
-    if not text.strip():
-        status, reason = Status.NEEDS_REVIEW, "no text could be extracted from the document"
-    elif prediction.confidence < threshold:
-        status = Status.NEEDS_REVIEW
-        reason = (
-            f"confidence {prediction.confidence:.2f} in {prediction.predicted_class!r} "
-            f"is below the review threshold {threshold:.2f}"
-        )
-    else:
-        status, reason = Status.CLASSIFIED, None
+    prediction = model.predict(text, extraction.first_layout)
+    review = model.review(prediction, ctx.settings.review_threshold, has_text=bool(text.strip()))
+    status = Status.NEEDS_REVIEW if review else Status.CLASSIFIED
+    code, reason = review if review else (None, None)
     timings = _elapsed(state, "classify", started)
     classified = state.model_copy(
         update={
             "status": status,
+            "code": code,
             "reason": reason,
             "prediction": prediction,
             "result_key": result_key(state.document_id),
