@@ -273,13 +273,13 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
 def real_scans(data: Path, model_dir: Path, workers: int) -> dict[str, Any]:
     """The text model alone and the scan head cross-validated on rvl_dev (see the module's docstring)."""
     from docflow.domain.classifier import TextClassifier
-    from docflow.settings import load_settings
+    from docflow.models import OcrOptions
     from docflow_training.scan_head import fit_scan_head, head_classes, summarize, text_only
     from docflow_training.scans import read_scans, scan_set
 
     folder = data / "rvl_dev"
     model = TextClassifier(model_dir)
-    scans = read_scans(folder, load_settings().ocr, workers=workers, cache_dir=RESULTS / ".scan-cache")
+    scans = read_scans(folder, OcrOptions(), workers=workers, cache_dir=RESULTS / ".scan-cache")
     labels = list(model.labels)
     scan_data = scan_set(scans, model.predict_proba([scan.text for scan in scans]))
     threshold = model.review_threshold()
@@ -312,7 +312,7 @@ def _pct(value: float | None) -> str:
 
 def print_real_scans(r: dict[str, Any]) -> None:
     print(f"\nReal scans: rvl_dev ({r['scans']} RVL-CDIP scans)")
-    header = f"{'in-scope':>8} {'top-1':>6} {'F1':>6} {'classified':>10} {'precision':>9}"
+    header = f"{'in-scope':>8} {'top-1':>6} {'F1':>6} {'classified':>10} {'precision*':>10} {'in-scope':>8}"
     print(f"{'':<44} {header} {'out-of-scope classified':>24}")
     rows = (
         (f"text model alone (threshold {r['text_only']['review_threshold']:.2f})", r["text_only"]),
@@ -323,9 +323,11 @@ def print_real_scans(r: dict[str, Any]) -> None:
     for name, s in rows:
         print(
             f"{name:<44} {s['in_scope']:>8} {_pct(s['top1']):>6} {s['macro_f1'] or 0:>6.3f} "
-            f"{_pct(s['classified_share']):>10} {_pct(s['classified_precision']):>9} "
-            f"{_pct(s['out_of_scope_classified_share']):>24}"
+            f"{_pct(s['classified_share']):>10} {_pct(s['precision_all_classified']):>10} "
+            f"{_pct(s['classified_precision']):>8} {_pct(s['out_of_scope_classified_share']):>24}"
         )
+    print("* precision on everything classified automatically, out-of-scope scans counted wrong; 'in-scope': on")
+    print("  the in-scope scans classified. 'classified': the share of in-scope scans classified automatically.")
     recall = r["scan_head_cross_validated"]["recall"]
     print("recall per class (scan head): " + ", ".join(f"{c} {v:.2f}" for c, v in recall.items()))
 

@@ -379,7 +379,7 @@ def _read_scans(folder: Path, settings: Any, workers: int | None) -> list[Any]:
     """The labelled scans under ``folder``, read by the pipeline's ExtractText, with a progress bar; cached in
     DOCFLOW_HOME/cache/scans so that fitting again does not read them again."""
     from docflow.evaluation import EvalInputError
-    from docflow_training.scans import read_scans
+    from docflow_training.scans import ScanReadError, read_scans
 
     if not folder.exists():
         raise fail(f"No such scans folder: {folder}")
@@ -393,7 +393,7 @@ def _read_scans(folder: Path, settings: Any, workers: int | None) -> list[Any]:
                 cache_dir=settings.home / "cache" / "scans",
                 progress=lambda done, total: bar.update(task, completed=done, total=total),
             )
-        except EvalInputError as exc:
+        except (EvalInputError, ScanReadError) as exc:
             raise fail(f"--scans: {exc}") from None
     return read
 

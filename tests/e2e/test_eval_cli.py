@@ -76,7 +76,10 @@ def test_eval_folder_json_rows_and_plot(labelled: Path, tmp_path: Path) -> None:
 def _scan_head_threshold() -> float:
     from docflow.settings import DEFAULT_MODEL_DIR
 
-    threshold: float = json.loads((DEFAULT_MODEL_DIR / "scan_head.json").read_text())["review_threshold"]
+    path = DEFAULT_MODEL_DIR / "scan_head.json"
+    if not path.is_file():
+        pytest.skip("the default model was built without real scans (no rvl_dev): it has no scan head")
+    threshold: float = json.loads(path.read_text())["review_threshold"]
     return threshold
 
 

@@ -749,3 +749,26 @@ def test_an_upload_refused_as_busy_leaves_no_document_behind(
     _assert_error(client.get(f"/documents/{document_id}"), 404, "not_found")  # once a FAILED phantom
     assert not [p for p in (docflow_home / "blobs").rglob("*") if p.is_file() and p.name == "memo.pdf"]
     _wait_terminal(client, first.json()["document_id"])
+
+
+def test_model_describes_its_scan_head(
+    make_client: Callable[..., TestClient], tiny_model: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from docflow_training.scan_head import ScanHeadConfig, fit_scan_head
+    from tests.unit.test_scan_head import LABELS, synthetic_scans, without
+
+    with_head = tmp_path / "with-head"
+    shutil.copytree(tiny_model, with_head)
+    fitted = fit_scan_head(without(synthetic_scans(), "resume"), LABELS, ScanHeadConfig(repeats=1))
+    extra = {"fitted_on": {"scans": 28}, "cross_validated": {"top1": 0.9}}
+    (with_head / "scan_head.json").write_text(json.dumps(fitted.spec.model_dump() | extra))
+    body = make_client(DOCFLOW_MODEL_DIR=str(with_head)).get("/model").json()
+    assert body["scan_head"] == {
+        "review_threshold": fitted.spec.review_threshold,
+        "uncalibrated": ["resume"],
+        "fitted_on_scans": 28,
+        "cross_validated": {"top1": 0.9},
+    }
+    assert make_client(DOCFLOW_MODEL_DIR=str(tiny_model)).get("/model").json()["scan_head"] is None

@@ -145,3 +145,14 @@ def test_a_turned_page_is_measured_upright() -> None:
     turned = page_layout(image.transpose(Image.Transpose.ROTATE_180), tsv, rotated=180)
     assert turned["ink_outside_words"] == pytest.approx(upright["ink_outside_words"], abs=0.02)
     assert turned["picture_share"] == pytest.approx(upright["picture_share"], abs=0.01)
+
+
+def test_a_page_read_sideways_is_measured_upright() -> None:
+    image, tsv = page_with(draw_picture=True, rules=2)
+    upright = page_layout(image, tsv)
+    # Fed sideways: OCR turned it 90 degrees counter-clockwise and read it upright, writing its TSV then.
+    sideways = image.transpose(Image.Transpose.ROTATE_270)
+    turned = page_layout(sideways, tsv, rotated=90)
+    assert turned["ink_outside_words"] == pytest.approx(upright["ink_outside_words"], abs=0.02)
+    assert turned["hrule_rows"] == pytest.approx(upright["hrule_rows"], abs=0.3)
+    assert turned["vrule_cols"] == pytest.approx(upright["vrule_cols"], abs=0.3)

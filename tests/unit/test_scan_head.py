@@ -76,22 +76,59 @@ def test_the_head_learns_what_the_layout_says_and_the_figures_are_cross_validate
     assert {p["name"] for p in report["predictions"]} == set(scans.names)
 
 
-def test_the_head_classes_are_the_models_that_the_scans_have(fitted) -> None:
+def test_the_head_scores_every_class_of_the_model(fitted) -> None:
     assert fitted.spec.classes == LABELS
+    assert fitted.spec.uncalibrated == []
     assert fitted.spec.layout_version == LAYOUT_VERSION
     assert 0.0 < fitted.spec.review_threshold <= 1.0
 
 
-def test_the_runtime_computes_what_training_fitted(fitted) -> None:
+def without(scans: ScanSet, label: str) -> ScanSet:
+    keep = np.array([x != label for x in scans.labels])
+    return ScanSet(
+        scans.text_probabilities[keep],
+        scans.layout[keep],
+        [x for x, k in zip(scans.labels, keep, strict=True) if k],
+        [x for x, k in zip(scans.names, keep, strict=True) if k],
+    )
+
+
+def test_a_class_without_scans_is_scored_by_its_text_but_never_classified_automatically() -> None:
+    # No resume among the scans: the head still scores resume (its text score passing through) and a page
+    # that reads as one is predicted resume, but it goes to a person.
+    scans = without(synthetic_scans(), "resume")
+    fitted = fit_scan_head(scans, LABELS, CONFIG)
+    spec = fitted.spec
+    assert spec.classes == LABELS and spec.uncalibrated == ["resume"]
+    resume = LABELS.index("resume")
+    assert spec.bias[resume] == 0.0 and all(row[resume] == 0.0 for row in spec.weights)
+    head = ScanHead(spec, tuple(LABELS))
+    scores, _ = head.apply(np.array([0.05, 0.05, 0.9]), dict.fromkeys(FEATURE_NAMES, 0.0))
+    assert int(np.argmax(scores)) == resume
+    assert all(p["predicted"] != "resume" or p["status"] == "NEEDS_REVIEW" for p in fitted.report["predictions"])
+
+
+def test_the_runtime_computes_what_the_file_says(fitted) -> None:
+    # The head's arithmetic written out again from scan_head.json's numbers, apart from the code under test.
+    spec = json.loads(fitted.spec.model_dump_json())
     scans = synthetic_scans(seed=1)
     best, confidence, out_of_scope = predict(fitted.spec, LABELS, scans.text_probabilities, scans.layout)
     head = ScanHead(fitted.spec, tuple(LABELS))
     for i, probabilities in enumerate(scans.text_probabilities):
-        layout = dict(zip(FEATURE_NAMES, scans.layout[i], strict=True))
-        scores, oos = head.apply(probabilities, layout)
-        assert int(np.argmax(scores)) == best[i]
-        assert scores.max() * (1 - oos) == pytest.approx(confidence[i], abs=1e-9)
-        assert oos == pytest.approx(out_of_scope[i], abs=1e-9)
+        z = (scans.layout[i] - np.array(spec["mean"])) / np.array(spec["scale"])
+        log_p = np.log(np.clip(probabilities, 1e-6, 1.0))
+        logits = spec["text_scale"] * log_p + np.array(spec["bias"]) + z @ np.array(spec["weights"])
+        expected = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+        p = np.exp(log_p - log_p.max()) / np.exp(log_p - log_p.max()).sum()
+        entropy = -(p * np.log(p + 1e-12)).sum()
+        inputs = (np.concatenate([z, [p.max(), entropy]]) - np.array(spec["oos_mean"])) / np.array(spec["oos_scale"])
+        expected_oos = 1 / (1 + np.exp(-(inputs @ np.array(spec["oos_coef"]) + spec["oos_intercept"])))
+        scores, oos = head.apply(probabilities, dict(zip(FEATURE_NAMES, scans.layout[i], strict=True)))
+        assert scores == pytest.approx(expected, abs=1e-9)
+        assert oos == pytest.approx(expected_oos, abs=1e-9)
+        assert int(np.argmax(expected)) == best[i]
+        assert expected.max() * (1 - expected_oos) == pytest.approx(confidence[i], abs=1e-9)
+        assert expected_oos == pytest.approx(out_of_scope[i], abs=1e-9)
     budget = np.array(scans.labels) == "budget"
     assert out_of_scope[budget].min() > 0.5 > out_of_scope[~budget].max()
 
@@ -183,6 +220,21 @@ def test_with_a_layout_the_head_decides(model_with_head: Path) -> None:
 def test_layout_of_another_definition_is_not_fed_to_the_head(model_with_head: Path) -> None:
     model = TextClassifier(model_with_head)
     assert model.predict(EMAIL_TEXT, (BUDGET_PAGE, "0-old")).out_of_scope is None
+
+
+def test_a_page_read_as_an_uncalibrated_class_goes_to_a_person(model_with_head: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "uncalibrated"
+    shutil.copytree(model_with_head, copy)
+    spec = json.loads((copy / SCAN_HEAD_FILE).read_text())
+    spec["uncalibrated"] = ["email"]
+    (copy / SCAN_HEAD_FILE).write_text(json.dumps(spec))
+    model = TextClassifier(copy)
+    prediction = model.predict(EMAIL_TEXT, (NEWS_PAGE | {"log_words": 0.0}, LAYOUT_VERSION))
+    if prediction.predicted_class != "email":
+        prediction = prediction.model_copy(update={"predicted_class": "email"})
+    review = model.review(prediction.model_copy(update={"out_of_scope": 0.0}), override=0.0)
+    assert review is not None and review[0] is ReviewCode.LOW_CONFIDENCE
+    assert "no real scan calibrated" in review[1]
 
 
 def test_review_codes_and_thresholds(model_with_head: Path) -> None:

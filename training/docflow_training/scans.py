@@ -14,9 +14,13 @@ import json
 import logging
 import multiprocessing
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +46,11 @@ SUFFIX_TYPES = {
 
 
 LABELS_CSV = "labels.csv"
+CACHED_FIELDS = {"sha256", "text", "layout", "layout_version"}
+
+
+class ScanReadError(RuntimeError):
+    """The scans could not all be read (a reading process died)."""
 
 
 @dataclass(frozen=True)
@@ -54,8 +63,18 @@ class Scan:
     layout_version: str | None
 
 
+def _reader_version() -> str:
+    """What else decides what a scan reads as: the OCR engine's version (a Tesseract upgrade reads pages
+    differently) and the layout definition."""
+    try:
+        engine = metadata.version("tesserocr")
+    except metadata.PackageNotFoundError:
+        engine = shutil.which("tesseract") or "none"
+    return f"tesserocr {engine}|layout {LAYOUT_VERSION}"
+
+
 def _cache_key(sha256: str, options: OcrOptions) -> str:
-    digest = hashlib.sha256(f"{options.model_dump_json()}|layout{LAYOUT_VERSION}".encode()).hexdigest()[:12]
+    digest = hashlib.sha256(f"{options.model_dump_json()}|{_reader_version()}".encode()).hexdigest()[:12]
     return f"{sha256}-{digest}.json"
 
 
@@ -86,7 +105,9 @@ def read_scans(
     progress: Callable[[int, int], None] | None = None,
 ) -> list[Scan]:
     """Every labelled scan under ``folder``, read by the pipeline's ExtractText. A scan that cannot be read
-    is named in the log and left out (as the pipeline would send it to review or reject it)."""
+    is named in the log and left out (as the pipeline would send it to review or reject it); a worker that
+    dies (out of memory, a crash in Tesseract) stops the whole read with ScanReadError, as a head fitted on
+    whatever happened to be read before would be fitted on the wrong scans."""
     options = options or OcrOptions()
     folder = Path(folder)
     # A folder's own labels.csv (path,label) names its scans, as in shared/data/rvl_dev; else its class folders.
@@ -111,6 +132,8 @@ def read_scans(
                 file, label = items[index]
                 try:
                     sha256, text, layout, version = future.result()
+                except BrokenProcessPool as exc:
+                    raise ScanReadError(f"a process reading the scans died on {file} or beside it: {exc}") from exc
                 except Exception as exc:  # one unreadable scan does not stop the others
                     logger.warning("%s: left out, it could not be read: %s", file, exc)
                 else:
@@ -122,8 +145,7 @@ def read_scans(
                     }
                     scans[index] = Scan(path=_rel(file, folder), label=label, **fields)
                     if cache_dir is not None:
-                        cache_dir.mkdir(parents=True, exist_ok=True)
-                        (cache_dir / _cache_key(sha256, options)).write_text(json.dumps(fields))
+                        _store(cache_dir / _cache_key(sha256, options), fields)
                 done += 1
                 if progress:
                     progress(done, len(items))
@@ -138,14 +160,25 @@ def _rel(file: Path, folder: Path) -> str:
 
 
 def _cached(cache_dir: Path | None, file: Path, options: OcrOptions) -> dict[str, Any] | None:
+    """The cached reading of ``file``, or None (no cache, not cached, or a cache entry that is not one)."""
     if cache_dir is None:
         return None
-    sha256 = hashlib.sha256(file.read_bytes()).hexdigest()
-    path = cache_dir / _cache_key(sha256, options)
     try:
-        return dict(json.loads(path.read_text()))
+        sha256 = hashlib.sha256(file.read_bytes()).hexdigest()
+        fields = json.loads((cache_dir / _cache_key(sha256, options)).read_text())
     except (OSError, ValueError):
+        return None  # read again: an unreadable file then gets its own warning
+    if not isinstance(fields, dict) or set(fields) != CACHED_FIELDS or fields.get("sha256") != sha256:
         return None
+    return fields
+
+
+def _store(path: Path, fields: dict[str, Any]) -> None:
+    """Write a cache entry whole or not at all (a run stopped mid-write leaves no half entry)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
+        json.dump(fields, handle)
+    os.replace(handle.name, path)
 
 
 def layout_matrix(scans: Sequence[Scan]) -> np.ndarray:

@@ -553,6 +553,12 @@ def write_scan_head(
     """Fit the scan head on ``scans`` for the model in ``model_dir``, write scan_head.json there, and return
     what metrics.json says of real scans (the text model alone, and the head cross-validated)."""
     labels = list(served.labels)
+    # The head serves pages read by OCR; a scan read from a PDF's text layer has no layout and is served by
+    # the text model alone, so it has nothing to teach the head.
+    without_layout = [scan.path for scan in scans if scan.layout is None]
+    if without_layout:
+        logger.warning("%d scans have no layout (a PDF text layer), left out of the scan head", len(without_layout))
+    scans = [scan for scan in scans if scan.layout is not None]
     probabilities = served.predict_proba([scan.text for scan in scans])
     data = scan_set(scans, probabilities)
     fitted = fit_scan_head(data, labels)
@@ -564,13 +570,14 @@ def write_scan_head(
     _write_json(model_dir / SCAN_HEAD_FILE, spec)
     logger.info(
         "scan head on %d real scans (%s), cross-validated: in-scope top-1 %.3f, macro-F1 %.3f, %.0f %% classified "
-        "at %.1f %% precision, %.0f %% of out-of-scope scans classified; review threshold %.3f",
+        "at %.1f %% precision (out-of-scope scans counted), %.0f %% of out-of-scope scans classified; review "
+        "threshold %.3f",
         len(scans),
         source or "given",
         summary["top1"] or 0.0,
         summary["macro_f1"] or 0.0,
         100 * (summary["classified_share"] or 0.0),
-        100 * (summary["classified_precision"] or 0.0),
+        100 * (summary["precision_all_classified"] or 0.0),
         100 * (summary["out_of_scope_classified_share"] or 0.0),
         fitted.spec.review_threshold,
     )

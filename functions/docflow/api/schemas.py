@@ -7,7 +7,7 @@ is_confident, model_name, model_version, all_scores) so its clients keep working
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -202,6 +202,17 @@ class ModelMetrics(BaseModel):
     per_class: dict[str, ClassMetrics] = Field(default_factory=dict)
 
 
+class ScanHeadInfo(BaseModel):
+    """The model's scan head: how pages read by OCR are decided (docflow.domain.scan_head)."""
+
+    review_threshold: float = Field(description="below this confidence a page read by OCR goes to review")
+    uncalibrated: list[str] = Field(description="classes no real scan calibrated: such pages go to a person")
+    fitted_on_scans: int | None = Field(default=None, description="how many real labelled scans it was fitted on")
+    cross_validated: dict[str, Any] | None = Field(
+        default=None, description="its figures on those scans, cross-validated (top1, macro_f1, …)"
+    )
+
+
 class ModelInfo(BaseModel):
     model_config = ConfigDict(protected_namespaces=())
 
@@ -211,3 +222,4 @@ class ModelInfo(BaseModel):
     review_threshold: float
     created_at: datetime | None = None
     metrics: ModelMetrics | None = None
+    scan_head: ScanHeadInfo | None = None

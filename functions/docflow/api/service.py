@@ -35,6 +35,7 @@ from docflow.api.schemas import (
     PredictionHistory,
     PredictionHistoryItem,
     PredictionResponse,
+    ScanHeadInfo,
     StoresHealth,
     UploadInfo,
     UploadPredictionResponse,
@@ -111,6 +112,18 @@ def model_info(ctx: StepContext) -> ModelInfo:
             if isinstance(values, dict)
         }
         metrics = ModelMetrics.model_validate({**raw, "per_class": per_class})
+    head = model.scan_head
+    scan_head = None
+    if head is not None:
+        extra = head.spec.model_extra or {}
+        scan_head = ScanHeadInfo(
+            review_threshold=ctx.settings.review_threshold
+            if ctx.settings.review_threshold is not None
+            else head.review_threshold,
+            uncalibrated=list(head.spec.uncalibrated),
+            fitted_on_scans=(extra.get("fitted_on") or {}).get("scans"),
+            cross_validated=extra.get("cross_validated"),
+        )
     return ModelInfo(
         model_name=model.name,
         model_version=model.version,
@@ -118,6 +131,7 @@ def model_info(ctx: StepContext) -> ModelInfo:
         review_threshold=model.review_threshold(ctx.settings.review_threshold),
         created_at=model.config.created_at,
         metrics=metrics,
+        scan_head=scan_head,
     )
 
 

@@ -237,6 +237,11 @@ class TextClassifier:
                 f"the page looks like none of the classes the model knows (out-of-scope probability "
                 f"{out_of_scope:.2f}; closest class {closest})"
             )
+        if head is not None and out_of_scope is not None and prediction.predicted_class in head.spec.uncalibrated:
+            return ReviewCode.LOW_CONFIDENCE, (
+                f"the page reads as {prediction.predicted_class!r}, a class no real scan calibrated the model's "
+                "scan head on: a person decides"
+            )
         threshold = self.review_threshold(override, prediction)
         if prediction.confidence < threshold:
             return ReviewCode.LOW_CONFIDENCE, (

@@ -232,8 +232,8 @@ def page_layout(image: Image.Image, tsv: str, rotated: int = 0) -> dict[str, flo
     small = image.reduce(factor) if factor > 1 else image
     if rotated in turns:
         small = small.transpose(turns[rotated])
-    if not page_w:
-        page_w, page_h = small.size
+    if not page_w:  # no page row: the words are in the pixels of the image as given
+        page_w, page_h = image.size if rotated in (0, 180) else (image.height, image.width)
     features = text_layout(words, page_w, page_h)
     features.update(ink_layout(small, words, page_w, page_h))
     return {name: round(float(features[name]), 6) for name in FEATURE_NAMES}

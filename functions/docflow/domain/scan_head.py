@@ -6,8 +6,10 @@ include pages of no class the model knows (budgets, invoices, file folders). A h
 (``docflow_training.scan_head``) corrects the first and tells the second, from two inputs: the text
 model's probabilities and the page's layout features (``docflow.domain.layout``).
 
-- Class scores: ``softmax(text_scale * log p_text + bias + z @ weights)`` over the head's classes (the
-  model's classes that real scans were there to fit), ``z`` the standardized layout features. The text
+- Class scores: ``softmax(text_scale * log p_text + bias + z @ weights)`` over the model's classes, ``z`` the
+  standardized layout features. A class no real scan was labelled with (the default model's ``note``: RVL
+  files handwriting as a class of its own) keeps bias and weights 0 and is ``uncalibrated``: a page
+  predicted as one goes to review, as nothing measured how often that prediction is right. The text
   scores enter whole, with one learned scale, so the head can only move them where layout says so; with
   127 scans a free model over all inputs did worse than the text alone.
 - Out of scope: a logistic regression over ``z`` and how sure the text model is (its top score and entropy
@@ -48,6 +50,8 @@ class ScanHeadSpec(BaseModel):
     mean: list[float]
     scale: list[float]
     classes: list[str] = Field(min_length=2)
+    # Classes no real scan was labelled with: scored by their text score alone, never classified automatically.
+    uncalibrated: list[str] = Field(default_factory=list)
     text_scale: float
     bias: list[float]
     weights: list[list[float]]  # [feature][class]
@@ -66,6 +70,8 @@ class ScanHeadSpec(BaseModel):
             raise ValueError(f"mean and scale need {n} values, one per feature")
         if len(self.bias) != k or len(self.weights) != n or any(len(row) != k for row in self.weights):
             raise ValueError(f"bias needs {k} values and weights {n} rows of {k}")
+        if not set(self.uncalibrated) <= set(self.classes):
+            raise ValueError("uncalibrated names classes the head does not score")
         m = n + len(OUT_OF_SCOPE_INPUTS)
         if not (len(self.oos_mean) == len(self.oos_scale) == len(self.oos_coef) == m):
             raise ValueError(f"the out-of-scope model needs {m} inputs")
