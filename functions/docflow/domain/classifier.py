@@ -27,11 +27,11 @@ from collections.abc import Sequence
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import onnxruntime as ort
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tokenizers import Tokenizer
 
 from docflow.domain.model_files import (
@@ -98,6 +98,21 @@ class ModelConfig(BaseModel):
     # review reach the target precision on the held-out split, as is and OCR-noised (metrics.json's
     # review_threshold holds both calibrations).
     review_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    # "linear": a bag of tokens, one graph row per document. "transformer": a sequence model whose graph
+    # reads windows of max_length tokens ([CLS] … [SEP]); a document is cut into up to max_chunks windows,
+    # each a graph row, and its probabilities are pooled (``pool_chunks``).
+    family: Literal["linear", "transformer"] = "linear"
+    max_chunks: int = Field(default=1, ge=1)
+    cls_token_id: int | None = None
+    sep_token_id: int | None = None
+
+    @model_validator(mode="after")
+    def _transformer_tokens(self) -> ModelConfig:
+        if self.family == "transformer" and (self.cls_token_id is None or self.sep_token_id is None):
+            raise ValueError("a transformer model's config names its cls_token_id and sep_token_id")
+        if self.family == "transformer" and self.max_length < 3:
+            raise ValueError("a transformer model's max_length must leave room for [CLS] and [SEP]")
+        return self
 
 
 def encode_texts(
@@ -117,6 +132,27 @@ def encode_texts(
     else:
         encodings = tokenizer.encode_batch(normalized, add_special_tokens=False)
     return [encoding.ids[:max_length] for encoding in encodings]
+
+
+def encode_chunks(tokenizer: Tokenizer, text: str, config: ModelConfig) -> list[list[int]]:
+    """A transformer model's graph rows for one document, exactly as it was trained on them: the text cut to
+    ``max_chars`` and normalized, tokenized without special tokens, cut into windows of ``max_length - 2``
+    tokens (at most ``max_chunks``: the rest of a long document is not read), each window framed by [CLS] and
+    [SEP]. An empty document is one empty window."""
+    assert config.cls_token_id is not None and config.sep_token_id is not None
+    ids = tokenizer.encode(normalize_text(text[: config.max_chars]), add_special_tokens=False).ids
+    body = config.max_length - 2
+    windows = [ids[start : start + body] for start in range(0, len(ids), body)][: config.max_chunks] or [[]]
+    return [[config.cls_token_id, *window, config.sep_token_id] for window in windows]
+
+
+def pool_chunks(probabilities: np.ndarray) -> np.ndarray:
+    """One document's probabilities from its windows' ([chunks, n_classes]): the softmax of the mean log
+    probability, which is the softmax of the mean logits (each window's log-softmax differs from its logits
+    by a constant). Training pools the same way."""
+    mean_log = np.log(np.clip(probabilities.astype(np.float64), 1e-12, 1.0)).mean(axis=0)
+    exp = np.exp(mean_log - mean_log.max())
+    return (exp / exp.sum()).astype(np.float32)
 
 
 def pad_batch(id_lists: Sequence[Sequence[int]], pad_token_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -261,6 +297,8 @@ class TextClassifier:
         """float32 [len(texts), n_classes], columns in ``labels`` order."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if self.config.family == "transformer":
+            return self._predict_proba_chunked(texts)
         chunks = []
         for start in range(0, len(texts), batch_size):
             input_ids, attention_mask = self.encode(texts[start : start + batch_size])
@@ -269,6 +307,19 @@ class TextClassifier:
         if not chunks:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
         return np.concatenate(chunks).astype(np.float32, copy=False)
+
+    def _predict_proba_chunked(self, texts: Sequence[str]) -> np.ndarray:
+        """A transformer model's probabilities: each document's windows in one graph run, then pooled."""
+        rows = []
+        for text in texts:
+            input_ids, attention_mask = pad_batch(
+                encode_chunks(self.tokenizer, text, self.config), self.config.pad_token_id
+            )
+            (probabilities,) = self.session.run([PROBABILITIES], {INPUT_IDS: input_ids, ATTENTION_MASK: attention_mask})
+            rows.append(pool_chunks(probabilities))
+        if not rows:
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
+        return np.stack(rows)
 
     def predict(self, text: str, layout: tuple[dict[str, float], str] | None = None) -> Prediction:
         """The class of one document. With ``layout`` (its first page's features and their definition's
