@@ -34,6 +34,7 @@ $(BIN)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: set PYTHON=python3.x (>= 3.11)"; exit 1; }
 	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0  # first: the CPU build, before anything that wants torch pulls another
 	$(BIN)/pip install -q -e '.[training,sagemaker,dev,infra]'
 	touch $@
 

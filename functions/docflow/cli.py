@@ -178,7 +178,7 @@ def _print_table(results: list[DocumentResult]) -> None:
     out.print(", ".join(f"{n} {status.lower()}" for status, n in sorted(counts.items())))
 
 
-def _hyperparameters(pairs: list[str] | None, seed: int) -> dict[str, object]:
+def _hyperparameters(pairs: list[str] | None, seed: int, family: str = "linear") -> dict[str, object]:
     """--hp NAME=VALUE pairs, read as the training job reads them (JSON, else text; c_grid=10,30)."""
     from docflow_training.entry import job_config, parse_hyperparameters
 
@@ -186,7 +186,7 @@ def _hyperparameters(pairs: list[str] | None, seed: int) -> dict[str, object]:
     if any("=" not in arg for arg in args):
         raise fail("--hp takes NAME=VALUE")
     try:
-        values = {"seed": seed, **parse_hyperparameters(args)}
+        values = {"family": family, "seed": seed, **parse_hyperparameters(args)}
         job_config(values)  # fail here, naming the known hyperparameters, not inside the job
     except ValidationError as exc:  # one line per bad value: --hp NAME=VALUE: what is expected
         problems = [
@@ -239,6 +239,13 @@ def train(
         ),
     ] = None,
     workers: Annotated[int | None, typer.Option(min=1, help="Processes reading --scans (default: all cores).")] = None,
+    family: Annotated[
+        str,
+        typer.Option(
+            help="Model family: linear (TF-IDF + logistic regression, minutes on a CPU) or transformer "
+            "(all-MiniLM-L6-v2 fine-tuned with PyTorch: CUDA when present; ~25 min an epoch on 2 CPU cores)."
+        ),
+    ] = "linear",
 ) -> None:
     """Train the classifier: MLflow run, registry version, promotion gate, published champion.
 
@@ -252,7 +259,9 @@ def train(
     from docflow.settings import DEFAULT_MODEL_DIR
 
     settings = load_settings(home=home)
-    hyperparameters = _hyperparameters(hp, seed)
+    if family not in ("linear", "transformer"):
+        raise fail(f"--family {family!r}: choose linear or transformer")
+    hyperparameters = _hyperparameters(hp, seed, family)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
 
     if sagemaker:
@@ -313,9 +322,18 @@ def train(
 
         target = out or DEFAULT_MODEL_DIR
         read = _read_scans(scans, settings, workers) if scans is not None else None
-        config = TrainConfig(**job_config(hyperparameters).train.model_dump())
+        job_settings = job_config(hyperparameters)
         try:
-            metrics = train_model(corpus, target, config, scans=read, scans_source=str(scans) if scans else None)
+            if job_settings.family == "transformer":
+                from docflow_training.train import add_scan_head
+                from docflow_training.transformer import train_transformer
+
+                metrics = train_transformer(corpus, target, job_settings.transformer, on_epoch=_print_epoch)
+                if read:
+                    metrics = add_scan_head(target, read, str(scans))
+            else:
+                config = TrainConfig(**job_settings.train.model_dump())
+                metrics = train_model(corpus, target, config, scans=read, scans_source=str(scans) if scans else None)
         except ScanHeadError as exc:
             raise fail(f"--scans {scans}: {exc}") from None
         err.print(f"Model written to {target}")
@@ -373,6 +391,10 @@ def train(
         "device": result.device.get("kind"),
     }
     print(json.dumps(summary, indent=2))
+
+
+def _print_epoch(epoch: int, scores: dict[str, float]) -> None:
+    err.print(f"epoch {epoch}: " + ", ".join(f"{name} {value:.4f}" for name, value in scores.items()), markup=False)
 
 
 def _read_scans(folder: Path, settings: Any, workers: int | None) -> list[Any]:

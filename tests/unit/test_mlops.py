@@ -146,8 +146,17 @@ def test_hyperparameters_round_trip_through_the_launcher() -> None:
 
 
 def test_unknown_hyperparameters_fail_loudly() -> None:
-    with pytest.raises(ValueError, match="unknown hyperparameters \\['epochs'\\]"):
+    with pytest.raises(ValueError, match="unknown hyperparameters for the linear family \\['epochs'\\]"):
         job_config({"epochs": 10})
+    with pytest.raises(ValueError, match="unknown family 'svm'"):
+        job_config({"family": "svm"})
+    with pytest.raises(ValueError, match="for the transformer family \\['c_grid'\\]"):
+        job_config({"family": "transformer", "c_grid": "1,10"})
+    transformer = job_config({"family": "transformer", "epochs": "2", "seed": 4, "min_eval_docs": 5})
+    assert transformer.family == "transformer"
+    assert transformer.transformer.epochs == 2 and transformer.transformer.seed == 4
+    assert transformer.gate.min_eval_docs == 5
+    assert job_config({}).family == "linear"
     with pytest.raises(ValueError):
         job_config({"holdout_fraction": 1.5})
     with pytest.raises(ValueError, match="has no value"):

@@ -11,20 +11,21 @@ Contract (defaults are the container's ``/opt/ml`` paths)::
                             holdout.jsonl and train_manifest.json
     checkpoints             DOCFLOW_CHECKPOINT_DIR, else /opt/ml/checkpoints if it exists (spot)
     MLFLOW_TRACKING_URI     where the run and the registry are (a managed MLflow server's ARN on AWS)
-    hyperparameters         ``--name value`` pairs: any TrainConfig field (seed, c_grid, vocab_size, …),
-                            the gate's (min_macro_f1_gain, max_recall_drop, min_eval_docs), and the
-                            job's (register_version, registered_model, publish_to, corpus_uri, run_name)
+    hyperparameters         ``--name value`` pairs: ``family`` (linear, the default, or transformer), then
+                            any field of that family's config (linear: TrainConfig's seed, c_grid,
+                            vocab_size, …; transformer: families.TransformerConfig's epochs,
+                            max_train_docs, batch_size, …), the gate's (min_macro_f1_gain,
+                            max_recall_drop, min_eval_docs), and the job's (register_version,
+                            registered_model, publish_to, corpus_uri, run_name)
 
 Steps: assemble the corpus (train channel + feedback) → train_model → MLflow run (registered as a
 new version) → promotion gate against the champion → if promoted and ``publish_to`` is set, publish.
 
 Device. The job looks for CUDA (``nvidia-smi``, ``SM_NUM_GPUS``) and records what it found as the
-``device`` param, and trains on the CPU either way: this model is TF-IDF features into a
-multinomial logistic regression fitted by scikit-learn's Newton-CG on a sparse matrix. There is
-nothing in that for CUDA to accelerate — no dense tensor algebra, no minibatches — and the
-exported ONNX graph is served on CPU by the Classify function. A GPU instance costs more for the
-same minutes; the detection is there so the record says honestly what the job ran on, and so a
-future neural model has the hook.
+``device`` param. The linear family trains on the CPU either way: TF-IDF features into a multinomial
+logistic regression fitted by scikit-learn's Newton-CG on a sparse matrix, nothing for CUDA to
+accelerate. The transformer family fine-tunes on CUDA when torch sees it (mixed precision), else on
+the CPU; the ``device.fit`` param says which.
 
 Checkpoints (spot). There are no epochs to resume: the expensive unit is the whole fit. After it,
 the model directory, held-out set and training manifest go to the checkpoint directory, and after
@@ -54,6 +55,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from docflow.domain.model_files import MODEL_FILES
 from docflow_training.data import canonical_label, load_corpus
+from docflow_training.families import FAMILIES, Family, TransformerConfig
 from docflow_training.registry import (
     GatePolicy,
     Registry,
@@ -86,7 +88,9 @@ class JobConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    family: Family = "linear"
     train: TrainConfig = Field(default_factory=TrainConfig)
+    transformer: TransformerConfig = Field(default_factory=TransformerConfig)
     gate: GatePolicy = Field(default_factory=GatePolicy)
     register_version: bool = True  # False: a tracked run only, no registry version, no gate
     registered_model: str = REGISTERED_MODEL
@@ -144,13 +148,20 @@ def _coerce(model: type[BaseModel], name: str, value: Any) -> Any:
 
 
 def job_config(hyperparameters: Mapping[str, Any]) -> JobConfig:
-    train: dict[str, Any] = {}
+    """The job's config from its hyperparameters: ``family`` picks whose config the model's fields fill."""
+    family = str(hyperparameters.get("family", "linear"))
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")
+    model_type: type[BaseModel] = TransformerConfig if family == "transformer" else TrainConfig
+    model_fields: dict[str, Any] = {}
     gate: dict[str, Any] = {}
     job: dict[str, Any] = {}
     unknown = []
     for name, value in hyperparameters.items():
-        if name in TrainConfig.model_fields:
-            train[name] = _coerce(TrainConfig, name, value)
+        if name == "family":
+            continue
+        if name in model_type.model_fields:
+            model_fields[name] = _coerce(model_type, name, value)
         elif name in GatePolicy.model_fields:
             gate[name] = value
         elif name in _JOB_FIELDS:
@@ -158,9 +169,16 @@ def job_config(hyperparameters: Mapping[str, Any]) -> JobConfig:
         else:
             unknown.append(name)
     if unknown:
-        known = sorted({*TrainConfig.model_fields, *GatePolicy.model_fields, *_JOB_FIELDS})
-        raise ValueError(f"unknown hyperparameters {sorted(unknown)}; known: {', '.join(known)}")
-    return JobConfig(train=TrainConfig(**train), gate=GatePolicy(**gate), **job)
+        known = sorted({*model_type.model_fields, *GatePolicy.model_fields, *_JOB_FIELDS, "family"})
+        raise ValueError(
+            f"unknown hyperparameters for the {family} family {sorted(unknown)}; known: {', '.join(known)}"
+        )
+    models: dict[str, Any] = (
+        {"transformer": TransformerConfig(**model_fields)}
+        if family == "transformer"
+        else {"train": TrainConfig(**model_fields)}
+    )
+    return JobConfig(family=family, gate=GatePolicy(**gate), **models, **job)
 
 
 @dataclass(frozen=True)
@@ -285,7 +303,7 @@ def run_job(config: JobConfig, paths: JobPaths, env: Mapping[str, str] = os.envi
         if "trained" not in state.data:
             corpus, n_feedback = assemble_corpus(paths.train, paths.feedback, Path(scratch))
             fit_started = time.perf_counter()
-            result = run_training(corpus, model_dir, config.train, data_source=config.corpus_uri)
+            result = _fit(config, corpus, model_dir)
             fit_seconds = time.perf_counter() - fit_started
             holdout = load_corpus(paths.validation) if paths.validation else result.holdout_docs
             write_holdout(holdout, gate_dir / HOLDOUT_FILE)
@@ -311,14 +329,18 @@ def run_job(config: JobConfig, paths: JobPaths, env: Mapping[str, str] = os.envi
 
         tracking = resolve_tracking(env=env)
         if "run_id" not in state.data:
+            family_params = config.transformer if config.family == "transformer" else config.train
             params = {
-                **flat_params("train.", config.train.model_dump(mode="json")),
+                "family": config.family,
+                **flat_params(
+                    f"{config.family if config.family != 'linear' else 'train'}.", family_params.model_dump(mode="json")
+                ),
                 **flat_params("gate.", config.gate.model_dump(mode="json")),
                 "device": device.kind,
                 "device.count": str(device.count),
                 "device.names": ",".join(device.names) or "-",
                 "device.detected_by": device.detected_by,
-                "device.fit": "cpu",  # see the module docstring: nothing here for CUDA to run
+                "device.fit": metrics.get("device", "cpu"),  # see the module docstring
                 "n_feedback": str(state.data["n_feedback"]),
                 "holdout.source": state.data["holdout_source"],
                 "holdout.n_documents": str(state.data["n_holdout"]),
@@ -391,6 +413,21 @@ def run_job(config: JobConfig, paths: JobPaths, env: Mapping[str, str] = os.envi
         }
         (paths.output / RESULT_FILE).write_text(json.dumps(result_doc, indent=2) + "\n", encoding="utf-8")
     return result_doc
+
+
+def _fit(config: JobConfig, corpus: Path, model_dir: Path) -> Any:
+    """Train the job's model family; the result has ``train_docs`` and ``holdout_docs`` either way."""
+    if config.family == "transformer":
+        from docflow_training.transformer import run_transformer_training  # torch: only for this family
+
+        def on_epoch(epoch: int, scores: dict[str, float]) -> None:
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
+            logger.info("epoch %d: %s", epoch, shown)
+
+        return run_transformer_training(
+            corpus, model_dir, config.transformer, on_epoch=on_epoch, data_source=config.corpus_uri
+        )
+    return run_training(corpus, model_dir, config.train, data_source=config.corpus_uri)
 
 
 def _write_failure(paths: JobPaths | None, message: str) -> None:

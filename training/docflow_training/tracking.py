@@ -288,6 +288,13 @@ def log_training_run(
         ):
             mlflow.log_metric("cv_accuracy", accuracy, step=step)
             mlflow.log_metric("cv_c", c, step=step)
+        # A model trained in epochs (the transformer family): one point per epoch, so the run page draws the
+        # curves (train loss, held-out and validation scores).
+        for row in metrics.get("epochs") or []:
+            step = int(row.get("epoch", 0))
+            for key, value in row.items():
+                if key != "epoch" and isinstance(value, int | float):
+                    mlflow.log_metric(f"epoch_{key}", float(value), step=step)
         scalar = holdout_metrics(metrics)
         noised = metrics.get("holdout_ocr_noise") or {}
         scalar.update({k: v for k, v in holdout_metrics(noised, "holdout_ocr_noise_").items() if "." not in k})

@@ -588,6 +588,18 @@ def write_scan_head(
     }
 
 
+def add_scan_head(model_dir: Path, scans: Sequence[Scan], source: str | None) -> dict[str, Any]:
+    """Fit a scan head for the model already in ``model_dir`` (any family) and record it in its metrics.json;
+    returns the updated metrics. The directory's files change: a warm process reloads it (fingerprint)."""
+    metrics: dict[str, Any] = json.loads((model_dir / METRICS_FILE).read_text(encoding="utf-8"))
+    served = TextClassifier(model_dir)
+    threshold = served.review_threshold()
+    metrics["real_scans"] = write_scan_head(model_dir, served, scans, source, threshold)
+    del served
+    _write_json(model_dir / METRICS_FILE, metrics)
+    return metrics
+
+
 def train_model(
     data_dir: Path,
     out_dir: Path,

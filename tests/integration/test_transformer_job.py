@@ -1,0 +1,100 @@
+"""The transformer family through the training job as a user runs it: `docflow train --family transformer`
+(the job as a local process → MLflow run with per-epoch curves → registry version → gate → published
+champion served by Classify), and `--no-track` writing a model directory. Tiny settings: seconds on a CPU."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from docflow.cli import app
+from docflow.domain.classifier import TextClassifier
+from docflow.settings import Settings
+from docflow_training.launch import run_local_job
+from docflow_training.registry import Registry
+from docflow_training.tracking import resolve_tracking
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytest.importorskip("torch", reason="the training extra (PyTorch) is not installed")
+
+CORPUS = Path(__file__).resolve().parents[1] / "fixtures" / "corpus"
+TINY = {
+    "family": "transformer",
+    "seed": 3,
+    "epochs": 2,
+    "max_train_docs": 9,
+    "batch_size": 3,
+    "max_length": 32,
+    "max_chunks": 2,
+    "holdout_fraction": 0.25,
+    "min_eval_docs": 1,
+}
+
+
+def test_a_tracked_transformer_run_logs_its_epochs_and_serves_as_champion(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "DOCFLOW_MODEL_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    home = tmp_path / "home"
+    lines: list[str] = []
+    result = run_local_job(CORPUS, Settings(home=home), hyperparameters=TINY, include_feedback=False, echo=lines.append)
+    assert result.version == 1 and result.promoted, "".join(lines)[-3000:]
+    registry = Registry(resolve_tracking(home))
+    run = registry.client.get_run(result.run_id)
+    assert run.data.params["family"] == "transformer"
+    assert run.data.params["transformer.epochs"] == "2" and run.data.params["transformer.max_train_docs"] == "9"
+    assert run.data.params["device.fit"] in ("cpu", "cuda")
+    # One point per epoch: the run page draws the training curve.
+    history = registry.client.get_metric_history(result.run_id, "epoch_train_loss")
+    assert [point.step for point in history] == [1, 2]
+    assert all(point.value > 0 for point in history)
+    assert len(registry.client.get_metric_history(result.run_id, "epoch_holdout_accuracy")) == 2
+    # The champion is published where Classify finds it, and it is the transformer.
+    pointer = json.loads((home / "models" / "champion.json").read_text())
+    served = TextClassifier(home / "models" / pointer["model_dir"])
+    assert served.config.family == "transformer"
+    assert served.version == "1"
+    prediction = served.predict("From: kim@example.com To: lee@example.com Subject: Re: meeting, please reply")
+    assert prediction.predicted_class in ("email", "news_article", "resume")
+    assert "epoch 1:" in "".join(lines) and "epoch 2:" in "".join(lines)
+
+
+def test_train_no_track_writes_a_transformer_model_directory(tmp_path: Path) -> None:
+    out = tmp_path / "model"
+    hp = [f"--hp={k}={v}" for k, v in TINY.items() if k not in ("family", "seed", "min_eval_docs")]
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--no-track",
+            "--family",
+            "transformer",
+            "--data",
+            str(CORPUS),
+            "--out",
+            str(out),
+            "--seed",
+            "3",
+            *hp,
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert config["family"] == "transformer" and config["max_chunks"] == 2
+    assert [row["epoch"] for row in metrics["epochs"]] == [1, 2]
+    assert 0.0 <= metrics["int8_top1_agreement"] <= 1.0
+    assert "epoch 2:" in result.output
+
+
+def test_a_hyperparameter_of_the_other_family_is_refused_in_one_line(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app, ["train", "--no-track", "--family", "transformer", "--data", str(CORPUS), "--hp", "c_grid=1,10"]
+    )
+    assert result.exit_code == 2
+    assert "unknown hyperparameters for the transformer family ['c_grid']" in result.output
