@@ -5,6 +5,7 @@ champion served by Classify), and `--no-track` writing a model directory. Tiny s
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -64,7 +65,8 @@ def test_a_tracked_transformer_run_logs_its_epochs_and_serves_as_champion(
     assert "epoch 1:" in "".join(lines) and "epoch 2:" in "".join(lines)
 
 
-def test_train_no_track_writes_a_transformer_model_directory(tmp_path: Path) -> None:
+def test_train_no_track_writes_a_transformer_model_directory(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="docflow_training.transformer")
     out = tmp_path / "model"
     hp = [f"--hp={k}={v}" for k, v in TINY.items() if k not in ("family", "seed", "min_eval_docs")]
     result = CliRunner().invoke(
@@ -90,6 +92,7 @@ def test_train_no_track_writes_a_transformer_model_directory(tmp_path: Path) -> 
     assert [row["epoch"] for row in metrics["epochs"]] == [1, 2]
     assert 0.0 <= metrics["int8_top1_agreement"] <= 1.0
     assert "epoch 2:" in result.output
+    assert "epoch 1/2: 1/3 batches, train loss so far" in caplog.text  # how far a long epoch has come
 
 
 def test_a_hyperparameter_of_the_other_family_is_refused_in_one_line(tmp_path: Path) -> None:
