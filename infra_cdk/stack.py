@@ -42,6 +42,7 @@ class DocflowStack(Stack):
             removal_policy=removal,
             instance_type=self.node.try_get_context("trainingInstanceType"),
             mlflow_tracking_arn=self.node.try_get_context("mlflowTrackingArn"),
+            family=self.node.try_get_context("trainingFamily"),
         )
         self.monitoring = Monitoring(
             self,

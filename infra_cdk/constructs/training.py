@@ -26,6 +26,7 @@ from constructs import Construct
 
 from docflow.pipeline import policy
 from docflow.retrain import EVENT_DETAIL_TYPE, EVENT_SOURCE
+from docflow_training.families import FAMILIES
 from docflow_training.launch import SM_ENTRY_SCRIPT, SageMakerJobConfig, stage_source_dir
 from infra_cdk import constants as c
 from infra_cdk.constructs.functions import PipelineFunctions
@@ -73,12 +74,17 @@ class TrainingLoop(Construct):
         label_threshold: int = c.RETRAIN_LABEL_THRESHOLD,
         instance_type: str | None = None,
         mlflow_tracking_arn: str | None = None,
+        family: str | None = None,
     ) -> None:
         """label_sources: the functions that store users' labels (the API): they count them and send the
-        event. mlflow_tracking_arn: a SageMaker managed MLflow server the job logs its run to (optional)."""
+        event. mlflow_tracking_arn: a SageMaker managed MLflow server the job logs its run to (optional).
+        family: the model family the job fits (docflow_training.families; default linear)."""
         super().__init__(scope, construct_id)
         job_defaults = SageMakerJobConfig()
         self.instance_type = instance_type or job_defaults.instance_type
+        self.family = family or "linear"
+        if self.family not in FAMILIES:
+            raise ValueError(f"training family {self.family!r}: choose one of {', '.join(FAMILIES)}")
         models, table, docs = storage.models, storage.table, storage.documents
 
         # -- the functions ---------------------------------------------------------------------------
@@ -196,6 +202,7 @@ class TrainingLoop(Construct):
                 "sagemaker_region": Aws.REGION,
                 # The job trains and reports; the gate and publishing are the next states.
                 "register_version": "false",
+                "family": self.family,
                 "corpus_uri": sfn.JsonPath.string_at("$.prepared.channels.train"),
                 "run_name": sfn.JsonPath.string_at("$.prepared.job_name"),
             },

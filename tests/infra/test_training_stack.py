@@ -130,6 +130,7 @@ def test_sagemaker_task_instance_role_channels_output_and_hyperparameters(templa
     assert hp["sagemaker_program"] == SM_ENTRY_SCRIPT
     assert "cdk-hnb659fds-assets" in hp["sagemaker_submit_directory"]  # the code asset
     assert hp["register_version"] == "false"  # the gate is the next state, not the job
+    assert hp["family"] == "linear"  # cdk context trainingFamily=transformer fits the transformer family
 
 
 def test_schedule_and_new_labels_start_the_training_machine_with_a_dlq(template: Template) -> None:
