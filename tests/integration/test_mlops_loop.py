@@ -311,7 +311,7 @@ def test_a_bad_job_configuration_fails_with_a_reason(tmp_path: Path) -> None:
 
     env = {"SM_CHANNEL_TRAIN": str(CORPUS), "SM_OUTPUT_DATA_DIR": str(tmp_path / "output" / "data")}
     assert main(["--epochs", "10"], env) == 2
-    assert "unknown hyperparameters ['epochs']" in (tmp_path / "output" / "failure").read_text()
+    assert "unknown hyperparameters for the linear family ['epochs']" in (tmp_path / "output" / "failure").read_text()
 
 
 def test_a_promoted_model_whose_publish_fails_does_not_become_champion(tmp_path: Path) -> None:
