@@ -45,7 +45,11 @@ CORPUS = Path(__file__).resolve().parents[1] / "fixtures" / "corpus"
 LABELS = ["email", "news_article", "resume"]
 # Small enough to run in seconds on two cores; short windows so a paragraph already fills max_chunks of them.
 MAX_TRAIN_DOCS = 9
-CONFIG = TransformerConfig(seed=5, epochs=2, batch_size=4, max_length=32, max_chunks=2, max_train_docs=MAX_TRAIN_DOCS)
+# min_int8_agreement 0: the int8 graph ships whatever it agrees on, so these tests see it (the default, 0.99,
+# is exercised by test_int8_ships_only_when_it_agrees_enough).
+CONFIG = TransformerConfig(
+    seed=5, epochs=2, batch_size=4, max_length=32, max_chunks=2, max_train_docs=MAX_TRAIN_DOCS, min_int8_agreement=0.0
+)
 ORDINARY = "From: kim@example.com To: lee@example.com Subject: Re: the meeting. Please reply by Friday."
 # Far more than max_chunks windows of tokens, each window different.
 LONG = " ".join(f"Paragraph {i}: the committee reviewed item {i} of the budget and reported." for i in range(200))
@@ -244,3 +248,18 @@ def test_refuses_to_overwrite_a_folder_of_other_files(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError, match="not a model directory"):
         run_transformer_training(CORPUS, tmp_path, CONFIG)
     assert (tmp_path / "notes.txt").read_text() == "keep me"
+
+
+def test_int8_ships_only_when_it_agrees_enough(tmp_path: Path) -> None:
+    # Asking for perfect agreement: int8 ships only if it names fp32's class on every held-out document.
+    config = CONFIG.model_copy(update={"epochs": 1, "min_int8_agreement": 1.0})
+    result = run_transformer_training(CORPUS, tmp_path / "model", config)
+    metrics, sizes = result.metrics, result.metrics["model_bytes"]
+    shipped = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert metrics["quantized"] == (metrics["int8_top1_agreement"] >= 1.0)
+    if metrics["quantized"]:
+        assert sizes["shipped"] == sizes["int8"] < 0.4 * sizes["fp32"]
+    else:
+        assert sizes["shipped"] == sizes["fp32"]
+        assert shipped["onnx"]["quantization"].startswith("none")
+    assert (tmp_path / "model" / "model.onnx").stat().st_size == sizes["shipped"]

@@ -40,6 +40,10 @@ class TransformerConfig(BaseModel):
     eval_batch_size: int = Field(default=32, ge=1)  # documents per inference batch
     # Held-out documents on which the fp32 graph is checked against torch before anything is written.
     parity_docs: int = Field(default=64, ge=1)
+    # The int8 graph ships only if it names the same top class as fp32 on at least this share of the held-out
+    # documents; else the fp32 graph ships (90 MB, inside the 100 MB budget). One CPU run of 2 epochs agreed
+    # on 94.7 %: dynamic int8 moved 1 document in 19.
+    min_int8_agreement: float = Field(default=0.99, ge=0.0, le=1.0)
     model_name: str = "docflow-classifier"
     version: str | None = None  # default: a content hash of the model files
     # The review threshold, calibrated as the linear family's (train.TrainConfig says why these values).
