@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -167,9 +166,3 @@ def load_scan_head(model_dir: Path, model_labels: tuple[str, ...]) -> ScanHead |
         )
         return None
     return head
-
-
-def describe(head: ScanHead) -> dict[str, Any]:
-    """What the head was fitted on and how well it did there (cross-validated), from scan_head.json."""
-    extra = head.spec.model_extra or {}
-    return {key: extra[key] for key in ("fitted_on", "cross_validated") if key in extra}
