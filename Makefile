@@ -11,8 +11,9 @@ export DOCFLOW_DATA_DIR
 SAMPLES_DIR ?= $(VENV)/samples
 MODEL_DIR := functions/docflow/default_model
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-# prometheus + prometheus-node-exporter: the live check of the Grafana dashboard (tests/e2e/test_prometheus.py)
-APT_PACKAGES := tesseract-ocr tesseract-ocr-eng tesseract-ocr-rus tesseract-ocr-osd fonts-dejavu-core fonts-liberation prometheus prometheus-node-exporter
+# prometheus + prometheus-node-exporter: the live check of the Grafana dashboard (tests/e2e/test_prometheus.py);
+# chromium + chromium-driver: the review page driven in a real browser (tests/e2e/test_review_page.py)
+APT_PACKAGES := tesseract-ocr tesseract-ocr-eng tesseract-ocr-rus tesseract-ocr-osd fonts-dejavu-core fonts-liberation prometheus prometheus-node-exporter chromium chromium-driver
 
 CDK_BIN := infra_cdk/node_modules/.bin
 export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 1

@@ -56,6 +56,9 @@ API_STAGE = "v1"
 API_BINARY_MEDIA_TYPES = ("multipart/form-data", "application/pdf", "image/*", "application/octet-stream")
 # Reached without a key: liveness and the API's own documentation.
 API_KEYLESS_PATHS = ("health", "docs", "openapi.json")
+# The review page and its script and stylesheet hold no data: keyless. What they show (review/queue and the
+# documents' endpoints) needs the key.
+API_REVIEW_PAGE = "review"
 API_THROTTLE_RATE = 50  # requests/s, steady
 API_THROTTLE_BURST = 100
 API_DAILY_QUOTA = 100_000

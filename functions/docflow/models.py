@@ -18,7 +18,8 @@ def utcnow() -> datetime:
 
 
 class Status(StrEnum):
-    """Lifecycle of one uploaded object. The last five are terminal: every upload ends in exactly one."""
+    """Lifecycle of one uploaded object. The last five are terminal: every upload ends in exactly one.
+    REVIEWED is a document's alone: a person settled it (from NEEDS_REVIEW) in the review queue."""
 
     RECEIVED = "RECEIVED"
     PROCESSING = "PROCESSING"
@@ -27,6 +28,7 @@ class Status(StrEnum):
     REJECTED = "REJECTED"
     DUPLICATE = "DUPLICATE"
     FAILED = "FAILED"
+    REVIEWED = "REVIEWED"
 
     @property
     def terminal(self) -> bool:
@@ -34,7 +36,7 @@ class Status(StrEnum):
 
 
 TERMINAL_STATUSES = frozenset(
-    {Status.CLASSIFIED, Status.NEEDS_REVIEW, Status.REJECTED, Status.DUPLICATE, Status.FAILED}
+    {Status.CLASSIFIED, Status.NEEDS_REVIEW, Status.REJECTED, Status.DUPLICATE, Status.FAILED, Status.REVIEWED}
 )
 
 

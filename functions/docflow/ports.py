@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 
-from docflow.records import DocumentRecord, PredictionRecord, UploadRecord
+from docflow.records import DocumentRecord, PredictionRecord, ReviewDecision, UploadRecord
 
 
 class BlobNotFoundError(KeyError):
@@ -55,15 +55,39 @@ class RecordStore(ABC):
         """Insert if absent. Return None when inserted, else the existing record (nothing written)."""
 
     @abstractmethod
-    def put_document(self, record: DocumentRecord, *, keep_label: bool = False) -> None:
+    def put_document(self, record: DocumentRecord, *, keep_label: bool = False, if_status: str | None = None) -> bool:
         """Insert or replace. With keep_label, a label on file stays (the record's own label is written only
-        where none is on file): the pipeline's write of its outcome never drops a label a user set meanwhile."""
+        where none is on file): the pipeline's write of its outcome never drops a label a user set meanwhile.
+        With if_status, only a record on file in that status is replaced (nothing is inserted): a re-scoring
+        of a queued document never overwrites a person's decision made meanwhile. True when written."""
 
     @abstractmethod
-    def set_label(self, document_id: str, label: str, updated_at: datetime) -> DocumentRecord | None:
-        """Set the document's label and updated_at, and nothing else, in one atomic write (a pipeline write
-        in flight keeps its status, and this keeps the pipeline's). The record as written, or None when there
-        is no such document (nothing written)."""
+    def decide(self, decision: ReviewDecision) -> DocumentRecord | None:
+        """A person's decision, in one atomic write: the document's label, status and updated_at become the
+        decision's (label, status, decided_at), and the decision joins the document's history, provided the
+        document is still in decision.previous_status with decision.previous_label. The record as written, or
+        None (nothing written) when there is no such document or it has changed since it was read."""
+
+    @abstractmethod
+    def undo_decision(self, decision: ReviewDecision, undone_at: datetime) -> DocumentRecord | None:
+        """Take a decision back atomically: the document's label, status and updated_at return to what they
+        were before it, and the decision is marked undone (it stays in the history), provided the document is
+        still as the decision left it. The record as written, or None (nothing written)."""
+
+    @abstractmethod
+    def list_decisions(self, document_id: str) -> list[ReviewDecision]:
+        """The document's decisions, oldest first, undone ones included."""
+
+    @abstractmethod
+    def list_review_queue(
+        self, predicted_class: str | None = None, code: str | None = None, limit: int = 50, cursor: str | None = None
+    ) -> tuple[list[DocumentRecord], str | None]:
+        """NEEDS_REVIEW documents, the longest waiting (oldest updated_at) first, optionally only those the
+        model put in one class and/or sent for one reason (a ReviewCode); a page and the next page's cursor."""
+
+    @abstractmethod
+    def count_review_queue(self, predicted_class: str | None = None, code: str | None = None) -> int:
+        """How many documents list_review_queue would list with these filters, over all pages."""
 
     @abstractmethod
     def restart_document(self, record: DocumentRecord, stale_before: datetime | None = None) -> bool:

@@ -29,6 +29,9 @@ class DocumentRecord(BaseModel):
     code: str | None = None  # machine code of a rejection or failure
     reason: str | None = None  # human reason of a rejection, failure or review
     label: str | None = None  # a user's correction (feedback for retraining)
+    # The model version whose prediction had sent it to review, when a later champion re-scored it
+    # (docflow.review.rescore_queue); model_version is then the later one's.
+    rescored_from: str | None = None
     # The run processing it (PipelineState.owner): a retry of that run's own step is not another delivery.
     owner: str | None = None
     timings: dict[str, float] = Field(default_factory=dict)
@@ -66,3 +69,31 @@ class PredictionRecord(BaseModel):
     model_name: str
     model_version: str
     created_at: datetime = Field(default_factory=utcnow)
+
+
+# A person's "none of these" in the review queue: the document is none of the model's classes. Kept as the
+# document's label like a class, so it counts for retraining and can be corrected; it is never a class of its
+# own (the training data keeps such documents apart: docflow_training.feedback).
+OUT_OF_SCOPE_LABEL = "out_of_scope"
+
+
+class ReviewDecision(BaseModel):
+    """One decision of a person about a document (the review page, or PUT /documents/{id}/label): the class
+    they chose beside what the model suggested, who, when, and what it changed (so that it can be undone)."""
+
+    document_id: str
+    decision_id: str  # "<decided_at iso>#<random>": sorts in time order
+    label: str  # one of the model's classes, or OUT_OF_SCOPE_LABEL
+    reviewer: str
+    api_key_id: str | None = None  # the API Gateway key the request came with (AWS only)
+    decided_at: datetime
+    # What the model said when the person decided: the history shows the two side by side.
+    predicted_class: str | None = None
+    confidence: float | None = None
+    model_version: str | None = None
+    # The document before and after, for undo.
+    previous_label: str | None = None
+    previous_status: Status
+    previous_updated_at: datetime
+    status: Status
+    undone_at: datetime | None = None

@@ -72,6 +72,10 @@ class RestApi(Construct):
         self.api.root.add_proxy(any_method=True)
         for path in c.API_KEYLESS_PATHS:
             self.api.root.add_resource(path).add_method("GET", api_key_required=False)
+        page = self.api.root.add_resource(c.API_REVIEW_PAGE)
+        page.add_method("GET", api_key_required=False)
+        page.add_proxy(any_method=True)  # review/queue: keyed, as everything not named keyless
+        page.add_resource("static").add_proxy(any_method=False).add_method("GET", api_key_required=False)
 
         plan = self.api.add_usage_plan(
             "UsagePlan",

@@ -191,18 +191,29 @@ def test_cdk_nag_fails_synth_on_a_real_violation() -> None:
         app.synth()
 
 
-def test_api_requires_a_key_except_on_health_and_docs_and_is_throttled(template: Template) -> None:
+def test_api_requires_a_key_except_on_health_docs_and_the_review_pages_files(template: Template) -> None:
     methods = template.find_resources("AWS::ApiGateway::Method")
     resources = template.find_resources("AWS::ApiGateway::Resource")
-    path_of = {logical: r["Properties"]["PathPart"] for logical, r in resources.items()}
-    keyless = set()
+
+    def path_of(logical: str | None) -> str:
+        if logical not in resources:
+            return ""
+        props = resources[logical]["Properties"]
+        return f"{path_of(props['ParentId'].get('Ref'))}/{props['PathPart']}"
+
+    keyless, keyed = set(), set()
     for method in methods.values():
         props = method["Properties"]
-        resource = props["ResourceId"].get("Ref")
-        path = path_of.get(resource, "/")
-        if not props.get("ApiKeyRequired", False):
-            keyless.add(path)
-    assert keyless == {"health", "docs", "openapi.json"}
+        path = path_of(props["ResourceId"].get("Ref")) or "/"
+        (keyed if props.get("ApiKeyRequired", False) else keyless).add((path, props["HttpMethod"]))
+    assert keyless == {
+        ("/health", "GET"),
+        ("/docs", "GET"),
+        ("/openapi.json", "GET"),
+        ("/review", "GET"),  # the page: no data in it
+        ("/review/static/{proxy+}", "GET"),  # its script and stylesheet
+    }
+    assert {("/review/{proxy+}", "ANY"), ("/{proxy+}", "ANY"), ("/", "ANY")} <= keyed  # review/queue needs the key
     plan = _one(template, "AWS::ApiGateway::UsagePlan")["Properties"]
     assert plan["Throttle"]["RateLimit"] > 0 and plan["Quota"]["Period"] == "DAY"
     template.resource_count_is("AWS::ApiGateway::ApiKey", 1)

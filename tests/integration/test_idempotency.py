@@ -26,6 +26,7 @@ from moto import mock_aws
 
 from docflow.samples import LETTER, MEMO, text_pdf
 from tests.aws_fixtures import BUCKET, TABLE, create_resources, object_created
+from tests.decisions import decide
 from tests.integration import test_state_machine_asl as asl
 from tests.integration.test_handlers import FakeLambdaContext
 
@@ -512,7 +513,6 @@ def test_handlers_a_failed_retry_keeps_the_label_and_a_label_set_while_classifyi
 ) -> None:
     from docflow.adapters.aws import DynamoRecordStore
     from docflow.handlers import record_failure
-    from docflow.models import utcnow
 
     aws.put_object(Bucket=BUCKET, Key="incoming/memo.pdf", Body=MEMO_PDF)
     event = _event("incoming/memo.pdf")
@@ -520,7 +520,7 @@ def test_handlers_a_failed_retry_keeps_the_label_and_a_label_set_while_classifyi
     failed["error"] = {"Error": "OcrTimeoutError", "Cause": "tesseract took too long"}
     assert record_failure.handler(failed, FakeLambdaContext())["status"] == "FAILED"
     store = DynamoRecordStore(TABLE)
-    first = store.set_label(MEMO_ID, "email", utcnow())
+    first = decide(store, MEMO_ID, "email")
     assert first is not None and first.status == "FAILED"
     # The user's retry takes the FAILED record over: its label and creation time stay
     retry = _validate(event)
@@ -532,7 +532,7 @@ def test_handlers_a_failed_retry_keeps_the_label_and_a_label_set_while_classifyi
     original = DynamoRecordStore.add_prediction
 
     def label_meanwhile(self: DynamoRecordStore, prediction: Any) -> None:
-        assert self.set_label(MEMO_ID, "resume", utcnow()) is not None
+        assert decide(self, MEMO_ID, "resume") is not None
         original(self, prediction)
 
     monkeypatch.setattr(DynamoRecordStore, "add_prediction", label_meanwhile)

@@ -11,7 +11,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from docflow.api import service
+from docflow.api import review
 from docflow.context import build_context
 from docflow.models import Status
 from docflow.records import DocumentRecord
@@ -49,12 +49,12 @@ def test_every_second_new_label_sends_the_retraining_event(bus: dict[str, Any]) 
     for doc in ("a", "b", "c"):
         ctx.records.put_document(DocumentRecord(document_id=doc * 64, status=Status.NEEDS_REVIEW, source="up"))
 
-    service.set_label(ctx, "a" * 64, "memo")
-    service.set_label(ctx, "a" * 64, "memo")  # the same label again is not a new example
+    review.decide(ctx, "a" * 64, "memo", "tester", None)
+    review.decide(ctx, "a" * 64, "memo", "tester", None)  # the same label again is not a new example
     assert ctx.records.get_counter(NEW_LABELS_COUNTER) == 1
     assert _received(bus) == []
 
-    service.set_label(ctx, "b" * 64, "letter")
+    review.decide(ctx, "b" * 64, "letter", "tester", None)
     assert ctx.records.get_counter(NEW_LABELS_COUNTER) == 2
     events = _received(bus)
     assert len(events) == 1
@@ -73,7 +73,7 @@ def test_a_failing_event_bus_never_fails_the_label(bus: dict[str, Any], caplog: 
     )
     ctx = build_context(settings)
     ctx.records.put_document(DocumentRecord(document_id="d" * 64, status=Status.CLASSIFIED, source="up"))
-    service.set_label(ctx, "d" * 64, "memo")
+    review.decide(ctx, "d" * 64, "memo", "tester", None)
     assert ctx.records.get_document("d" * 64).label == "memo"  # type: ignore[union-attr]
     assert _received(bus) == []
     assert "counting the new label for retraining failed" in caplog.text and "no-such-bus" in caplog.text

@@ -21,6 +21,7 @@ from docflow.models import Status, utcnow
 from docflow.ports import BlobNotFoundError, BlobStore, RecordStore
 from docflow.records import DocumentRecord, PredictionRecord, UploadRecord
 from tests.aws_fixtures import BUCKET, TABLE, create_resources
+from tests.decisions import decide
 
 pytestmark = pytest.mark.integration
 
@@ -242,8 +243,9 @@ def test_a_label_set_while_the_pipeline_runs_survives_its_write(stores: tuple[Bl
     assert seen is not None and seen.label is None
     # When a user labels the document meanwhile
     when = utcnow()
-    labelled = records.set_label("l1", "email", when)
-    # Then only the label and the update time change, atomically, and the record as written comes back
+    labelled = decide(records, "l1", "email", when)
+    # Then only the label and the update time change, atomically (a document being processed keeps its
+    # status), and the record as written comes back
     assert labelled is not None and labelled.label == "email" and labelled.status == Status.PROCESSING
     assert labelled.updated_at == when and labelled.created_at == seen.created_at and labelled.reason == "was here"
     assert records.get_document("l1") == labelled
@@ -268,7 +270,7 @@ def test_a_label_set_while_the_pipeline_runs_survives_its_write(stores: tuple[Bl
     records.put_document(outcome)
     assert records.get_document("l1").label is None  # type: ignore[union-attr]
     # Labelling an unknown document writes nothing
-    assert records.set_label("nope", "email", utcnow()) is None
+    assert decide(records, "nope", "email") is None
     assert records.get_document("nope") is None
 
 
@@ -291,7 +293,7 @@ def test_restart_document_keeps_a_label_set_since_the_record_was_read(stores: tu
     seen = records.get_document("r1")
     assert seen is not None and seen.label is None
     # When a user labels it before the restart is written
-    records.set_label("r1", "memo", utcnow())
+    decide(records, "r1", "memo")
     restarted = seen.model_copy(update={"status": Status.PROCESSING, "reason": None, "updated_at": utcnow()})
     assert records.restart_document(restarted) is True
     # Then the restart is on file (a field it cleared gone) with the user's label kept

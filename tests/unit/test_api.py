@@ -518,15 +518,17 @@ def test_every_operation_but_health_needs_the_key(make_client: Callable[..., Tes
     client = make_client(DOCFLOW_API_KEY=KEY)
     open_paths = {"/health", "/uploads/{token}"}  # an upload URL's token is its credential, as with S3
     operations = [(m, p) for m, p in _operations(client) if p not in open_paths]
-    assert len(operations) == 11
+    assert len(operations) == 16  # the review queue's five included
     for method, path in operations:
-        url = path.replace("{document_id}", "0" * 64)
+        url = path.replace("{document_id}", "0" * 64).replace("{page_number}", "1")
         missing = _assert_error(client.request(method, url), 401, "unauthorized")
         assert set(missing) <= {"error", "detail", "request_id"}  # never data
         _assert_error(client.request(method, url, headers={"x-api-key": "wrong"}), 403, "forbidden")
         _assert_error(client.request(method, url, headers={"x-api-key": KEY.upper()}), 403, "forbidden")
     assert client.get("/health").status_code == 200
     assert client.get("/docs").status_code == 200 and client.get("/openapi.json").status_code == 200
+    # The review page and its files hold no data: served without a key (what they show needs it)
+    assert client.get("/review").status_code == 200 and client.get("/review/static/review.js").status_code == 200
     ok = client.post("/predict/text", json={"text": RESUME}, headers={"x-api-key": KEY})
     assert ok.status_code == 200
     assert "securitySchemes" in client.get("/openapi.json").json()["components"]
@@ -556,6 +558,9 @@ def test_openapi_describes_every_body_with_a_model(client: TestClient) -> None:
     for path, item in schema["paths"].items():
         for method, operation in item.items():
             for status, response in operation["responses"].items():
+                if path.endswith("/preview") and status == "200":  # an image, described as one
+                    assert set(response["content"]) == {"image/png", "image/jpeg"}
+                    continue
                 content = response.get("content", {}).get("application/json")
                 assert content and "$ref" in content["schema"], (method, path, status)
             body = operation.get("requestBody", {}).get("content", {})

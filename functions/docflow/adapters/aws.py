@@ -12,7 +12,7 @@ from functools import cached_property
 from typing import Any
 
 import boto3
-from boto3.dynamodb.conditions import Key
+from boto3.dynamodb.conditions import Attr, Key
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import TypeAdapter
@@ -20,7 +20,7 @@ from pydantic import TypeAdapter
 from docflow.errors import ConfigurationError, TransientError
 from docflow.models import Status
 from docflow.ports import BlobNotFoundError, BlobStore, RecordStore
-from docflow.records import DocumentRecord, PredictionRecord, UploadRecord
+from docflow.records import DocumentRecord, PredictionRecord, ReviewDecision, UploadRecord
 
 # botocore's own retries (adaptive, with backoff) absorb most throttling before we see it.
 _BOTO_CONFIG = Config(retries={"max_attempts": 5, "mode": "adaptive"}, connect_timeout=5, read_timeout=30)
@@ -153,7 +153,8 @@ class S3BlobStore(BlobStore):
         return f"s3://{self.bucket}"
 
 
-# Single-table layout: pk = document_id; sk = DOCUMENT | UPLOAD#<source> | PREDICTION#<iso time>.
+# Single-table layout: pk = document_id; sk = DOCUMENT | UPLOAD#<source> | PREDICTION#<iso time> |
+# DECISION#<decision_id>.
 # Document items also carry gsi1pk/gsi1sk (status, updated_at) — a sparse index for listing by status.
 DOCUMENT_SK = "DOCUMENT"
 UPLOAD_PREFIX = "UPLOAD#"
@@ -173,6 +174,7 @@ def upload_sort_key(source: str) -> str:
 
 
 PREDICTION_PREFIX = "PREDICTION#"
+DECISION_PREFIX = "DECISION#"
 # Counters live under pk = COUNTER#<name>, sk = COUNTER: no status index entry, never listed as documents.
 COUNTER_PREFIX = "COUNTER#"
 COUNTER_SK = "COUNTER"
@@ -256,11 +258,25 @@ class DynamoRecordStore(RecordStore):
             return None
         return self.get_document(record.document_id)  # somebody owns this content already
 
-    def put_document(self, record: DocumentRecord, *, keep_label: bool = False) -> None:
+    def put_document(self, record: DocumentRecord, *, keep_label: bool = False, if_status: str | None = None) -> bool:
+        condition: dict[str, Any] = {}
+        if if_status is not None:
+            condition = {
+                "ConditionExpression": "#if_status = :if_status",
+                "ExpressionAttributeNames": {"#if_status": "status"},
+                "ExpressionAttributeValues": {":if_status": if_status},
+            }
         if not keep_label:
-            self._call("put document", self._table.put_item, Item=self._document_item(record))
-            return
-        self._call("put document", self._table.update_item, **self._update_keeping_label(record))
+            return (
+                self._write_if("put document", self._table.put_item, Item=self._document_item(record), **condition)
+                is not None
+            )
+        update = self._update_keeping_label(record)
+        if condition:
+            update["ExpressionAttributeNames"].update(condition["ExpressionAttributeNames"])
+            update["ExpressionAttributeValues"].update(condition["ExpressionAttributeValues"])
+            update["ConditionExpression"] = condition["ConditionExpression"]
+        return self._write_if("put document", self._table.update_item, **update) is not None
 
     def _update_keeping_label(self, record: DocumentRecord) -> dict[str, Any]:
         """update_item arguments that write every attribute of ``record`` but the label, which is set only
@@ -292,24 +308,143 @@ class DynamoRecordStore(RecordStore):
             "ExpressionAttributeValues": values,
         }
 
-    def set_label(self, document_id: str, label: str, updated_at: datetime) -> DocumentRecord | None:
-        resp = self._write_if(
-            "set label",
-            self._table.update_item,
-            Key={"pk": document_id, "sk": DOCUMENT_SK},
-            # updated_at as _document_item writes it: the attribute in pydantic's form, the index's sort
-            # key in isoformat() (the listing by status is ordered by it).
-            UpdateExpression="SET #label = :label, #updated = :updated, gsi1sk = :gsi1sk",
-            ConditionExpression="attribute_exists(pk)",
-            ExpressionAttributeNames={"#label": "label", "#updated": "updated_at"},
-            ExpressionAttributeValues={
-                ":label": label,
-                ":updated": _ISO.dump_python(updated_at, mode="json"),
-                ":gsi1sk": _status_sort_key(updated_at, document_id),
-            },
-            ReturnValues="ALL_NEW",
+    def decide(self, decision: ReviewDecision) -> DocumentRecord | None:
+        item = _to_item(decision)
+        item.update(pk=decision.document_id, sk=f"{DECISION_PREFIX}{decision.decision_id}")
+        put = {"Put": {"TableName": self.table_name, "Item": item, "ConditionExpression": "attribute_not_exists(sk)"}}
+        update = self._status_change(
+            decision.document_id,
+            expect=(decision.previous_status, decision.previous_label),
+            to=(decision.status, decision.label, decision.decided_at),
         )
-        return DocumentRecord.model_validate(resp["Attributes"]) if resp else None  # None: no such document
+        if not self._transact("record decision", [update, put]):
+            return None
+        return self.get_document(decision.document_id)
+
+    def undo_decision(self, decision: ReviewDecision, undone_at: datetime) -> DocumentRecord | None:
+        mark = {
+            "Update": {
+                "TableName": self.table_name,
+                "Key": {"pk": decision.document_id, "sk": f"{DECISION_PREFIX}{decision.decision_id}"},
+                "UpdateExpression": "SET undone_at = :undone",
+                "ConditionExpression": "attribute_exists(sk) AND attribute_not_exists(undone_at)",
+                "ExpressionAttributeValues": {":undone": _ISO.dump_python(undone_at, mode="json")},
+            }
+        }
+        update = self._status_change(
+            decision.document_id,
+            expect=(decision.status, decision.label),
+            to=(decision.previous_status, decision.previous_label, decision.previous_updated_at),
+        )
+        if not self._transact("undo decision", [update, mark]):
+            return None
+        return self.get_document(decision.document_id)
+
+    def _status_change(
+        self, document_id: str, expect: tuple[Status, str | None], to: tuple[Status, str | None, datetime]
+    ) -> dict[str, Any]:
+        """A transaction's update of the document: status, label and updated_at (and the by-status index's
+        keys) set to ``to``, on condition that status and label are ``expect``."""
+        (old_status, old_label), (status, label, updated_at) = expect, to
+        names = {"#status": "status", "#label": "label", "#updated": "updated_at"}
+        values: dict[str, Any] = {
+            ":old_status": old_status.value,
+            ":status": status.value,
+            ":updated": _ISO.dump_python(updated_at, mode="json"),
+            ":gsi1sk": _status_sort_key(updated_at, document_id),
+        }
+        condition = "attribute_exists(pk) AND #status = :old_status AND "
+        if old_label is None:
+            condition += "attribute_not_exists(#label)"
+        else:
+            condition += "#label = :old_label"
+            values[":old_label"] = old_label
+        expression = "SET #status = :status, gsi1pk = :status, #updated = :updated, gsi1sk = :gsi1sk"
+        if label is None:
+            expression += " REMOVE #label"
+        else:
+            expression += ", #label = :label"
+            values[":label"] = label
+        return {
+            "Update": {
+                "TableName": self.table_name,
+                "Key": {"pk": document_id, "sk": DOCUMENT_SK},
+                "UpdateExpression": expression,
+                "ConditionExpression": condition,
+                "ExpressionAttributeNames": names,
+                "ExpressionAttributeValues": values,
+            }
+        }
+
+    def _transact(self, what: str, items: list[dict[str, Any]]) -> bool:
+        """One TransactWriteItems (the resource's client: plain Python values); False when a condition failed."""
+        try:
+            self._table.meta.client.transact_write_items(TransactItems=items)
+        except ClientError as exc:
+            reasons = [r.get("Code") for r in exc.response.get("CancellationReasons", [])]
+            if exc.response["Error"]["Code"] == "TransactionCanceledException" and "ConditionalCheckFailed" in reasons:
+                return False
+            if exc.response["Error"]["Code"] == "TransactionCanceledException":  # a conflict with another writer
+                raise TransientError(f"{what} on table {self.table_name}: {', '.join(map(str, reasons))}") from exc
+            raise _translate(exc, f"{what} on table {self.table_name}") from exc
+        except BotoCoreError as exc:
+            raise _translate(exc, f"{what} on table {self.table_name}") from exc
+        return True
+
+    def list_decisions(self, document_id: str) -> list[ReviewDecision]:
+        items = self._query_prefix(document_id, DECISION_PREFIX)
+        return [ReviewDecision.model_validate(i) for i in items]  # sk order: decision_id, time order
+
+    @staticmethod
+    def _queue_filter(predicted_class: str | None, code: str | None) -> dict[str, Any]:
+        condition = None
+        for attr, value in (("predicted_class", predicted_class), ("code", code)):
+            if value is not None:
+                term = Attr(attr).eq(value)
+                condition = term if condition is None else condition & term
+        return {} if condition is None else {"FilterExpression": condition}
+
+    def list_review_queue(
+        self, predicted_class: str | None = None, code: str | None = None, limit: int = 50, cursor: str | None = None
+    ) -> tuple[list[DocumentRecord], str | None]:
+        """Oldest first: the NEEDS_REVIEW partition of the by-status index read forwards from the cursor (the
+        index sort key of the last document returned), filtered; a page reads until it has ``limit + 1``."""
+        if limit < 1:
+            raise ValueError(f"limit must be positive, got {limit}")
+        condition = Key("gsi1pk").eq(Status.NEEDS_REVIEW.value)
+        if cursor:
+            condition &= Key("gsi1sk").gt(self._cursor_key(cursor))
+        kwargs: dict[str, Any] = {
+            "IndexName": STATUS_INDEX,
+            "KeyConditionExpression": condition,
+            "ScanIndexForward": True,
+            **self._queue_filter(predicted_class, code),
+        }
+        items: list[dict[str, Any]] = []
+        while len(items) <= limit:
+            resp = self._call("list review queue", self._table.query, Limit=max(limit + 1 - len(items), 25), **kwargs)
+            items += resp.get("Items", [])
+            if "LastEvaluatedKey" not in resp:
+                break
+            kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+        page = items[:limit]
+        next_cursor = str(page[-1]["gsi1sk"]) if len(items) > limit else None
+        return [DocumentRecord.model_validate(i) for i in page], next_cursor
+
+    def count_review_queue(self, predicted_class: str | None = None, code: str | None = None) -> int:
+        kwargs: dict[str, Any] = {
+            "IndexName": STATUS_INDEX,
+            "KeyConditionExpression": Key("gsi1pk").eq(Status.NEEDS_REVIEW.value),
+            "Select": "COUNT",
+            **self._queue_filter(predicted_class, code),
+        }
+        total = 0
+        while True:
+            resp = self._call("count review queue", self._table.query, **kwargs)
+            total += int(resp.get("Count", 0))
+            if "LastEvaluatedKey" not in resp:
+                return total
+            kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
 
     def get_document(self, document_id: str) -> DocumentRecord | None:
         resp = self._call(

@@ -14,8 +14,9 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
 from docflow.errors import ConfigurationError
+from docflow.models import Status
 from docflow.ports import BlobNotFoundError, BlobStore, RecordStore
-from docflow.records import DocumentRecord, PredictionRecord, UploadRecord
+from docflow.records import DocumentRecord, PredictionRecord, ReviewDecision, UploadRecord
 
 
 class LocalBlobStore(BlobStore):
@@ -117,6 +118,12 @@ CREATE TABLE IF NOT EXISTS predictions (
     data TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS predictions_by_document ON predictions (document_id, id);
+CREATE TABLE IF NOT EXISTS decisions (
+    document_id TEXT NOT NULL,
+    decision_id TEXT NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (document_id, decision_id)
+);
 CREATE TABLE IF NOT EXISTS counters (
     name TEXT PRIMARY KEY,
     n INTEGER NOT NULL
@@ -175,7 +182,15 @@ class SqliteRecordStore(RecordStore):
         )
         return None if cur.rowcount == 1 else self.get_document(record.document_id)
 
-    def put_document(self, record: DocumentRecord, *, keep_label: bool = False) -> None:
+    def put_document(self, record: DocumentRecord, *, keep_label: bool = False, if_status: str | None = None) -> bool:
+        row = (record.document_id, record.status, record.updated_at.isoformat(), record.model_dump_json())
+        data = _KEEP_LABEL.format(new="?", old="data") if keep_label else "?"
+        if if_status is not None:
+            cur = self._connect().execute(
+                f"UPDATE documents SET status = ?, updated_at = ?, data = {data} WHERE document_id = ? AND status = ?",
+                (row[1], row[2], row[3], *([row[3]] if keep_label else []), row[0], if_status),
+            )
+            return cur.rowcount == 1
         sql = "INSERT OR REPLACE INTO documents (document_id, status, updated_at, data) VALUES (?, ?, ?, ?)"
         if keep_label:
             sql = (
@@ -183,24 +198,117 @@ class SqliteRecordStore(RecordStore):
                 "ON CONFLICT (document_id) DO UPDATE SET status = excluded.status, updated_at = excluded.updated_at, "
                 f"data = {_KEEP_LABEL.format(new='excluded.data', old='documents.data')}"
             )
-        self._connect().execute(
-            sql, (record.document_id, record.status, record.updated_at.isoformat(), record.model_dump_json())
-        )
+        self._connect().execute(sql, row)
+        return True
 
-    def set_label(self, document_id: str, label: str, updated_at: datetime) -> DocumentRecord | None:
-        # Read, change and write under the write lock: no other writer can come in between.
+    def decide(self, decision: ReviewDecision) -> DocumentRecord | None:
         with self._transaction() as conn:
-            row = conn.execute("SELECT data FROM documents WHERE document_id = ?", (document_id,)).fetchone()
-            if row is None:
-                return None
-            record = DocumentRecord.model_validate_json(row[0]).model_copy(
-                update={"label": label, "updated_at": updated_at}
+            record = self._changed(
+                conn,
+                decision.document_id,
+                expect=(decision.previous_status, decision.previous_label),
+                to=(decision.status, decision.label, decision.decided_at),
             )
-            conn.execute(
-                "UPDATE documents SET updated_at = ?, data = ? WHERE document_id = ?",
-                (record.updated_at.isoformat(), record.model_dump_json(), document_id),
-            )
+            if record is not None:
+                conn.execute(
+                    "INSERT INTO decisions (document_id, decision_id, data) VALUES (?, ?, ?)",
+                    (decision.document_id, decision.decision_id, decision.model_dump_json()),
+                )
         return record
+
+    def undo_decision(self, decision: ReviewDecision, undone_at: datetime) -> DocumentRecord | None:
+        with self._transaction() as conn:
+            row = conn.execute(
+                "SELECT data FROM decisions WHERE document_id = ? AND decision_id = ?",
+                (decision.document_id, decision.decision_id),
+            ).fetchone()
+            if row is None or ReviewDecision.model_validate_json(row[0]).undone_at is not None:
+                return None
+            record = self._changed(
+                conn,
+                decision.document_id,
+                expect=(decision.status, decision.label),
+                to=(decision.previous_status, decision.previous_label, decision.previous_updated_at),
+            )
+            if record is not None:
+                conn.execute(
+                    "UPDATE decisions SET data = ? WHERE document_id = ? AND decision_id = ?",
+                    (
+                        decision.model_copy(update={"undone_at": undone_at}).model_dump_json(),
+                        decision.document_id,
+                        decision.decision_id,
+                    ),
+                )
+        return record
+
+    @staticmethod
+    def _changed(
+        conn: sqlite3.Connection,
+        document_id: str,
+        expect: tuple[Status, str | None],
+        to: tuple[Status, str | None, datetime],
+    ) -> DocumentRecord | None:
+        """Within a transaction: the document's status, label and updated_at set to ``to`` where they are
+        ``expect`` now; the record as written, or None."""
+        row = conn.execute("SELECT data FROM documents WHERE document_id = ?", (document_id,)).fetchone()
+        if row is None:
+            return None
+        record = DocumentRecord.model_validate_json(row[0])
+        if (record.status, record.label) != expect:
+            return None
+        status, label, updated_at = to
+        record = record.model_copy(update={"status": status, "label": label, "updated_at": updated_at})
+        conn.execute(
+            "UPDATE documents SET status = ?, updated_at = ?, data = ? WHERE document_id = ?",
+            (record.status, record.updated_at.isoformat(), record.model_dump_json(), document_id),
+        )
+        return record
+
+    def list_decisions(self, document_id: str) -> list[ReviewDecision]:
+        rows = (
+            self._connect()
+            .execute("SELECT data FROM decisions WHERE document_id = ? ORDER BY decision_id", (document_id,))
+            .fetchall()
+        )
+        return [ReviewDecision.model_validate_json(r[0]) for r in rows]
+
+    @staticmethod
+    def _queue_filter(predicted_class: str | None, code: str | None) -> tuple[str, list[object]]:
+        where: list[str] = ["status = ?"]
+        args: list[object] = [Status.NEEDS_REVIEW.value]
+        if predicted_class is not None:
+            where.append("json_extract(data, '$.predicted_class') = ?")
+            args.append(predicted_class)
+        if code is not None:
+            where.append("json_extract(data, '$.code') = ?")
+            args.append(code)
+        return " AND ".join(where), args
+
+    def list_review_queue(
+        self, predicted_class: str | None = None, code: str | None = None, limit: int = 50, cursor: str | None = None
+    ) -> tuple[list[DocumentRecord], str | None]:
+        # Cursor = the last (updated_at, document_id) seen, oldest first (documents_by_status).
+        where, args = self._queue_filter(predicted_class, code)
+        if cursor:
+            updated_at, _, document_id = cursor.partition("|")
+            where += " AND (updated_at, document_id) > (?, ?)"
+            args += [updated_at, document_id]
+        rows = (
+            self._connect()
+            .execute(
+                f"SELECT data, updated_at, document_id FROM documents WHERE {where} "
+                "ORDER BY updated_at, document_id LIMIT ?",
+                [*args, limit + 1],
+            )
+            .fetchall()
+        )
+        records = [DocumentRecord.model_validate_json(r[0]) for r in rows[:limit]]
+        next_cursor = f"{rows[limit - 1][1]}|{rows[limit - 1][2]}" if len(rows) > limit else None
+        return records, next_cursor
+
+    def count_review_queue(self, predicted_class: str | None = None, code: str | None = None) -> int:
+        where, args = self._queue_filter(predicted_class, code)
+        return int(self._connect().execute(f"SELECT COUNT(*) FROM documents WHERE {where}", args).fetchone()[0])
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:

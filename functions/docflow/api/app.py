@@ -13,7 +13,7 @@ from fastapi import Depends, FastAPI
 from starlette.types import Scope
 
 from docflow import __version__
-from docflow.api import errors, routes
+from docflow.api import errors, review_routes, routes
 from docflow.api.config import ApiSettings, get_api_settings
 from docflow.api.metrics import RequestMetricsMiddleware
 from docflow.api.middleware import RequestContextMiddleware
@@ -25,7 +25,8 @@ DESCRIPTION = """Classify documents (scans, photos, PDFs) by type.
 
 Upload with `POST /documents` (small files) or `POST /documents/upload-url` (large ones), then poll
 `GET /documents/{document_id}` until `terminal` is true. `POST /predict/text` and `POST /upload-and-predict`
-answer synchronously. Every endpoint but `/health` needs the API key in the `x-api-key` header.
+answer synchronously. Documents the model is not sure of wait for a person at `/review` (a web page) or
+`GET /review/queue`. Every endpoint but `/health` needs the API key in the `x-api-key` header.
 Errors are JSON: `{"error": <code>, "detail": <text>}`.
 """
 
@@ -82,7 +83,9 @@ def create_app(
 
     errors.install(app)
     app.include_router(routes.public)
+    app.include_router(review_routes.page)
     app.include_router(routes.protected, dependencies=[Depends(require_api_key)])
+    app.include_router(review_routes.protected, dependencies=[Depends(require_api_key)])
     app.add_middleware(RequestContextMiddleware, body_limit=body_limit)
     # Outermost (added last): it times every answer, the body-limit 413s included.
     app.add_middleware(RequestMetricsMiddleware)

@@ -11,7 +11,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, Response, UploadFile
 
-from docflow.api import service
+from docflow.api import review, service
 from docflow.api.config import ApiSettings
 from docflow.api.errors import ApiError, responses
 from docflow.api.schemas import (
@@ -40,6 +40,15 @@ OCR_LANGUAGE_PATTERN = r"^[A-Za-z0-9_]+([+,][A-Za-z0-9_]+)*$"
 
 
 # -- dependencies: what every route gets from the app (never from the environment directly) ----------------
+
+
+def api_key_id(request: Request) -> str | None:
+    """The id (never the value) of the API Gateway key the request came with; None off AWS."""
+    event = request.scope.get("aws.event")
+    context = event.get("requestContext") if isinstance(event, dict) else None
+    identity = context.get("identity") if isinstance(context, dict) else None
+    key_id = identity.get("apiKeyId") if isinstance(identity, dict) else None
+    return key_id if isinstance(key_id, str) and key_id else None
 
 
 def context(request: Request) -> StepContext:
@@ -230,7 +239,7 @@ def get_document(document_id: DocId, ctx: Ctx) -> DocumentResponse:
 )
 def get_predictions(document_id: DocId, ctx: Ctx) -> PredictionHistory:
     """Every prediction made for this document, oldest first."""
-    return service.prediction_history(ctx, document_id)
+    return review.history(ctx, document_id)
 
 
 @protected.get(
@@ -242,7 +251,7 @@ def get_predictions(document_id: DocId, ctx: Ctx) -> PredictionHistory:
 )
 def get_prediction_history(document_id: DocId, ctx: Ctx) -> PredictionHistory:
     """The seed's path for GET /documents/{document_id}/predictions."""
-    return service.prediction_history(ctx, document_id)
+    return review.history(ctx, document_id)
 
 
 @protected.post("/predict/text", response_model=PredictionResponse, tags=["predictions"], responses=responses())
@@ -301,11 +310,14 @@ def predict_document(
     "/documents/{document_id}/label",
     response_model=DocumentResponse,
     tags=["documents"],
-    responses=responses(404),
+    responses=responses(404, 409),
 )
-def set_label(document_id: DocId, body: LabelRequest, ctx: Ctx) -> DocumentResponse:
-    """A person's correct class for the document (feedback for retraining); one of GET /model's classes."""
-    return service.set_label(ctx, document_id, body.label)
+def set_label(document_id: DocId, body: LabelRequest, ctx: Ctx, request: Request) -> DocumentResponse:
+    """A person's correct class for the document (feedback for retraining): one of GET /model's classes, or
+    out_of_scope. The same decision as the review page's: a NEEDS_REVIEW document leaves the queue (REVIEWED),
+    and the decision joins its history (GET /documents/{id}/predictions)."""
+    decided = review.decide(ctx, document_id, body.label, body.reviewer or "api", api_key_id(request))
+    return decided.document
 
 
 @protected.get("/model", response_model=ModelInfo, tags=["service"], responses=responses())

@@ -109,6 +109,9 @@ class DocumentResponse(BaseModel):
     ocr_confidence: float | None = None
     prediction: DocumentPrediction | None = None
     label: str | None = None
+    rescored_from: str | None = Field(
+        default=None, description="the model version that had queued it, when a later champion re-scored it"
+    )
     timings: dict[str, float] = Field(default_factory=dict)
     created_at: datetime | None = None
     updated_at: datetime | None = None
@@ -172,15 +175,37 @@ class PredictionHistoryItem(BaseModel):
     created_at: datetime
 
 
+class DecisionInfo(BaseModel):
+    """A person's decision beside the model's suggestion at the time."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    decision_id: str
+    label: str
+    reviewer: str
+    api_key_id: str | None = None
+    decided_at: datetime
+    predicted_class: str | None = None
+    confidence_score: float | None = None
+    model_version: str | None = None
+    previous_status: Status
+    status: Status
+    undone_at: datetime | None = None
+
+
 class PredictionHistory(BaseModel):
     document_id: str
     predictions: list[PredictionHistoryItem]
+    decisions: list[DecisionInfo] = Field(
+        default_factory=list, description="people's decisions (review page, label), oldest first, undone ones too"
+    )
 
 
 class LabelRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     label: str = Field(min_length=1, max_length=100, description="one of the model's classes (GET /model)")
+    reviewer: str | None = Field(default=None, min_length=1, max_length=64, description="who decides; default: api")
 
 
 class ClassMetrics(BaseModel):
@@ -223,3 +248,68 @@ class ModelInfo(BaseModel):
     created_at: datetime | None = None
     metrics: ModelMetrics | None = None
     scan_head: ScanHeadInfo | None = None
+
+
+# -- the review queue ---------------------------------------------------------------------------------------
+
+
+class ReviewQueueItem(BaseModel):
+    """A NEEDS_REVIEW document as the review page lists it."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    document_id: str
+    file_name: str = Field(description="the last part of the first upload's name")
+    media_type: str | None = None
+    pages: int | None = None
+    text_source: str | None = None
+    ocr_confidence: float | None = None
+    predicted_class: str | None = None
+    confidence_score: float | None = None
+    all_scores: dict[str, float] | None = None
+    code: str | None = Field(default=None, description="why it is here: LOW_CONFIDENCE, OUT_OF_SCOPE or NO_TEXT")
+    reason: str | None = None
+    model_version: str | None = None
+    queued_at: datetime = Field(description="when it entered the queue (its last update)")
+
+
+class ReviewQueuePage(BaseModel):
+    total: int = Field(description="documents waiting with these filters, over all pages")
+    items: list[ReviewQueueItem]
+    next_cursor: str | None = None
+
+
+class DocumentTextPage(BaseModel):
+    page: int
+    text: str
+    source: str
+    confidence: float | None = None
+
+
+class DocumentText(BaseModel):
+    document_id: str
+    pages: list[DocumentTextPage]
+
+
+class DecisionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    label: str = Field(
+        min_length=1,
+        max_length=100,
+        description="one of GET /model's classes, or out_of_scope: none of them",
+    )
+    reviewer: str = Field(min_length=1, max_length=64, description="who decides (the review page asks once)")
+
+    @field_validator("reviewer")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        value = value.strip()
+        if not value or not value.isprintable():
+            raise ValueError("reviewer must be a printable name")
+        return value
+
+
+class DecisionResponse(BaseModel):
+    decision: DecisionInfo
+    document: DocumentResponse

@@ -32,8 +32,6 @@ from docflow.api.schemas import (
     HealthResponse,
     ModelInfo,
     ModelMetrics,
-    PredictionHistory,
-    PredictionHistoryItem,
     PredictionResponse,
     ScanHeadInfo,
     StoresHealth,
@@ -46,8 +44,7 @@ from docflow.api.uploads import UploadGrant, new_upload_key, safe_file_name, sig
 from docflow.api.worker import PendingUpload, QueueFullError, StoppingError, Submitter
 from docflow.context import StepContext
 from docflow.errors import DocflowError, TransientError
-from docflow.models import Prediction, RejectionCode, Status, utcnow
-from docflow.pipeline.state import DocumentRef, PipelineState
+from docflow.models import Prediction, RejectionCode, Status
 from docflow.records import DocumentRecord, UploadRecord
 
 if TYPE_CHECKING:
@@ -171,7 +168,7 @@ def _reachable(probe: Any) -> bool:
 # -- documents ------------------------------------------------------------------------------------------------
 
 
-def _document_response(record: DocumentRecord, uploads: list[UploadRecord] | None) -> DocumentResponse:
+def document_response(record: DocumentRecord, uploads: list[UploadRecord] | None) -> DocumentResponse:
     prediction = None
     if record.predicted_class is not None and record.confidence is not None:
         prediction = DocumentPrediction(
@@ -196,6 +193,7 @@ def _document_response(record: DocumentRecord, uploads: list[UploadRecord] | Non
         ocr_confidence=record.ocr_confidence,
         prediction=prediction,
         label=record.label,
+        rescored_from=record.rescored_from,
         timings=record.timings,
         created_at=record.created_at,
         updated_at=record.updated_at,
@@ -224,7 +222,7 @@ def get_document(ctx: StepContext, document_id: str) -> DocumentResponse:
     record = ctx.records.get_document(document_id)
     uploads = ctx.records.list_uploads(document_id)
     if record is not None:
-        response = _document_response(record, uploads)
+        response = document_response(record, uploads)
         if record.status is Status.FAILED and any(u.status is Status.RECEIVED for u in uploads):
             # Sent again (the user's retry) and not picked up yet: the failure on record is about to be
             # replaced, so a client polling for a terminal status must keep polling.
@@ -244,12 +242,12 @@ def get_document(ctx: StepContext, document_id: str) -> DocumentResponse:
     )
 
 
-def _encode_cursor(raw: str | None) -> str | None:
+def encode_cursor(raw: str | None) -> str | None:
     # Opaque to clients: the store's own cursor (SQLite: time|id; DynamoDB: a start key) wrapped and encoded.
     return base64.urlsafe_b64encode(json.dumps({"c": raw}).encode()).decode().rstrip("=") if raw else None
 
 
-def _decode_cursor(cursor: str | None) -> str | None:
+def decode_cursor(cursor: str | None) -> str | None:
     if not cursor:
         return None
     try:
@@ -272,7 +270,7 @@ _UPLOAD_ONLY = {
 def list_documents(ctx: StepContext, status: Status | None, limit: int, cursor: str | None) -> DocumentPage:
     if status in _UPLOAD_ONLY:
         raise ApiError(422, "invalid_status", f"no document is listed as {status}: {_UPLOAD_ONLY[status]}")
-    raw = _decode_cursor(cursor)
+    raw = decode_cursor(cursor)
     try:
         records, next_raw = ctx.records.list_documents(status=status.value if status else None, limit=limit, cursor=raw)
     except TransientError:
@@ -282,83 +280,40 @@ def list_documents(ctx: StepContext, status: Status | None, limit: int, cursor: 
             raise
         # A tampered cursor reaches the store as a malformed start key; that is the client's error.
         raise ApiError(422, "invalid_cursor", "cursor is not one this API returned") from exc
-    return DocumentPage(items=[_document_response(r, None) for r in records], next_cursor=_encode_cursor(next_raw))
-
-
-def prediction_history(ctx: StepContext, document_id: str) -> PredictionHistory:
-    predictions = ctx.records.list_predictions(document_id)
-    if not predictions and ctx.records.get_document(document_id) is None:
-        raise _not_found(document_id)
-    return PredictionHistory(
-        document_id=document_id,
-        predictions=[
-            PredictionHistoryItem(
-                predicted_class=p.predicted_class,
-                confidence_score=p.confidence,
-                model_name=p.model_name,
-                model_version=p.model_version,
-                all_scores=p.scores,
-                created_at=p.created_at,
-            )
-            for p in sorted(predictions, key=lambda p: p.created_at)
-        ],
-    )
-
-
-def set_label(ctx: StepContext, document_id: str, label: str) -> DocumentResponse:
-    record = _require_record(ctx, document_id)
-    classes = classifier(ctx).labels
-    if label not in classes:
-        raise ApiError(422, "unknown_label", f"label {label!r} is not one of the model's classes: {', '.join(classes)}")
-    # The label alone, atomically: the model's load above takes seconds, and a write of the whole record read
-    # before it would put back a status the pipeline has moved on from meanwhile.
-    updated = ctx.records.set_label(document_id, label, utcnow())
-    if updated is None:
-        raise _not_found(document_id)
-    if record.label != label:  # a new training example: counted towards retraining (docflow/retrain.py)
-        from docflow.retrain import label_added
-
-        label_added(ctx.settings, ctx.records)
-    return _document_response(updated, None)
+    return DocumentPage(items=[document_response(r, None) for r in records], next_cursor=encode_cursor(next_raw))
 
 
 def repredict_document(ctx: StepContext, document_id: str, all_scores: bool) -> DocumentPredictionResponse:
-    """Classify a stored document's extracted text again with the current champion, through the pipeline's
-    own classify step (same review rule, same records: history, result file, document)."""
-    from docflow.pipeline.steps import classify_step, text_key
+    """Classify a stored document's extracted text again with the current champion, under the pipeline's
+    review rule, recorded in its history (docflow.pipeline.rescore.score_again). A document a person decided
+    keeps their decision."""
+    from docflow.pipeline.rescore import score_again
+    from docflow.ports import BlobNotFoundError
 
     record = _require_record(ctx, document_id)
-    if record.status not in (Status.CLASSIFIED, Status.NEEDS_REVIEW):
+    if record.status not in (Status.CLASSIFIED, Status.NEEDS_REVIEW, Status.REVIEWED):
         raise ApiError(
             409,
             "not_classifiable",
             f"document {document_id} is {record.status}: only documents whose text was "
-            "extracted (CLASSIFIED or NEEDS_REVIEW) can be classified again",
+            "extracted (CLASSIFIED, NEEDS_REVIEW or REVIEWED) can be classified again",
         )
-    key = text_key(document_id)
-    if not ctx.blobs.exists(key):
-        raise ApiError(409, "text_missing", f"the extracted text of document {document_id} is no longer stored")
-    classifier(ctx)  # a missing model is a 503 here, not a pipeline failure
-    state = PipelineState(
-        ref=DocumentRef(key=record.blob_key or key, source=record.source, version_id=record.version_id),
-        document_id=document_id,
-        status=record.status,
-        media_type=record.media_type,
-        size_bytes=record.size_bytes,
-        pages=record.pages,
-        text_key=key,
-        text_source=record.text_source,
-        ocr_confidence=record.ocr_confidence,
-        timings=record.timings,
-    )
-    result = classify_step(state, ctx)
-    assert result.prediction is not None
+    model = classifier(ctx)  # a missing model is a 503 here, not a failure
+    try:
+        rescored = score_again(ctx, record)
+    except BlobNotFoundError:
+        raise ApiError(
+            409, "text_missing", f"the extracted text of document {document_id} is no longer stored"
+        ) from None
+    if rescored is None:
+        raise ApiError(409, "conflict", f"document {document_id} changed while it was classified; try again")
+    prediction, updated = rescored.prediction, rescored.record
+    confident = model.review(prediction, ctx.settings.review_threshold) is None
     return DocumentPredictionResponse(
-        # classify_step has decided: CLASSIFIED is confident (empty text is NEEDS_REVIEW whatever its score)
-        **_prediction_response(result.prediction, result.status is Status.CLASSIFIED, all_scores),
+        **_prediction_response(prediction, confident, all_scores),
         document_id=document_id,
-        status=result.status,
-        reason=result.reason,
+        status=updated.status,
+        reason=updated.reason,
     )
 
 

@@ -1,0 +1,110 @@
+"""A page of a document as a small image for a person to look at (the review page): PDF pages rendered by
+PDFium, image frames (a TIFF's pages) decoded by Pillow, upright by their EXIF orientation, at most
+PREVIEW_SIDE pixels on their longer side. Bilevel and grey scans come out as PNG (small, sharp text), colour
+as JPEG. Only documents Validate accepted reach here, so their pixel counts are already bounded.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from typing import TYPE_CHECKING
+
+from docflow.models import MediaType, ValidationLimits
+
+if TYPE_CHECKING:  # Pillow and PDFium are imported when a preview is drawn, not when the API starts
+    from PIL import Image
+
+PREVIEW_SIDE = 1400
+_EXIF_ORIENTATION = 0x0112
+
+
+class PreviewError(Exception):
+    """The page cannot be shown (it does not exist, or the file cannot be decoded)."""
+
+
+def render_preview(
+    data: bytes, media_type: MediaType, page: int, limits: ValidationLimits, side: int = PREVIEW_SIDE
+) -> tuple[bytes, str]:
+    """Page ``page`` (1-based) of the document as (image bytes, media type)."""
+    from PIL import Image
+
+    if media_type is MediaType.PDF:
+        image = _pdf_page(data, page, side)
+    else:
+        image = _image_frame(data, media_type, page, side, limits)
+    with image:
+        image.thumbnail((side, side), Image.Resampling.LANCZOS)
+        out = io.BytesIO()
+        if image.mode in ("1", "L", "LA", "P"):
+            image.convert("L").save(out, format="PNG", optimize=False, compress_level=6)
+            return out.getvalue(), "image/png"
+        image.convert("RGB").save(out, format="JPEG", quality=85)
+        return out.getvalue(), "image/jpeg"
+
+
+def _pdf_page(data: bytes, page: int, side: int) -> Image.Image:
+    import pypdfium2 as pdfium
+
+    try:
+        pdf = pdfium.PdfDocument(data)
+    except pdfium.PdfiumError as exc:
+        raise PreviewError(f"cannot open the PDF: {exc}") from exc
+    try:
+        if not 1 <= page <= len(pdf):
+            raise PreviewError(f"the PDF has {len(pdf)} page(s), not page {page}")
+        pdf_page = pdf[page - 1]
+        try:
+            width, height = pdf_page.get_size()
+            scale = side / max(width, height, 1.0)
+            bitmap = pdf_page.render(scale=scale)
+            try:
+                return bitmap.to_pil().copy()  # the copy outlives the bitmap's buffer
+            finally:
+                bitmap.close()
+        finally:
+            pdf_page.close()
+    finally:
+        pdf.close()
+
+
+def _image_frame(data: bytes, media_type: MediaType, page: int, side: int, limits: ValidationLimits) -> Image.Image:
+    from PIL import Image
+
+    errors = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+    try:
+        source = Image.open(io.BytesIO(data))
+    except errors as exc:
+        raise PreviewError(f"cannot open the image: {exc}") from exc
+    with source:
+        frames = 1 if media_type is MediaType.JPEG else getattr(source, "n_frames", 1)
+        if not 1 <= page <= frames:
+            raise PreviewError(f"the image has {frames} page(s), not page {page}")
+        try:
+            source.seek(page - 1)
+            if source.width * source.height > limits.max_pixels_per_page:
+                raise PreviewError("the page is larger than this deployment accepts")
+            if media_type is MediaType.JPEG:
+                source.draft("RGB" if source.mode != "L" else "L", (side, side))  # decode at 1/2..1/8 size
+            factor = math.floor(max(source.width, source.height) / (2 * side))
+            frame = source.reduce(factor) if factor >= 2 else source.copy()
+            return _orient(frame, source.getexif().get(_EXIF_ORIENTATION, 1))  # upright, as a phone shot it
+        except PreviewError:
+            raise
+        except errors as exc:
+            raise PreviewError(f"cannot decode page {page}: {exc}") from exc
+
+
+def _orient(image: Image.Image, orientation: int) -> Image.Image:
+    from PIL import Image
+
+    transpose = {
+        2: Image.Transpose.FLIP_LEFT_RIGHT,
+        3: Image.Transpose.ROTATE_180,
+        4: Image.Transpose.FLIP_TOP_BOTTOM,
+        5: Image.Transpose.TRANSPOSE,
+        6: Image.Transpose.ROTATE_270,
+        7: Image.Transpose.TRANSVERSE,
+        8: Image.Transpose.ROTATE_90,
+    }.get(orientation)
+    return image.transpose(transpose) if transpose is not None else image
