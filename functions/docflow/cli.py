@@ -380,6 +380,9 @@ def train(
         err.print(f"  - {reason}")
     if result.published:
         err.print(f"champion v{result.version} published to {result.published['to']}")
+        from docflow.cli_model import rescore_review_queue
+
+        rescore_review_queue(settings)
     if result.model_dir:
         err.print(f"Model written to {result.model_dir}")
     summary = {

@@ -243,6 +243,8 @@ def promote(
     with _after_publish(registry, version, publish):
         previous = registry.promote(version, reason="manual")
     err.print(f"{registry.name} v{version} is the champion" + (f" (was v{previous})." if previous else "."))
+    if publish:
+        rescore_review_queue(settings)
 
 
 @model_app.command()
@@ -266,6 +268,43 @@ def rollback(
     with _after_publish(registry, previous, publish):
         registry.rollback()
     err.print(f"{registry.name}: champion rolled back from v{current} to v{previous}.")
+    if publish:
+        rescore_review_queue(settings)
+
+
+def rescore_review_queue(settings: Settings) -> None:
+    """After a new champion is published: the documents waiting for a person are scored again by it, from
+    their stored text (docflow.pipeline.rescore), with a progress bar. Best effort: the champion is serving
+    either way, so a failure here is a warning, and `POST /predict/document/{id}` or the next promotion
+    tries again."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from docflow.context import build_context
+    from docflow.pipeline.rescore import rescore_queue
+
+    try:
+        ctx = build_context(settings)
+        waiting = ctx.records.count_review_queue()
+        if waiting == 0:
+            return
+        with Progress(
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err,
+            disable=not err.is_terminal,
+        ) as bar:
+            task = bar.add_task("re-scoring the review queue", total=waiting)
+            report = rescore_queue(ctx, progress=lambda r: bar.update(task, completed=r.scanned))
+    except Exception as exc:  # the new champion serves whatever happens here
+        err.print(f"[yellow]The review queue was not re-scored: {escape(str(exc))}[/yellow]")
+        return
+    skipped = "".join(f", {n} skipped ({reason})" for reason, n in report.skipped.items())
+    err.print(
+        f"review queue re-scored by {report.model_version}: {report.scanned} looked at, {report.settled} now "
+        f"CLASSIFIED and out of the queue, {report.still_queued} still waiting{skipped}"
+    )
 
 
 @contextmanager

@@ -202,9 +202,25 @@ def test_model_commands_list_promote_and_roll_back(loop: Loop) -> None:
     table = runner.invoke(model_app, ["list", *home])
     assert table.exit_code == 0 and "refused" in table.stdout
 
+    # Given a document waiting for a person, queued by an older model
+    records, blobs = SqliteRecordStore(loop.home / "docflow.sqlite3"), LocalBlobStore(loop.home / "blobs")
+    waiting = "e" * 64
+    records.put_document(
+        DocumentRecord(
+            document_id=waiting, status=Status.NEEDS_REVIEW, source="up", model_version="0", code="LOW_CONFIDENCE"
+        )
+    )
+    page = PageText(page=1, text=FEEDBACK_TEXT, source="ocr", confidence=88.0, words=14, seconds=0.1)
+    blobs.put(f"text/{waiting}.json", ExtractionResult(pages=[page]).model_dump_json().encode())
+
     # An operator overrides the gate: v2 becomes the champion and is published
     promoted = runner.invoke(model_app, ["promote", "2", *home])
     assert promoted.exit_code == 0, promoted.output
+    # And the review queue is scored again by it, from the stored text: the record keeps both versions
+    assert "review queue re-scored by 2" in promoted.output
+    rescored = records.get_document(waiting)
+    assert rescored is not None and (rescored.model_version, rescored.rescored_from) == ("2", "0")
+    assert [p.model_version for p in records.list_predictions(waiting)] == ["2"]
     assert json.loads((loop.home / "models" / "champion.json").read_text())["version"] == 2
     assert (
         json.loads((loop.home / "models" / "docflow-classifier" / "v2" / "config.json").read_text())["version"] == "2"

@@ -8,79 +8,25 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
-from docflow.api.app import create_app
-from docflow.api.config import get_api_settings
 from docflow.api.uploads import UploadGrant, safe_file_name, sign_grant, verify_grant
 from docflow.api.worker import LocalWorkers, PendingUpload
 from docflow.context import build_context, get_context
 from docflow.models import Status
 from docflow.records import DocumentRecord, UploadRecord
 from docflow.samples import LETTER, MEMO, render_page, text_pdf
-from docflow.settings import Settings, get_settings
+from docflow.settings import Settings
 
 pytestmark = pytest.mark.unit
 
-CORPUS = Path(__file__).resolve().parents[1] / "fixtures" / "corpus"
 KEY = "test-key-0123456789"
 RESUME = "CURRICULUM VITAE\nEducation: B.Sc. Chemistry\nExperience: research assistant, 1988-1992\nReferences available"
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.getbasetemp() / "api-tiny-model"
-    if not (out / "model.onnx").is_file():
-        from docflow_training.train import TrainConfig, train_model
-
-        config = TrainConfig(seed=7, vocab_size=400, c_grid=(1.0, 10.0), cv_folds=3, holdout_fraction=0.25)
-        train_model(CORPUS, out, config)
-    return out
-
-
-@pytest.fixture
-def api_env(docflow_home: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    monkeypatch.setenv("DOCFLOW_MODEL_DIR", str(tiny_model))
-    for var in ("DOCFLOW_API_KEY", "DOCFLOW_API_MAX_UPLOAD_BYTES", "DOCFLOW_API_SYNC_MAX_PAGES"):
-        monkeypatch.delenv(var, raising=False)
-    _clear_caches()
-    yield docflow_home
-    _clear_caches()
-
-
-def _clear_caches() -> None:
-    get_settings.cache_clear()
-    get_context.cache_clear()
-    get_api_settings.cache_clear()
-
-
-@pytest.fixture
-def make_client(api_env: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., TestClient]]:
-    """A client on a fresh app; env overrides (DOCFLOW_*) apply to that app."""
-    clients: list[TestClient] = []
-
-    def make(**env: str) -> TestClient:
-        for name, value in env.items():
-            monkeypatch.setenv(name, value)
-        _clear_caches()
-        client = TestClient(create_app(), raise_server_exceptions=False)
-        client.__enter__()
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        client.__exit__(None, None, None)
-
-
-@pytest.fixture
-def client(make_client: Callable[..., TestClient]) -> TestClient:
-    return make_client()
 
 
 def _upload(client: TestClient, data: bytes, name: str = "memo.pdf", mime: str = "application/pdf") -> Any:

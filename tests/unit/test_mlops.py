@@ -24,7 +24,13 @@ from docflow_training.entry import (
     job_config,
     parse_hyperparameters,
 )
-from docflow_training.feedback import TEXT_KEY, FeedbackExample, collect_feedback, write_feedback_corpus
+from docflow_training.feedback import (
+    TEXT_KEY,
+    FeedbackExample,
+    FeedbackSet,
+    collect_feedback,
+    write_feedback_corpus,
+)
 from docflow_training.launch import hyperparameter_args
 from docflow_training.registry import GatePolicy, Scores, decide
 
@@ -211,11 +217,17 @@ def test_feedback_joins_the_class_folder_it_belongs_to(tmp_path: Path) -> None:
     # Given users' labels in canonical class names, one of them a class the corpus lacks
     feedback = tmp_path / "feedback"
     examples = [FeedbackExample(f"doc{i}", "news_article", f"AP news report {i}") for i in range(2)]
-    write_feedback_corpus([*examples, FeedbackExample("doc9", "invoice", "Invoice total due")], feedback)
+    none = FeedbackExample("doc7", "out_of_scope", "a handwritten note that is none of the classes")
+    write_feedback_corpus(
+        FeedbackSet(examples=[*examples, FeedbackExample("doc9", "invoice", "Invoice total due")], out_of_scope=[none]),
+        feedback,
+    )
     # When the corpus is assembled
     corpus, added = assemble_corpus(CORPUS, feedback, tmp_path / "work")
     docs = load_corpus(corpus)
-    # Then news feedback sits in the corpus's own "News" folder (two folders for one class are refused)
+    # Then news feedback sits in the corpus's own "News" folder (two folders for one class are refused), and a
+    # document a person called none of the classes is kept in the job's data but is no class of its own
+    assert (feedback / ".out_of_scope" / "doc7.txt").is_file()
     assert added == 3
     assert sorted(p.name for p in corpus.iterdir()) == ["Email", "News", "Resume", "invoice"]
     assert {d.path for d in docs if d.path.startswith("News/feedback-")} == {
@@ -242,6 +254,7 @@ def test_collect_feedback_reads_labelled_records_and_their_text(tmp_path: Path) 
         "no-text": ("letter", None),
         "empty": ("letter", _extraction("   ")),
         "bad-label": ("../../etc", _extraction("x")),
+        "none-of-these": ("out_of_scope", _extraction("Dear diary")),
     }
     for doc_id, (label, text) in cases.items():
         records.put_document(DocumentRecord(document_id=doc_id, status=Status.NEEDS_REVIEW, source="y", label=label))
@@ -253,10 +266,13 @@ def test_collect_feedback_reads_labelled_records_and_their_text(tmp_path: Path) 
     assert [(e.document_id, e.label, e.text) for e in found.examples] == [
         ("labelled", "memo", "MEMORANDUM To: all staff")
     ]
+    assert [(e.document_id, e.label) for e in found.out_of_scope] == [("none-of-these", "out_of_scope")]
     assert dict(found.skipped) == {"no extracted text": 1, "empty text": 1, "invalid label": 1}
     written = tmp_path / "fb"
-    assert write_feedback_corpus(found.examples, written) == 1
+    assert write_feedback_corpus(found, written) == 1
     assert (written / "memo" / "labelled.txt").read_text() == "MEMORANDUM To: all staff"
+    assert (written / ".out_of_scope" / "none-of-these.txt").read_text() == "Dear diary"
+    assert sorted(p.name for p in written.iterdir()) == [".out_of_scope", "memo"]
 
 
 def test_feedback_reads_text_where_the_pipeline_writes_it() -> None:

@@ -75,7 +75,12 @@ def test_prepare_lays_out_corpus_feedback_and_a_stand_in_for_no_validation_set(s
     assert job.output_path == f"s3://{BUCKET}/training/jobs"
     assert models.get(f"{prefix}feedback/memo/{'a' * 64}.txt") == b"MEMORANDUM to all staff"
     manifest = json.loads(models.get(f"{prefix}feedback/manifest.json"))
-    assert manifest == {"n_feedback": 1, "by_label": {"memo": 1}, "skipped": {"no extracted text": 1}}
+    assert manifest == {
+        "n_feedback": 1,
+        "by_label": {"memo": 1},
+        "n_out_of_scope": 0,
+        "skipped": {"no extracted text": 1},
+    }
     # No external validation set: the channel still exists (SageMaker refuses an empty one), holding only a manifest
     assert job.external_validation is False
     assert job.channels["validation"] == f"s3://{BUCKET}/{prefix}validation/"

@@ -201,7 +201,7 @@ def run_local_job(
             env["SM_CHANNEL_VALIDATION"] = str(channels / "validation")
             names.append("validation")
         if feedback.examples:
-            write_feedback_corpus(feedback.examples, channels / "feedback")
+            write_feedback_corpus(feedback, channels / "feedback")
             env["SM_CHANNEL_FEEDBACK"] = str(channels / "feedback")
             names.append("feedback")
         env["SM_CHANNELS"] = json.dumps(names)
@@ -408,7 +408,7 @@ def launch_sagemaker(
         if validation:
             channels["validation"] = validation
         if feedback.examples:
-            write_feedback_corpus(feedback.examples, Path(tmp) / "feedback")
+            write_feedback_corpus(feedback, Path(tmp) / "feedback")
             channels["feedback"] = str(Path(tmp) / "feedback")
         trainer = ModelTrainer(
             sagemaker_session=session,

@@ -38,7 +38,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from docflow.errors import ConfigurationError, PermanentError
 from docflow.model_source import BUCKET_PREFIX, POINTER_FILE, BlobChampionSource, parse_pointer
 from docflow.ports import BlobNotFoundError, BlobStore, RecordStore
-from docflow_training.feedback import collect_feedback
+from docflow_training.feedback import collect_feedback, feedback_path
 from docflow_training.publish import BlobPublishTarget, publish_dir
 from docflow_training.registry import GateDecision, GatePolicy, compare_on_holdout, read_holdout, read_train_manifest
 from docflow_training.tracking import HOLDOUT_FILE, REGISTERED_MODEL, TRAIN_MANIFEST_FILE
@@ -189,13 +189,18 @@ def prepare_training_data(
         validation_uri = f"{uri}{job_prefix}validation/"
 
     feedback = collect_feedback(records, documents)
-    for example in feedback.examples:
-        key = f"{job_prefix}feedback/{example.label}/{example.document_id}.txt"
+    for example in [*feedback.examples, *feedback.out_of_scope]:
+        key = f"{job_prefix}feedback/{feedback_path(example)}"
         models.put(key, example.text.encode("utf-8"), "text/plain; charset=utf-8")
     _put_json(
         models,
         f"{job_prefix}feedback/{MANIFEST}",
-        {"n_feedback": len(feedback.examples), "by_label": feedback.by_label(), "skipped": dict(feedback.skipped)},
+        {
+            "n_feedback": len(feedback.examples),
+            "by_label": feedback.by_label(),
+            "n_out_of_scope": len(feedback.out_of_scope),
+            "skipped": dict(feedback.skipped),
+        },
     )
     prepared = PreparedJob(
         job_name=job,
