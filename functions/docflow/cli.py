@@ -176,6 +176,11 @@ def _print_table(results: list[DocumentResult]) -> None:
     for r in results:
         counts[r.status] = counts.get(r.status, 0) + 1
     out.print(", ".join(f"{n} {status.lower()}" for status, n in sorted(counts.items())))
+    if counts.get("NEEDS_REVIEW"):
+        err.print(
+            f"{counts['NEEDS_REVIEW']} need a person: run `docflow serve` (same DOCFLOW_HOME) and open "
+            "http://127.0.0.1:8000/review"
+        )
 
 
 def _hyperparameters(pairs: list[str] | None, seed: int, family: str = "linear") -> dict[str, object]:
