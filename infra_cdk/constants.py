@@ -74,6 +74,9 @@ TRAINING_FUNCTIONS: dict[str, FunctionSpec] = {
         "docflow.handlers.training_gate.handler", 3008, 900, ("base", "numpy", "ml", "training")
     ),
     "PublishModel": FunctionSpec("docflow.handlers.training_publish.handler", 1024, 300, ("base", "numpy", "training")),
+    # After Publish: the review queue scored again by the new champion (docflow.pipeline.rescore), Classify's
+    # engine on Classify's layers; it stops between documents before its timeout and the machine calls it again.
+    "RescoreQueue": FunctionSpec("docflow.handlers.rescore_queue.handler", 1024, 900, ("base", "numpy", "ml")),
 }
 TRAINING_PREFIX = "training/"
 TRAINING_CORPUS_PREFIX = "training/corpus/"
@@ -85,6 +88,9 @@ TRAINING_SCHEDULE = "cron(0 3 * * ? *)"
 # Every this many new labels (docflow/retrain.py), the API sends the event that starts a training run.
 RETRAIN_LABEL_THRESHOLD = 100
 TRAINING_TIMEOUT_HOURS = 4  # the whole execution: data preparation, a queued and run training job, the gate
+# At most this many RescoreQueue invocations (each under its 15-minute timeout) per execution: the loop ends
+# within TRAINING_TIMEOUT_HOURS even after an hour-long job; what is left stays queued with its old suggestion.
+RESCORE_MAX_INVOCATIONS = 6
 # The AWS Deep Learning Container the job runs in (launch.py picks the same with the SDK): PyTorch 2.5, Python 3.11.
 TRAINING_IMAGE_ACCOUNT = "763104351884"
 TRAINING_IMAGE_REPOSITORY = "pytorch-training"

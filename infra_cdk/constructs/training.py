@@ -1,6 +1,7 @@
 """The training loop on AWS: a state machine PrepareData (Lambda) → SageMaker createTrainingJob.sync →
-EvaluateAndGate (Lambda) → Promoted? → Publish (Lambda), started daily by an EventBridge schedule and by
-the API's "Labels threshold reached" event (docflow/retrain.py). The steps are docflow_training.loop."""
+EvaluateAndGate (Lambda) → Promoted? → Publish (Lambda) → RescoreQueue (Lambda, looped until the review queue is
+done), started daily by an EventBridge schedule and by the API's "Labels threshold reached" event
+(docflow/retrain.py). The steps are docflow_training.loop, and docflow.pipeline.rescore after Publish."""
 
 from __future__ import annotations
 
@@ -101,7 +102,9 @@ class TrainingLoop(Construct):
         for fn in self.functions.values():
             for name, value in loop_env.items():
                 fn.add_environment(name, value)
-        prepare, gate, publish = (self.functions[n] for n in ("PrepareTrainingData", "EvaluateAndGate", "PublishModel"))
+        prepare, gate, publish, rescore = (
+            self.functions[n] for n in ("PrepareTrainingData", "EvaluateAndGate", "PublishModel", "RescoreQueue")
+        )
         # PrepareData: the users' labels (records + extracted text), the corpus listing, the job's channels.
         table.grant_read_data(prepare)
         docs.grant_read(prepare, f"{c.TEXT_PREFIX}*")
@@ -114,6 +117,12 @@ class TrainingLoop(Construct):
         # Publish: the job's artifacts; writes the version's files, then champion.json.
         models.grant_read(publish, f"{c.TRAINING_JOBS_PREFIX}*")
         models.grant_put(publish, f"{c.MODELS_PREFIX}*")
+        # RescoreQueue: as Classify, from the stored text: the queued records (and their history), the result
+        # files; the champion the pointer names.
+        table.grant_read_write_data(rescore)
+        docs.grant_read(rescore, f"{c.TEXT_PREFIX}*")
+        docs.grant_put(rescore, f"{c.RESULTS_PREFIX}*")
+        models.grant_read(rescore, f"{c.MODELS_PREFIX}*")
 
         # -- the training job ------------------------------------------------------------------------
         self.code = s3_assets.Asset(self, "TrainingCode", path=str(build_code_tarball()))
@@ -249,9 +258,46 @@ class TrainingLoop(Construct):
         )
         refused = sfn.Succeed(self, "Refused by the gate", comment="the champion stays; v{N}/decision.json says why")
         published = sfn.Succeed(self, "Published")
+        # The new champion scores the review queue again, one time-boxed invocation after another (each returns
+        # the cursor the next goes on from), at most RESCORE_MAX_INVOCATIONS times. The model is published by
+        # now: a rescore that fails after the policy's retries is recorded in $.rescore_error, and the run
+        # still succeeds (what it did not reach stays queued with the old model's suggestion).
+        rescore_task = apply_policy(
+            tasks.LambdaInvoke(
+                self,
+                "Rescore review queue",
+                lambda_function=rescore,
+                retry_on_service_exceptions=False,
+                payload_response_only=True,  # $.rescore is the handler's report, cursor included
+                result_path="$.rescore",
+            ),
+            None,
+        )
+        rescore_task.add_catch(
+            sfn.Pass(self, "Rescore failed", comment="the champion is published; $.rescore_error says why").next(
+                published
+            ),
+            errors=list(policy.CATCH_ERRORS),
+            result_path="$.rescore_error",
+        )
+        queue_rescored = (
+            sfn.Choice(self, "Queue rescored?")
+            .when(sfn.Condition.boolean_equals("$.rescore.done", True), published)
+            .when(sfn.Condition.number_less_than("$.rescore.invocations", c.RESCORE_MAX_INVOCATIONS), rescore_task)
+            .otherwise(
+                sfn.Pass(
+                    self,
+                    "Rescore stopped",
+                    comment="the invocations ran out; the rest of the queue keeps the old model's suggestion",
+                ).next(published)
+            )
+        )
         promoted = (
             sfn.Choice(self, "Promoted?")
-            .when(sfn.Condition.boolean_equals("$.decision.promoted", True), publish_task.next(published))
+            .when(
+                sfn.Condition.boolean_equals("$.decision.promoted", True),
+                publish_task.next(rescore_task).next(queue_rescored),
+            )
             .otherwise(refused)
         )
         decision = sfn.Pass(

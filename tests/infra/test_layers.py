@@ -27,7 +27,7 @@ handler = sys.argv[1]
 module = handler.rsplit(".", 1)[0]
 __import__(module)
 out = {"imported": module}
-if "classify" in module or module.endswith(".api"):
+if "classify" in module or "rescore" in module or module.endswith(".api"):
     from docflow.domain.classifier import load_classifier
     from docflow.settings import DEFAULT_MODEL_DIR
     memo = "MEMORANDUM TO: all staff FROM: J. Smith"

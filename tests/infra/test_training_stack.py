@@ -1,5 +1,6 @@
-"""CDK assertions on the training loop (infra_cdk/constructs/training.py): the state machine's four steps, the
-SageMaker task, what starts it, and that every role in it can do its job and nothing more."""
+"""CDK assertions on the training loop (infra_cdk/constructs/training.py): the state machine's four steps and the
+review queue's rescoring after Publish, the SageMaker task, what starts it, and that every role in it can do its
+job and nothing more."""
 
 from __future__ import annotations
 
@@ -79,10 +80,52 @@ def test_four_steps_in_order_with_a_choice_on_the_gate(template: Template) -> No
     assert choice["Type"] == "Choice"
     assert choice["Choices"] == [{"Variable": "$.decision.promoted", "BooleanEquals": True, "Next": "Publish model"}]
     assert choice["Default"] == "Refused by the gate" and states["Refused by the gate"]["Type"] == "Succeed"
-    assert states["Publish model"]["Next"] == "Published"
+    assert states["Publish model"]["Next"] == "Rescore review queue"
     for name in ("Prepare data", "Evaluate and gate", "Publish model"):
         assert states[name]["Resource"].endswith(":states:::lambda:invoke"), name
     assert states["Train model"]["Resource"].endswith(":states:::sagemaker:createTrainingJob.sync")
+    assert states["Published"]["Type"] == "Succeed"
+
+
+def test_after_publish_the_review_queue_is_rescored_in_a_bounded_loop(template: Template) -> None:
+    states = _definition(template)["States"]
+    rescore = states["Rescore review queue"]
+    assert rescore["Type"] == "Task"
+    # The handler's report itself (payload only) is $.rescore: the next invocation's input carries its cursor
+    assert "RescoreQueue" in rescore["Resource"] and "Parameters" not in rescore
+    assert rescore["ResultPath"] == "$.rescore"
+    assert rescore["Next"] == "Queue rescored?"
+    choice = states["Queue rescored?"]
+    assert choice["Type"] == "Choice"
+    assert choice["Choices"] == [
+        {"Variable": "$.rescore.done", "BooleanEquals": True, "Next": "Published"},
+        {
+            "Variable": "$.rescore.invocations",
+            "NumericLessThan": c.RESCORE_MAX_INVOCATIONS,
+            "Next": "Rescore review queue",
+        },
+    ]
+    # Bounded: every step at its longest, the rescore's invocations all used, still ends within the execution's
+    # timeout (a timed-out execution would be a failed run, though its model was published)
+    longest = sum(spec.timeout_s for name, spec in c.TRAINING_FUNCTIONS.items() if name != "RescoreQueue")
+    longest += SageMakerJobConfig().max_run_seconds
+    longest += c.RESCORE_MAX_INVOCATIONS * c.TRAINING_FUNCTIONS["RescoreQueue"].timeout_s
+    assert longest < c.TRAINING_TIMEOUT_HOURS * 3600
+    assert choice["Default"] == "Rescore stopped"
+    assert states["Rescore stopped"]["Type"] == "Pass" and states["Rescore stopped"]["Next"] == "Published"
+    # The model is published by now: a failed rescore is recorded, and the run still succeeds
+    assert rescore["Catch"] == [
+        {"ErrorEquals": list(policy.CATCH_ERRORS), "ResultPath": "$.rescore_error", "Next": "Rescore failed"}
+    ]
+    assert states["Rescore failed"]["Type"] == "Pass" and states["Rescore failed"]["Next"] == "Published"
+    # Only a promoted and published model gets there
+    leading_in = sorted(
+        name
+        for name, state in states.items()
+        if state.get("Next") == "Rescore review queue"
+        or any(ch.get("Next") == "Rescore review queue" for ch in state.get("Choices", []))
+    )
+    assert leading_in == ["Publish model", "Queue rescored?"]
 
 
 def test_retry_and_catch_come_from_the_pipeline_policy(template: Template) -> None:
@@ -108,6 +151,8 @@ def test_retry_and_catch_come_from_the_pipeline_policy(template: Template) -> No
     for name in ("Prepare data", "Evaluate and gate", "Publish model"):
         assert states[name]["Retry"] == expected_retry, name
         assert states[name]["Catch"] == catch, name
+    # The rescore is retried the same way; its catch is its own (test_after_publish_the_review_queue_is_rescored…)
+    assert states["Rescore review queue"]["Retry"] == expected_retry
     # A training job is not retried (a failed fit would fail again, at GPU prices), but caught
     assert "Retry" not in states["Train model"]
     assert states["Train model"]["Catch"] == catch
@@ -215,19 +260,38 @@ def test_functions_are_granted_by_step(template: Template) -> None:
             if a.startswith("dynamodb:")
         }
 
-    prepare, gate, publish = (spec[n].handler for n in ("PrepareTrainingData", "EvaluateAndGate", "PublishModel"))
+    prepare, gate, publish, rescore = (
+        spec[n].handler for n in ("PrepareTrainingData", "EvaluateAndGate", "PublishModel", "RescoreQueue")
+    )
     assert all("/training/jobs/*" in w for w in s3_writes(prepare)) and s3_writes(prepare)
     assert all("/models/*" in w for w in s3_writes(gate)) and s3_writes(gate)
     assert all("/models/*" in w for w in s3_writes(publish)) and s3_writes(publish)
-    # PrepareData reads the users' labels; nothing in the loop writes records
+    # PrepareData reads the users' labels; nothing in the loop but the rescore writes records
     assert "dynamodb:Scan" in dynamodb_actions(prepare)
     assert not any(
         a in {"dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"} for a in dynamodb_actions(prepare)
     )
     assert not dynamodb_actions(gate) and not dynamodb_actions(publish)
+    # The rescore, as Classify: the queued records and their history, the text in, the result files out
+    assert {"dynamodb:Query", "dynamodb:PutItem"} <= dynamodb_actions(rescore)
+    assert all("/results/*" in w and "StorageDocuments" in w for w in s3_writes(rescore)) and s3_writes(rescore)
+    reads = [
+        json.dumps(s["Resource"])
+        for s in _statements(template, _role_of_function(template, rescore))
+        if any(a.startswith("s3:Get") for a in _as_list(s["Action"]))
+    ]
+    assert sorted(("/text/*" in r, "/models/*" in r) for r in reads) == [(False, True), (True, False)], reads
+    assert all(("StorageDocuments" in r) == ("/text/*" in r) for r in reads), reads
     functions = _resources(template, "AWS::Lambda::Function").values()
     gate_fn = next(f for f in functions if f["Properties"].get("Handler") == gate)
     assert len(gate_fn["Properties"]["Layers"]) == 4  # base, numpy, ml (onnxruntime scores the models), training
     assert (
         gate_fn["Properties"]["Environment"]["Variables"]["DOCFLOW_TRAINING_CORPUS_PREFIX"] == c.TRAINING_CORPUS_PREFIX
     )
+    # The rescore runs Classify's engine on Classify's layers, with the settings every pipeline function has
+    rescore_fn = next(f for f in functions if f["Properties"].get("Handler") == rescore)
+    classify_fn = next(f for f in functions if f["Properties"].get("Handler") == c.FUNCTIONS["Classify"].handler)
+    assert rescore_fn["Properties"]["Layers"] == classify_fn["Properties"]["Layers"]
+    assert rescore_fn["Properties"]["Timeout"] == 900
+    variables = rescore_fn["Properties"]["Environment"]["Variables"]
+    assert classify_fn["Properties"]["Environment"]["Variables"].items() <= variables.items()

@@ -1,5 +1,5 @@
-"""The synthesized training state machine, executed by moto's ASL engine: PrepareData, EvaluateAndGate and
-Publish are the real handlers against moto S3/DynamoDB; only the SageMaker step is stood in for.
+"""The synthesized training state machine, executed by moto's ASL engine: PrepareData, EvaluateAndGate,
+Publish and RescoreQueue are the real handlers against moto S3/DynamoDB; only the SageMaker step is stood in for.
 
 moto's engine forwards ``sagemaker:createTrainingJob`` to moto's SageMaker (which records the job and calls
 it Completed at once) and refuses the ``.sync`` pattern. The stand-in does what SageMaker would: it lays the
@@ -213,11 +213,18 @@ class SageMakerTrainingSync(StateTaskServiceUnsupported):
 # -- the machine -------------------------------------------------------------------------------------------
 
 
+class LambdaContext(FakeLambdaContext):
+    """A fresh invocation's: the function's whole timeout ahead (RescoreQueue budgets its time by it)."""
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 900_000
+
+
 def _serve_with_real_handlers(monkeypatch: pytest.MonkeyPatch) -> None:
     def invoke(self: LambdaFunction, event: Any) -> tuple[str, bool, str]:
         try:
             module, func = self.handler.rsplit(".", 1)
-            result = getattr(importlib.import_module(module), func)(event, FakeLambdaContext())
+            result = getattr(importlib.import_module(module), func)(event, LambdaContext())
             return json.dumps(result), False, ""
         except Exception as exc:  # what the Lambda runtime reports for an unhandled exception
             error = {
@@ -376,6 +383,8 @@ def test_better_model_is_published_and_worse_one_refused_with_reasons(machine: d
         "Decision",
         "Promoted?",
         "Publish model",
+        "Rescore review queue",
+        "Queue rescored?",
         "Published",
     ]
     prepared = run["output"]["prepared"]
@@ -389,12 +398,21 @@ def test_better_model_is_published_and_worse_one_refused_with_reasons(machine: d
     assert first["version"] == 1 and first["model_dir"] == "docflow-classifier/v1"
     assert set(first["files"]) >= {"model.onnx", "tokenizer.json", "labels.json", "config.json"}
     assert _json(s3, f"{c.MODELS_PREFIX}docflow-classifier/v1/config.json")["version"] == "1"
+    # the new champion scored the review queue (the labelled document) again, in one invocation
+    rescored = run["output"]["rescore"]
+    assert rescored["done"] is True and rescored["cursor"] is None and rescored["invocations"] == 1
+    assert rescored["scanned"] == 1 and rescored["model_version"] == "1"
+    assert "rescore_error" not in run["output"]
+    record = DynamoRecordStore(TABLE).get_document(document_id)
+    assert record is not None and record.model_version == "1" and record.label == "email"
+    assert [p.model_version for p in DynamoRecordStore(TABLE).list_predictions(document_id)] == ["1"]
 
     # When a model trained on the right labels comes, it beats the champion on the same validation set
     _upload_corpus(s3)
     status, run = _execute(machine, "better")
     assert status == "SUCCEEDED", run["desc"]
-    assert run["entered"][-2:] == ["Publish model", "Published"]
+    assert run["entered"][-4:] == ["Publish model", "Rescore review queue", "Queue rescored?", "Published"]
+    assert run["output"]["rescore"]["done"] is True and run["output"]["rescore"]["model_version"] == "2"
     decision = _json(s3, f"{c.MODELS_PREFIX}docflow-classifier/v2/decision.json")
     assert decision["promoted"] is True and decision["champion_version"] == 1
     assert decision["n_eval"] == 6  # the 6 validation documents, none of which v1 trained on
@@ -417,6 +435,74 @@ def test_better_model_is_published_and_worse_one_refused_with_reasons(machine: d
         f"{c.MODELS_PREFIX}docflow-classifier/v3/decision.json"
     ]
     assert _json(s3, f"{c.MODELS_PREFIX}docflow-classifier/v3/decision.json")["reasons"] == refusal["reasons"]
+
+
+def test_a_failed_rescore_is_recorded_and_the_published_run_still_succeeds(
+    machine: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s3 = machine["s3"]
+    document_id = _label_a_document(s3)
+
+    def unavailable(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("the review queue cannot be read")
+
+    monkeypatch.setattr("docflow.handlers.rescore_queue.rescore_queue", unavailable)
+    _upload_corpus(s3)
+    status, run = _execute(machine, "rescore-fails")
+    # The model is published and the run succeeds, the rescore's failure on record in its output
+    assert status == "SUCCEEDED", run["desc"]
+    assert run["entered"][-4:] == ["Publish model", "Rescore review queue", "Rescore failed", "Published"]
+    assert _json(s3, f"{c.MODELS_PREFIX}champion.json")["version"] == 1
+    error = run["output"]["rescore_error"]
+    assert error["Error"] == "RuntimeError" and "the review queue cannot be read" in error["Cause"]
+    assert "rescore" not in run["output"]
+    # The queued document is as it was
+    record = DynamoRecordStore(TABLE).get_document(document_id)
+    assert record is not None and record.status is Status.NEEDS_REVIEW and record.model_version is None
+    assert DynamoRecordStore(TABLE).list_predictions(document_id) == []
+
+
+def test_the_rescore_loops_while_the_queue_is_not_done_and_no_more_than_its_bound(
+    machine: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from docflow.pipeline.rescore import rescore_queue
+
+    s3 = machine["s3"]
+    document_id = _label_a_document(s3)
+    out_of_time = {"calls": 0, "first": 0}  # invocations that find their time already spent
+
+    def budgeted(ctx: Any, *, cursor: str | None = None, deadline: float | None = None) -> Any:
+        out_of_time["calls"] += 1
+        spent = out_of_time["calls"] <= out_of_time["first"]
+        return rescore_queue(ctx, cursor=cursor, deadline=float("-inf") if spent else deadline)
+
+    monkeypatch.setattr("docflow.handlers.rescore_queue.rescore_queue", budgeted)
+    rescore_states = ["Rescore review queue", "Queue rescored?"]
+
+    # Given a queue no invocation has the time for, the loop stops after RESCORE_MAX_INVOCATIONS, the run succeeds
+    out_of_time.update(calls=0, first=10 * c.RESCORE_MAX_INVOCATIONS)
+    _upload_corpus(s3, rename=ROTATED)
+    status, run = _execute(machine, "never-done")
+    assert status == "SUCCEEDED", run["desc"]
+    assert out_of_time["calls"] == c.RESCORE_MAX_INVOCATIONS
+    tail = ["Publish model", *rescore_states * c.RESCORE_MAX_INVOCATIONS, "Rescore stopped", "Published"]
+    assert run["entered"][-len(tail) :] == tail
+    rescore = run["output"]["rescore"]
+    assert rescore["done"] is False and rescore["cursor"] == "" and rescore["invocations"] == c.RESCORE_MAX_INVOCATIONS
+    record = DynamoRecordStore(TABLE).get_document(document_id)
+    assert record is not None and record.model_version is None  # untouched
+
+    # When the first invocation runs out of time, the next goes on from its cursor and finishes
+    out_of_time.update(calls=0, first=1)
+    _upload_corpus(s3)
+    status, run = _execute(machine, "done-in-two")
+    assert status == "SUCCEEDED", run["desc"]
+    assert run["entered"][-6:] == ["Publish model", *rescore_states * 2, "Published"]
+    rescore = run["output"]["rescore"]
+    assert rescore["done"] is True and rescore["invocations"] == 2 and rescore["model_version"] == "2"
+    assert rescore["scanned"] == 1
+    record = DynamoRecordStore(TABLE).get_document(document_id)
+    assert record is not None and record.model_version == "2"
 
 
 def test_training_failure_fails_the_execution_with_its_cause(machine: dict[str, Any]) -> None:
