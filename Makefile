@@ -63,7 +63,7 @@ test: model layers localstack-install ## Set up, then lint, typecheck and run ev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/pytest -q
+	DOCFLOW_ARTIFACTS_DIR=$${DOCFLOW_ARTIFACTS_DIR:-$(CURDIR)/test-artifacts} $(BIN)/pytest -q  # the review page's screenshot lands there
 
 test-unit: install ## Fast tests only (no network)
 	$(BIN)/pytest -q tests/unit

@@ -7,7 +7,8 @@ classify_latency, api_throughput (existing), pipeline_share (outside-OCR share; 
 documents), cold_start (every handler), fault_run (1,000 documents, 5 % transient and 1 % permanent
 faults, audited from the record store), big_pdf (a 300-page scan: time, peak RSS), aws_cost (paper
 estimate from the measured step times), then quality (the classifier end to end per source, through
-`docflow eval`; * = precision on the documents not sent to review). Each writes
+`docflow eval`; * = precision on the documents not sent to review), then review_queue (the review page in
+headless Chromium: first document with 1,000 queued; 50 real scans cleared by keyboard). Each writes
 bench/results/<name>.json; this collects them into bench/results/bench.json with the machine's load
 before and after (timings on a busy machine are slower).
 """
@@ -147,6 +148,17 @@ def table(r: dict[str, Any]) -> list[tuple[str, str, str]]:
             + ("-" if precision is None else f"{precision:.3f}"),
             ">= 0.80, 0.78, -, 0.95",
         )
+    if first := r.get("review_queue", {}).get("first_document"):
+        add(
+            f"review page: first document shown, {first['queued']:,} queued (median of {first['loads']} loads)",
+            f"{first['first_image_ms_median']} ms",
+        )
+    if (scans := r.get("review_queue", {}).get("real_scans", {})) and "queued" in scans:
+        add(
+            f"review page: {scans['queued']} real scans by keyboard: s per decision, left, decisions, feedback",
+            f"{scans['seconds_per_decision_median']} s, {scans['queue_left']}, {scans['decisions_in_store']}, "
+            f"{scans['feedback_examples']}",
+        )
     return rows
 
 
@@ -179,9 +191,11 @@ def main() -> int:
         seconds["aws_cost"] = _run("aws_cost")
     if wanted("quality"):
         seconds["quality"] = _run("quality")
+    if wanted("review_queue"):
+        seconds["review_queue"] = _run("review_queue")
 
     names = ("ocr_cer", "throughput", "classify_latency", "api_throughput", "pipeline_share", "cold_start")
-    results = {name: _load(name) for name in (*names, "fault_run", "big_pdf", "aws_cost", "quality")}
+    results = {name: _load(name) for name in (*names, "fault_run", "big_pdf", "aws_cost", "quality", "review_queue")}
     machine = {
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),

@@ -27,6 +27,7 @@ from docflow.domain.ocr import (
     TesseractEngine,
     TesserocrEngine,
 )
+from docflow.domain.pdfium_lock import PDFIUM_LOCK
 from docflow.models import ExtractionResult, MediaType, OcrOptions, PageText
 
 logger = logging.getLogger(__name__)
@@ -262,34 +263,35 @@ def _until(deadline: float, options: OcrOptions) -> OcrOptions:
 def _pdf_pages(
     data: bytes, options: OcrOptions, engine: OcrEngine | None, first_page: int, last_page: int | None
 ) -> Iterator[PageText]:
+    # Every PDFium call holds PDFIUM_LOCK (not thread-safe); Tesseract reads a rendered page outside it.
+    with PDFIUM_LOCK:
+        try:
+            pdf = pdfium.PdfDocument(data)
+        except pdfium.PdfiumError as exc:
+            raise DocumentReadError(f"cannot open the PDF: {exc}") from exc
+        count = len(pdf)
     try:
-        pdf = pdfium.PdfDocument(data)
-    except pdfium.PdfiumError as exc:
-        raise DocumentReadError(f"cannot open the PDF: {exc}") from exc
-    try:
-        for index in resolve_page_range(first_page, last_page, len(pdf)):
+        for index in resolve_page_range(first_page, last_page, count):
             started = time.perf_counter()
-            page = pdf[index]
+            layer, rendered = _read_pdf_page(pdf, index, options)
+            if layer is not None:
+                yield PageText(
+                    page=index + 1,
+                    text=layer,
+                    source="pdf_text",
+                    confidence=None,
+                    words=len(layer.split()),
+                    seconds=time.perf_counter() - started,
+                )
+                continue
+            assert rendered is not None
             try:
-                textpage = page.get_textpage()
-                try:
-                    layer = textpage.get_text_range()
-                finally:
-                    textpage.close()
-                if has_text_layer(layer, options.min_text_layer_chars):
-                    text = _clean_layer_text(layer)
-                    yield PageText(
-                        page=index + 1,
-                        text=text,
-                        source="pdf_text",
-                        confidence=None,
-                        words=len(text.split()),
-                        seconds=time.perf_counter() - started,
-                    )
-                    continue
-                ocr, rotated, layout = _ocr_pdf_page(page, options, engine or default_engine())
+                # Rendered at a known resolution: no upscale (page height says nothing about dpi here).
+                image = prepare_for_ocr(rendered, options, allow_upscale=False)
+                ocr, rotated = recognize_upright(engine or default_engine(), image, options)
+                layout = layout_of(image, ocr, rotated)
             finally:
-                page.close()
+                rendered.close()
             yield PageText(
                 page=index + 1,
                 text=ocr.text,
@@ -302,30 +304,40 @@ def _pdf_pages(
                 layout_version=LAYOUT_VERSION if layout is not None else None,
             )
     finally:
-        pdf.close()
+        with PDFIUM_LOCK:
+            pdf.close()
+
+
+def _read_pdf_page(pdf: pdfium.PdfDocument, index: int, options: OcrOptions) -> tuple[str | None, Image.Image | None]:
+    """Under PDFIUM_LOCK: the page's text layer when it has one, else the page rendered for OCR (a copy that
+    owns its pixels, so that no PDFium buffer outlives the lock)."""
+    with PDFIUM_LOCK:
+        page = pdf[index]
+        try:
+            textpage = page.get_textpage()
+            try:
+                layer = textpage.get_text_range()
+            finally:
+                textpage.close()
+            if has_text_layer(layer, options.min_text_layer_chars):
+                return _clean_layer_text(layer), None
+            width_pt, height_pt = page.get_size()
+            scale = options.render_dpi / 72.0
+            pixels = width_pt * height_pt * scale * scale
+            if pixels > MAX_RENDER_PIXELS:
+                scale *= (MAX_RENDER_PIXELS / pixels) ** 0.5
+            bitmap = page.render(scale=scale)
+            try:
+                return None, bitmap.to_pil().copy()
+            finally:
+                bitmap.close()
+        finally:
+            page.close()
 
 
 def _clean_layer_text(text: str) -> str:
     text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\x00", "")
     return "\n".join(line.rstrip() for line in text.split("\n")).strip()
-
-
-def _ocr_pdf_page(
-    page: pdfium.PdfPage, options: OcrOptions, engine: OcrEngine
-) -> tuple[OcrPage, int, dict[str, float] | None]:
-    width_pt, height_pt = page.get_size()
-    scale = options.render_dpi / 72.0
-    pixels = width_pt * height_pt * scale * scale
-    if pixels > MAX_RENDER_PIXELS:
-        scale *= (MAX_RENDER_PIXELS / pixels) ** 0.5
-    bitmap = page.render(scale=scale)
-    try:  # the PIL image may share the bitmap's buffer: keep the bitmap open until OCR is done
-        # Rendered at a known resolution: no upscale (page height says nothing about dpi here).
-        image = prepare_for_ocr(bitmap.to_pil(), options, allow_upscale=False)
-        ocr, rotated = recognize_upright(engine, image, options)
-        return ocr, rotated, layout_of(image, ocr, rotated)
-    finally:
-        bitmap.close()
 
 
 # -- images ---------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import io
 import math
 from typing import TYPE_CHECKING
 
+from docflow.domain.pdfium_lock import PDFIUM_LOCK
 from docflow.models import MediaType, ValidationLimits
 
 if TYPE_CHECKING:  # Pillow and PDFium are imported when a preview is drawn, not when the API starts
@@ -44,6 +45,11 @@ def render_preview(
 
 
 def _pdf_page(data: bytes, page: int, side: int) -> Image.Image:
+    with PDFIUM_LOCK:  # PDFium is not thread-safe, and the API draws previews on several threads
+        return _pdf_page_unlocked(data, page, side)
+
+
+def _pdf_page_unlocked(data: bytes, page: int, side: int) -> Image.Image:
     import pypdfium2 as pdfium
 
     try:

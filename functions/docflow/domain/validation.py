@@ -33,6 +33,7 @@ import pypdfium2  # noqa: F401  (importing the package initialises the PDFium li
 import pypdfium2.raw as pdfium_c
 from PIL import BmpImagePlugin, Image, JpegImagePlugin, TiffImagePlugin, WebPImagePlugin
 
+from docflow.domain.pdfium_lock import PDFIUM_LOCK
 from docflow.models import MediaType, RejectionCode, ValidationLimits, ValidationReport
 
 __all__ = ["validate_document"]
@@ -341,6 +342,11 @@ _PDFIUM_ERRORS = {
 
 
 def _inspect_pdf(data: bytes, limits: ValidationLimits) -> int:
+    with PDFIUM_LOCK:  # PDFium is not thread-safe (docflow.domain.pdfium_lock)
+        return _inspect_pdf_unlocked(data, limits)
+
+
+def _inspect_pdf_unlocked(data: bytes, limits: ValidationLimits) -> int:
     # The raw API (rather than PdfDocument) lets us close the handle on every path, including a document
     # that loads with zero pages. PDFium reads `data` in place: it stays referenced until the close.
     pdf = pdfium_c.FPDF_LoadMemDocument64(data, len(data), None)

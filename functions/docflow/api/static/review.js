@@ -25,6 +25,9 @@
     page: 1,
     text: null, // the current document's pages of text
     undo: [], // document ids decided in this tab, latest last
+    decided: new Set(), // ids decided here and not undone: a queue page asked for earlier may still hold them
+    changes: 0, // decisions and undos made in this tab: an answer asked for before one has a stale count
+    toppingUp: false,
     busy: false,
     seq: 0, // which document the latest loads are for (older answers are dropped)
     previews: new Map(), // "id/page" -> object URL
@@ -154,22 +157,30 @@
 
   async function loadQueue() {
     const page = await api(queuePath());
-    state.items = page.items;
+    state.items = page.items.filter((item) => !state.decided.has(item.document_id));
     state.total = page.total;
     showCurrent();
   }
 
   async function topUp() {
-    // Decided documents leave the queue: its first page now starts with those not yet shown here.
+    // Decided documents leave the queue: its first page now starts with those not yet shown here. An answer
+    // that arrives after further decisions may still list them, and its count is then out of date.
+    if (state.toppingUp) return;
+    state.toppingUp = true;
+    const before = state.changes;
     try {
       const page = await api(queuePath());
       const known = new Set(state.items.map((item) => item.document_id));
-      state.items.push(...page.items.filter((item) => !known.has(item.document_id)));
-      state.total = page.total;
+      state.items.push(
+        ...page.items.filter((item) => !known.has(item.document_id) && !state.decided.has(item.document_id)),
+      );
+      if (state.changes === before) state.total = page.total;
       renderCount();
       if (!state.current) showCurrent();
     } catch (_) {
       /* shown on the next decision */
+    } finally {
+      state.toppingUp = false;
     }
   }
 
@@ -332,6 +343,8 @@
         body: { label, reviewer: state.reviewer },
       });
       state.undo.push(item.document_id);
+      state.decided.add(item.document_id);
+      state.changes += 1;
       const focused = document.activeElement;
       if (focused instanceof HTMLButtonElement && focused.closest(".classes, .actions")) focused.blur();
       flash(`${item.file_name}: ${label === OUT_OF_SCOPE ? "none of the classes" : label}. Z undoes it.`);
@@ -364,6 +377,8 @@
     try {
       const undone = await api(`/documents/${id}/decision`, { method: "DELETE" });
       state.undo.pop();
+      state.decided.delete(id);
+      state.changes += 1;
       const doc = undone.document;
       state.items = state.items.filter((item) => item.document_id !== id);
       if (doc.status === "NEEDS_REVIEW") {
