@@ -153,6 +153,7 @@ def test_review_queue_through_api_gateway(
         assert anonymous.get("/review/static/review.js").status_code == 200
         assert anonymous.get("/review/queue").status_code == 403  # API Gateway: no key, no data
         assert anonymous.get(f"/documents/{document_id}/pages/1/preview").status_code == 403
+    _page_shows_a_document(f"{base}/review", key)
     with httpx.Client(base_url=base, headers={"x-api-key": key}, timeout=60) as client:
         queue = client.get("/review/queue", params={"limit": 200})
         assert queue.status_code == 200, queue.text
@@ -168,3 +169,30 @@ def test_review_queue_through_api_gateway(
         assert _record(aws, deployed, document_id)["label"] == "out_of_scope"
         undone = client.delete(f"/documents/{document_id}/decision")
         assert undone.status_code == 200 and undone.json()["document"]["status"] == "NEEDS_REVIEW"
+
+
+def _page_shows_a_document(url: str, key: str) -> None:
+    """The review page in headless Chromium at LocalStack's path-style URL: its relative links find its files
+    and the API, and a queued document shows with its page image (a binary response through API Gateway)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"  # Debian's (make test installs it): no browser download
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1440,900"):
+        options.add_argument(arg)
+    browser = webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
+    try:
+        browser.get(url)
+        wait = WebDriverWait(browser, 60)
+        wait.until(lambda b: b.find_element(By.ID, "reviewer").is_displayed())
+        browser.find_element(By.ID, "api-key").send_keys(key)
+        browser.find_element(By.ID, "reviewer").send_keys("e2e")
+        browser.find_element(By.ID, "signin-submit").click()
+        wait.until(lambda b: (b.find_element(By.ID, "page-image").get_attribute("src") or "").startswith("blob:"))
+        assert browser.find_element(By.ID, "doc-name").text
+        assert "waiting" in browser.find_element(By.ID, "count").text
+    finally:
+        browser.quit()

@@ -47,11 +47,9 @@ def _asset(name: str) -> bytes:
 
 
 @page.get("/review", include_in_schema=False)
-def review_page(request: Request) -> Response:
-    """The review page. Its links are relative to where it was served from (API Gateway's stage included)."""
-    root = request.scope.get("root_path", "")
-    html = _asset("review.html").decode().replace("{{root}}", _attribute(root))
-    return Response(html, media_type="text/html; charset=utf-8", headers=_SECURITY_HEADERS)
+def review_page() -> Response:
+    """The review page: a static file whose every link is relative (API Gateway's stage, LocalStack's path)."""
+    return Response(_asset("review.html"), media_type="text/html; charset=utf-8", headers=_SECURITY_HEADERS)
 
 
 @page.get("/review/static/{name}", include_in_schema=False)
@@ -59,11 +57,6 @@ def review_asset(name: Annotated[str, Path(max_length=32)]) -> Response:
     if name not in _ASSETS:
         raise ApiError(404, "not_found", "no such file")
     return Response(_asset(name), media_type=_ASSETS[name], headers=_SECURITY_HEADERS)
-
-
-def _attribute(text: str) -> str:
-    """Text safe inside a double-quoted HTML attribute."""
-    return text.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 @protected.get("/review/queue", response_model=ReviewQueuePage, tags=["review"], responses=responses())

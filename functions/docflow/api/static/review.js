@@ -4,7 +4,8 @@
 "use strict";
 
 (() => {
-  const root = document.body.dataset.root || "";
+  // Every URL is relative to the page's own folder: the API's root locally, its stage on API Gateway
+  // (https://<api>/v1/), LocalStack's /restapis/<id>/v1/_user_request_/: the page works wherever it is served.
   const $ = (id) => document.getElementById(id);
   const KEY_STORE = "docflow.apiKey";
   const NAME_STORE = "docflow.reviewer";
@@ -45,7 +46,7 @@
     const headers = { Accept: accept };
     if (state.key) headers["x-api-key"] = state.key;
     if (body !== undefined) headers["Content-Type"] = "application/json";
-    const response = await fetch(root + path, {
+    const response = await fetch(path, {
       method,
       headers,
       body: body === undefined ? undefined : JSON.stringify(body),
@@ -102,7 +103,7 @@
 
   async function start() {
     try {
-      const model = await api("/model");
+      const model = await api("model");
       state.classes = model.classes;
       $("signin").hidden = true;
       $("who").textContent = `Reviewing as ${state.reviewer}`;
@@ -152,7 +153,7 @@
     if ($("filter-class").value) params.set("predicted_class", $("filter-class").value);
     if ($("filter-reason").value) params.set("reason", $("filter-reason").value);
     if (cursor) params.set("cursor", cursor);
-    return `/review/queue?${params}`;
+    return `review/queue?${params}`;
   }
 
   async function loadQueue() {
@@ -261,7 +262,7 @@
 
   async function loadText(item, seq) {
     try {
-      const text = await api(`/documents/${item.document_id}/text`);
+      const text = await api(`documents/${item.document_id}/text`);
       if (seq !== state.seq) return;
       state.text = text.pages;
       renderText();
@@ -281,7 +282,7 @@
   async function preview(id, page) {
     const cacheKey = `${id}/${page}`;
     if (state.previews.has(cacheKey)) return state.previews.get(cacheKey);
-    const blob = await api(`/documents/${id}/pages/${page}/preview`, { accept: "image/png, image/jpeg" });
+    const blob = await api(`documents/${id}/pages/${page}/preview`, { accept: "image/png, image/jpeg" });
     const url = URL.createObjectURL(blob);
     state.previews.set(cacheKey, url);
     while (state.previews.size > 12) {
@@ -338,7 +339,7 @@
     if (!item || state.busy) return;
     state.busy = true;
     try {
-      await api(`/documents/${item.document_id}/decision`, {
+      await api(`documents/${item.document_id}/decision`, {
         method: "POST",
         body: { label, reviewer: state.reviewer },
       });
@@ -375,7 +376,7 @@
     }
     state.busy = true;
     try {
-      const undone = await api(`/documents/${id}/decision`, { method: "DELETE" });
+      const undone = await api(`documents/${id}/decision`, { method: "DELETE" });
       state.undo.pop();
       state.decided.delete(id);
       state.changes += 1;
