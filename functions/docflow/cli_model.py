@@ -243,7 +243,7 @@ def promote(
     with _after_publish(registry, version, publish):
         previous = registry.promote(version, reason="manual")
     err.print(f"{registry.name} v{version} is the champion" + (f" (was v{previous})." if previous else "."))
-    if publish:
+    if publish and _serves_here(settings, bucket):
         rescore_review_queue(settings)
 
 
@@ -268,8 +268,14 @@ def rollback(
     with _after_publish(registry, previous, publish):
         registry.rollback()
     err.print(f"{registry.name}: champion rolled back from v{current} to v{previous}.")
-    if publish:
+    if publish and _serves_here(settings, bucket):
         rescore_review_queue(settings)
+
+
+def _serves_here(settings: Settings, bucket: str | None) -> bool:
+    """Whether the champion just published is the one this backend's Classify serves: not a local run's
+    publish to a bucket (its queue, under DOCFLOW_HOME, is served by the champion it had)."""
+    return bucket is None or settings.backend == "aws"
 
 
 def rescore_review_queue(settings: Settings) -> None:

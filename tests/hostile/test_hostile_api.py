@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 
 from docflow.models import Status
 from tests.hostile.cases import BY_NAME, Case, cases_for, outcome_problems
-from tests.unit.test_api import tiny_model  # noqa: F401  (the session's tiny model, shared with test_api)
+from tests.unit.conftest import tiny_model  # noqa: F401  (the session's tiny model, shared with test_api)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -69,7 +69,7 @@ def test_text_and_page_previews(queued: Any) -> None:
     first = client.get(f"/documents/{ids['two-pages.pdf']}/pages/1/preview")
     second = client.get(f"/documents/{ids['two-pages.pdf']}/pages/2/preview")
     assert first.status_code == second.status_code == 200 and first.content != second.content
-    assert first.headers["cache-control"] == "private, max-age=300"
+    assert first.headers["cache-control"] == "private, no-store"
     image = Image.open(io.BytesIO(first.content))
     assert image.format in ("PNG", "JPEG") and max(image.size) == 1400
     _assert_error(client.get(f"/documents/{ids['two-pages.pdf']}/pages/3/preview"), 404, "no_such_page")
@@ -159,3 +159,40 @@ def test_the_page_and_its_files_are_served_with_a_strict_policy(make_client: Cal
     _assert_error(client.get("/review/queue"), 401, "unauthorized")
     script_text = script.text
     assert 'fetch("/' not in script_text and "api(`/" not in script_text and 'api("/' not in script_text
+
+
+def test_two_reviewers_on_one_document_never_overwrite_or_undo_each_other(queued: Any) -> None:
+    client, ids = queued
+    doc = ids["scan.png"]
+    # Alice and Bob were shown the same document; Alice decides first
+    alice = client.post(
+        f"/documents/{doc}/decision", json={"label": "email", "reviewer": "Alice", "expect_status": "NEEDS_REVIEW"}
+    )
+    assert alice.status_code == 200, alice.text
+    # Bob's decision on what his page showed is refused, not recorded as a correction
+    bob = client.post(
+        f"/documents/{doc}/decision", json={"label": "resume", "reviewer": "Bob", "expect_status": "NEEDS_REVIEW"}
+    )
+    body = _assert_error(bob, 409, "already_decided")
+    assert "REVIEWED as 'email'" in body["detail"]
+    assert client.get(f"/documents/{doc}").json()["label"] == "email"
+    # A deliberate correction (no expected status) is one; then Alice's undo of her own decision is refused
+    assert client.put(f"/documents/{doc}/label", json={"label": "resume", "reviewer": "Bob"}).status_code == 200
+    mine = alice.json()["decision"]["decision_id"]
+    refused = client.delete(f"/documents/{doc}/decision", params={"decision_id": mine})
+    assert "by Bob" in _assert_error(refused, 409, "not_latest_decision")["detail"]
+    assert client.get(f"/documents/{doc}").json()["label"] == "resume"
+    # Bob's, named, is undone
+    latest = client.get(f"/documents/{doc}/predictions").json()["decisions"][-1]["decision_id"]
+    undone = client.delete(f"/documents/{doc}/decision", params={"decision_id": latest})
+    assert undone.status_code == 200 and undone.json()["document"]["label"] == "email"
+
+
+def test_a_document_without_text_is_never_reported_confident(make_client: Callable[..., TestClient]) -> None:
+    client = make_client(DOCFLOW_REVIEW_THRESHOLD="0.0")
+    blank = _png("")
+    document_id = _upload(client, blank, "blank.png", "image/png").json()["document_id"]
+    done = _wait_terminal(client, document_id)
+    assert (done["status"], done["code"]) == ("NEEDS_REVIEW", "NO_TEXT")
+    again = client.post(f"/predict/document/{document_id}").json()
+    assert again["status"] == "NEEDS_REVIEW" and again["is_confident"] is False

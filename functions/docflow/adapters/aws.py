@@ -422,7 +422,9 @@ class DynamoRecordStore(RecordStore):
         }
         items: list[dict[str, Any]] = []
         while len(items) <= limit:
-            resp = self._call("list review queue", self._table.query, Limit=max(limit + 1 - len(items), 25), **kwargs)
+            # Filtered, a read keeps only some of what it reads: read more at a time.
+            want = 200 if "FilterExpression" in kwargs else max(limit + 1 - len(items), 25)
+            resp = self._call("list review queue", self._table.query, Limit=want, **kwargs)
             items += resp.get("Items", [])
             if "LastEvaluatedKey" not in resp:
                 break

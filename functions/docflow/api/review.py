@@ -119,14 +119,24 @@ def allowed_labels(ctx: StepContext) -> tuple[str, ...]:
     return (*service.classifier(ctx).labels, OUT_OF_SCOPE_LABEL)
 
 
-def decide(ctx: StepContext, document_id: str, label: str, reviewer: str, api_key_id: str | None) -> DecisionResponse:
+def decide(
+    ctx: StepContext,
+    document_id: str,
+    label: str,
+    reviewer: str,
+    api_key_id: str | None,
+    expect_status: Status | None = None,
+) -> DecisionResponse:
     """Record a person's decision about a document; 404 if there is none, 422 for a label that is not one of
-    the model's classes (or out_of_scope)."""
+    the model's classes (or out_of_scope). With ``expect_status``, 409 when the document is no longer in that
+    status (another person decided it first): a decision made on what a page showed is not a correction."""
     allowed = allowed_labels(ctx)
     if label not in allowed:
         raise ApiError(422, "unknown_label", f"label {label!r} is not one of: {', '.join(allowed)}")
     for _ in range(_ATTEMPTS):
         record = _record(ctx, document_id)
+        if expect_status is not None and record.status is not expect_status:
+            raise ApiError(409, "already_decided", _changed(record, expect_status))
         now = utcnow()
         decision = ReviewDecision(
             document_id=document_id,
@@ -155,14 +165,28 @@ def decide(ctx: StepContext, document_id: str, label: str, reviewer: str, api_ke
     return DecisionResponse(decision=decision_info(decision), document=_document(updated))
 
 
-def undo_last(ctx: StepContext, document_id: str) -> DecisionResponse:
+def _changed(record: DocumentRecord, expected: Status) -> str:
+    now = f"it is {record.status}" + (f" as {record.label!r}" if record.label else "")
+    return f"document {record.document_id} is no longer {expected}: {now}"
+
+
+def undo_last(ctx: StepContext, document_id: str, decision_id: str | None = None) -> DecisionResponse:
     """Take back the document's latest decision (not yet undone): its label and status return to what they
-    were, and the document to its place in the queue. 409 when it has changed since (a newer decision)."""
+    were, and the document to its place in the queue. With ``decision_id`` (the review page sends the one its
+    decision got), 409 unless that is the latest: a person's undo never takes back someone else's decision.
+    409 too when the document has changed since."""
     _record(ctx, document_id)
     live = [d for d in ctx.records.list_decisions(document_id) if d.undone_at is None]
     if not live:
         raise ApiError(404, "no_decision", f"document {document_id} has no decision to undo")
     last = live[-1]
+    if decision_id is not None and last.decision_id != decision_id:
+        raise ApiError(
+            409,
+            "not_latest_decision",
+            f"that decision is not the latest on document {document_id} (now {last.label!r} by "
+            f"{last.reviewer}): nothing undone",
+        )
     undone_at = utcnow()
     updated = ctx.records.undo_decision(last, undone_at)
     if updated is None:

@@ -92,7 +92,7 @@ def page_preview(document_id: DocId, page_number: Annotated[int, Path(ge=1, le=1
     """One page as an image at most 1400 pixels on a side (PNG for grey scans, JPEG for colour)."""
     data, media_type = review.page_preview(ctx, document_id, page_number)
     # Private: a shared cache must never keep what only key holders may see.
-    return Response(data, media_type=media_type, headers={"Cache-Control": "private, max-age=300"})
+    return Response(data, media_type=media_type, headers={"Cache-Control": "private, no-store"})
 
 
 @protected.post(
@@ -105,7 +105,7 @@ def decide(document_id: DocId, body: DecisionRequest, ctx: Ctx, request: Request
     """A person's decision: the document's class (or out_of_scope: none of the model's classes). A NEEDS_REVIEW
     document leaves the queue (REVIEWED); the decision is recorded beside the model's suggestion, with who
     and when, and counts as a label for retraining."""
-    return review.decide(ctx, document_id, body.label, body.reviewer, api_key_id(request))
+    return review.decide(ctx, document_id, body.label, body.reviewer, api_key_id(request), body.expect_status)
 
 
 @protected.delete(
@@ -114,7 +114,13 @@ def decide(document_id: DocId, body: DecisionRequest, ctx: Ctx, request: Request
     tags=["review"],
     responses=responses(404, 409),
 )
-def undo_decision(document_id: DocId, ctx: Ctx) -> DecisionResponse:
+def undo_decision(
+    document_id: DocId,
+    ctx: Ctx,
+    decision_id: Annotated[
+        str | None, Query(max_length=100, description="only if this is still the latest decision (else 409)")
+    ] = None,
+) -> DecisionResponse:
     """Undo the document's latest decision: its label and status return to what they were (a reviewed document
     goes back to its place in the queue). The decision stays in the history, marked undone."""
-    return review.undo_last(ctx, document_id)
+    return review.undo_last(ctx, document_id, decision_id)

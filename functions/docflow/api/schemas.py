@@ -207,6 +207,18 @@ class LabelRequest(BaseModel):
     label: str = Field(min_length=1, max_length=100, description="one of the model's classes (GET /model)")
     reviewer: str | None = Field(default=None, min_length=1, max_length=64, description="who decides; default: api")
 
+    @field_validator("reviewer")
+    @classmethod
+    def _printable(cls, value: str | None) -> str | None:
+        return None if value is None else _reviewer_name(value)
+
+
+def _reviewer_name(value: str) -> str:
+    value = value.strip()
+    if not value or not value.isprintable():
+        raise ValueError("reviewer must be a printable name")
+    return value
+
 
 class ClassMetrics(BaseModel):
     precision: float | None = None
@@ -300,14 +312,17 @@ class DecisionRequest(BaseModel):
         description="one of GET /model's classes, or out_of_scope: none of them",
     )
     reviewer: str = Field(min_length=1, max_length=64, description="who decides (the review page asks once)")
+    expect_status: Status | None = Field(
+        default=None,
+        strict=False,  # a status name in JSON (the model is strict otherwise)
+        description="the status the decider saw (the review page sends NEEDS_REVIEW): 409 when the document has "
+        "changed since (another person decided it), instead of recording this as a correction",
+    )
 
     @field_validator("reviewer")
     @classmethod
     def _printable(cls, value: str) -> str:
-        value = value.strip()
-        if not value or not value.isprintable():
-            raise ValueError("reviewer must be a printable name")
-        return value
+        return _reviewer_name(value)
 
 
 class DecisionResponse(BaseModel):

@@ -298,7 +298,7 @@ def repredict_document(ctx: StepContext, document_id: str, all_scores: bool) -> 
             f"document {document_id} is {record.status}: only documents whose text was "
             "extracted (CLASSIFIED, NEEDS_REVIEW or REVIEWED) can be classified again",
         )
-    model = classifier(ctx)  # a missing model is a 503 here, not a failure
+    classifier(ctx)  # a missing model is a 503 here, not a failure
     try:
         rescored = score_again(ctx, record)
     except BlobNotFoundError:
@@ -308,9 +308,8 @@ def repredict_document(ctx: StepContext, document_id: str, all_scores: bool) -> 
     if rescored is None:
         raise ApiError(409, "conflict", f"document {document_id} changed while it was classified; try again")
     prediction, updated = rescored.prediction, rescored.record
-    confident = model.review(prediction, ctx.settings.review_threshold) is None
     return DocumentPredictionResponse(
-        **_prediction_response(prediction, confident, all_scores),
+        **_prediction_response(prediction, rescored.confident, all_scores),
         document_id=document_id,
         status=updated.status,
         reason=updated.reason,

@@ -36,8 +36,9 @@ MODEL_CONFIG_FILE = CONFIG_FILE
 # Fixed bins: every baseline and every window of every model is cut the same way.
 CONFIDENCE_EDGES: tuple[float, ...] = tuple(round(i / 10, 1) for i in range(11))
 EPSILON = 1e-4
-# The statuses whose records carry the model's prediction.
-PREDICTED_STATUSES = ("CLASSIFIED", "NEEDS_REVIEW")
+# The statuses whose records carry the model's prediction (a REVIEWED record keeps the one that queued it:
+# leaving those out would drop exactly the low-confidence predictions from the window).
+PREDICTED_STATUSES = ("CLASSIFIED", "NEEDS_REVIEW", "REVIEWED")
 
 
 class Signal(StrEnum):

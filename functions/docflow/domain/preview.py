@@ -37,7 +37,7 @@ def render_preview(
     with image:
         image.thumbnail((side, side), Image.Resampling.LANCZOS)
         out = io.BytesIO()
-        if image.mode in ("1", "L", "LA", "P"):
+        if image.mode in ("1", "L", "LA"):
             image.convert("L").save(out, format="PNG", optimize=False, compress_level=6)
             return out.getvalue(), "image/png"
         image.convert("RGB").save(out, format="JPEG", quality=85)

@@ -97,6 +97,7 @@ def _rescore_one(ctx: StepContext, record: DocumentRecord, report: RescoreReport
 class Rescored:
     prediction: Prediction
     record: DocumentRecord  # as written
+    confident: bool  # the pipeline's review rule found nothing to send to a person
 
 
 def score_again(ctx: StepContext, record: DocumentRecord) -> Rescored | None:
@@ -131,6 +132,8 @@ def score_again(ctx: StepContext, record: DocumentRecord) -> Rescored | None:
             "updated_at": record.updated_at if still_queued else utcnow(),  # the queue is oldest first
         }
     )
+    # The record first, conditionally, and the result file only once it is written (classify_step writes the
+    # result first): a decision made meanwhile must not find its document's result file overwritten.
     if not ctx.records.put_document(updated, keep_label=True, if_status=record.status.value):
         return None
     ctx.records.add_prediction(
@@ -151,4 +154,4 @@ def score_again(ctx: StepContext, record: DocumentRecord) -> Rescored | None:
         content_type="application/json",
     )
     telemetry.prediction(prediction.predicted_class, prediction.confidence, prediction.model_version)
-    return Rescored(prediction=prediction, record=updated)
+    return Rescored(prediction=prediction, record=updated, confident=review is None)

@@ -25,10 +25,11 @@
     current: null,
     page: 1,
     text: null, // the current document's pages of text
-    undo: [], // document ids decided in this tab, latest last
+    undo: [], // {id, decision} decided in this tab, latest last
     decided: new Set(), // ids decided here and not undone: a queue page asked for earlier may still hold them
     changes: 0, // decisions and undos made in this tab: an answer asked for before one has a stale count
     toppingUp: false,
+    queueGen: 0, // bumped by every full load of the queue (filters): older answers are dropped
     busy: false,
     seq: 0, // which document the latest loads are for (older answers are dropped)
     previews: new Map(), // "id/page" -> object URL
@@ -96,6 +97,16 @@
   $("sign-out").addEventListener("click", () => {
     sessionStorage.removeItem(KEY_STORE);
     state.key = null;
+    // Nothing a key holder saw stays in the page: text, images, the queue.
+    for (const pending of state.previews.values()) {
+      pending.then((url) => URL.revokeObjectURL(url)).catch(() => {});
+    }
+    state.previews.clear();
+    state.items = [];
+    state.current = null;
+    state.undo = [];
+    $("text").textContent = "";
+    $("page-image").removeAttribute("src");
     signIn("Signed out.");
   });
 
@@ -157,7 +168,9 @@
   }
 
   async function loadQueue() {
+    const gen = ++state.queueGen;
     const page = await api(queuePath());
+    if (gen !== state.queueGen) return; // the filters changed again meanwhile
     state.items = page.items.filter((item) => !state.decided.has(item.document_id));
     state.total = page.total;
     showCurrent();
@@ -169,8 +182,10 @@
     if (state.toppingUp) return;
     state.toppingUp = true;
     const before = state.changes;
+    const gen = state.queueGen;
     try {
       const page = await api(queuePath());
+      if (gen !== state.queueGen) return; // asked under other filters
       const known = new Set(state.items.map((item) => item.document_id));
       state.items.push(
         ...page.items.filter((item) => !known.has(item.document_id) && !state.decided.has(item.document_id)),
@@ -227,6 +242,8 @@
     state.page = 1;
     state.text = null;
     $("text").textContent = "";
+    $("page-image").removeAttribute("src"); // never the last document's page beside this one's buttons
+    $("page-image").alt = "";
     loadText(item, state.seq);
     showPage(1);
     prefetch(state.items[1]);
@@ -279,18 +296,22 @@
 
   // -- pages ------------------------------------------------------------------------------------------------
 
-  async function preview(id, page) {
+  function preview(id, page) {
+    // One request per page: a prefetch still in flight is awaited, not asked again. Kept as promises of
+    // object URLs; the oldest are revoked.
     const cacheKey = `${id}/${page}`;
     if (state.previews.has(cacheKey)) return state.previews.get(cacheKey);
-    const blob = await api(`documents/${id}/pages/${page}/preview`, { accept: "image/png, image/jpeg" });
-    const url = URL.createObjectURL(blob);
-    state.previews.set(cacheKey, url);
+    const pending = api(`documents/${id}/pages/${page}/preview`, { accept: "image/png, image/jpeg" }).then(
+      (blob) => URL.createObjectURL(blob),
+    );
+    state.previews.set(cacheKey, pending);
+    pending.catch(() => state.previews.delete(cacheKey));
     while (state.previews.size > 12) {
-      const [oldest, oldUrl] = state.previews.entries().next().value;
-      URL.revokeObjectURL(oldUrl);
+      const [oldest, oldPending] = state.previews.entries().next().value;
       state.previews.delete(oldest);
+      oldPending.then((url) => URL.revokeObjectURL(url)).catch(() => {});
     }
-    return url;
+    return pending;
   }
 
   function prefetch(item) {
@@ -307,26 +328,39 @@
     $("next-page").disabled = state.page >= pages;
     renderText();
     const seq = state.seq;
+    const wanted = state.page;
     const image = $("page-image");
     $("image-status").textContent = "Loading the page…";
     try {
-      const url = await preview(item.document_id, state.page);
-      if (seq !== state.seq || state.current !== item) return;
+      const url = await preview(item.document_id, wanted);
+      if (seq !== state.seq || state.current !== item || state.page !== wanted) return;
       image.src = url;
       image.alt = `Page ${state.page} of ${pages} of ${item.file_name}`;
       $("image-status").textContent = "";
     } catch (error) {
-      if (seq !== state.seq) return;
+      if (seq !== state.seq || state.page !== wanted) return;
       image.removeAttribute("src");
       image.alt = "";
       $("image-status").textContent = `No preview: ${error.message}`;
     }
   }
 
-  $("prev-page").addEventListener("click", () => showPage(state.page - 1));
-  $("next-page").addEventListener("click", () => showPage(state.page + 1));
+  $("prev-page").addEventListener("click", () => {
+    blurButtons();
+    showPage(state.page - 1);
+  });
+  $("next-page").addEventListener("click", () => {
+    blurButtons();
+    showPage(state.page + 1);
+  });
 
   // -- deciding -----------------------------------------------------------------------------------------------
+
+  function blurButtons() {
+    // After a click, Enter must mean "accept the suggestion", not "press that button again".
+    const focused = document.activeElement;
+    if (focused instanceof HTMLButtonElement && focused.closest(".classes, .actions, .pager")) focused.blur();
+  }
 
   function flash(message, kind = "info") {
     const box = $("flash");
@@ -334,31 +368,39 @@
     box.dataset.kind = kind;
   }
 
+  function leave(id) {
+    // Out of this tab's list by id: the list may have been reloaded while a request was in flight.
+    state.items = state.items.filter((item) => item.document_id !== id);
+  }
+
   async function decide(label) {
     const item = state.current;
     if (!item || state.busy) return;
     state.busy = true;
     try {
-      await api(`documents/${item.document_id}/decision`, {
+      // expect_status: if another person decided it meanwhile, this is refused (409), not a correction.
+      const decided = await api(`documents/${item.document_id}/decision`, {
         method: "POST",
-        body: { label, reviewer: state.reviewer },
+        body: { label, reviewer: state.reviewer, expect_status: "NEEDS_REVIEW" },
       });
-      state.undo.push(item.document_id);
+      state.undo.push({ id: item.document_id, decision: decided.decision.decision_id });
       state.decided.add(item.document_id);
       state.changes += 1;
-      const focused = document.activeElement;
-      if (focused instanceof HTMLButtonElement && focused.closest(".classes, .actions")) focused.blur();
+      blurButtons();
       flash(`${item.file_name}: ${label === OUT_OF_SCOPE ? "none of the classes" : label}. Z undoes it.`);
-      state.items.shift();
+      leave(item.document_id);
       state.total = Math.max(0, state.total - 1);
       showCurrent();
       if (state.items.length < 5) topUp();
     } catch (error) {
       if (error.status === 404 || error.status === 409) {
         flash(`${item.file_name} was no longer waiting (${error.message}); skipped.`, "warn");
-        state.items.shift();
+        leave(item.document_id);
+        state.total = Math.max(0, state.total - 1);
         showCurrent();
         if (state.items.length < 5) topUp();
+      } else if (error.status === 422) {
+        flash(`Not saved: ${error.message}. The model's classes may have changed: reload the page.`, "error");
       } else if (error.status !== 401 && error.status !== 403) {
         flash(`Not saved: ${error.message}`, "error");
       }
@@ -369,19 +411,22 @@
 
   async function undo() {
     if (state.busy) return;
-    const id = state.undo[state.undo.length - 1];
-    if (!id) {
+    const last = state.undo[state.undo.length - 1];
+    blurButtons();
+    if (!last) {
       flash("Nothing to undo in this tab.", "warn");
       return;
     }
     state.busy = true;
     try {
-      const undone = await api(`documents/${id}/decision`, { method: "DELETE" });
+      // Only this tab's own decision, and only while it is the latest on the document.
+      const params = new URLSearchParams({ decision_id: last.decision });
+      const undone = await api(`documents/${last.id}/decision?${params}`, { method: "DELETE" });
       state.undo.pop();
-      state.decided.delete(id);
+      state.decided.delete(last.id);
       state.changes += 1;
       const doc = undone.document;
-      state.items = state.items.filter((item) => item.document_id !== id);
+      leave(last.id);
       if (doc.status === "NEEDS_REVIEW") {
         state.items.unshift(itemOf(doc));
         state.total += 1;
@@ -389,7 +434,12 @@
       flash(`Undone: ${undone.decision.label} for ${itemOf(doc).file_name}.`);
       showCurrent();
     } catch (error) {
-      if (error.status !== 401 && error.status !== 403) flash(`Could not undo: ${error.message}`, "error");
+      if (error.status === 404 || error.status === 409) {
+        state.undo.pop(); // it cannot be undone any more: let Z reach the decision before it
+        flash(`Could not undo: ${error.message}`, "warn");
+      } else if (error.status !== 401 && error.status !== 403) {
+        flash(`Could not undo: ${error.message}`, "error");
+      }
     } finally {
       state.busy = false;
     }
@@ -417,14 +467,22 @@
 
   $("out-of-scope").addEventListener("click", () => decide(OUT_OF_SCOPE));
   $("undo").addEventListener("click", undo);
-  $("reload").addEventListener("click", () => loadQueue().catch(() => {}));
+  $("reload").addEventListener("click", () => {
+    blurButtons();
+    loadQueue().catch(() => {});
+  });
   for (const id of ["filter-class", "filter-reason"]) {
     $(id).addEventListener("change", () => loadQueue().catch(() => {}));
   }
 
   document.addEventListener("keydown", (event) => {
-    if (!$("signin").hidden || event.altKey || event.metaKey) return;
+    // A held key repeats: one decision per press, never a run through the queue.
+    if (!$("signin").hidden || event.altKey || event.metaKey || event.repeat || event.isComposing) return;
     const target = event.target;
+    if (target instanceof HTMLSelectElement && event.key === "Escape") {
+      target.blur(); // back to the keys after choosing a filter
+      return;
+    }
     if (target instanceof HTMLInputElement || target instanceof HTMLSelectElement) return;
     const key = event.key.toLowerCase();
     if (key === "z" && !event.shiftKey) {
