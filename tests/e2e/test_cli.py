@@ -393,3 +393,29 @@ def test_a_worker_that_dies_costs_its_document_a_retry_not_the_queue(docflow_hom
     got = [json.loads(line) for line in [first, *out.splitlines()]]
     assert len(got) == len(scans)
     assert {r["status"] for r in got} <= {"CLASSIFIED", "NEEDS_REVIEW"}, [r["reason"] for r in got]
+
+
+def test_a_promoting_train_rescores_the_review_queue(docflow_home: Path) -> None:
+    """`docflow train` (tracked, embedded) whose model is promoted and published: the documents waiting for a
+    person are scored again by it, from their stored text, and the record names the model that queued them."""
+    from docflow.adapters.local import LocalBlobStore, SqliteRecordStore
+    from docflow.models import ExtractionResult, PageText, Status
+    from docflow.records import DocumentRecord
+
+    records, blobs = SqliteRecordStore(docflow_home / "docflow.sqlite3"), LocalBlobStore(docflow_home / "blobs")
+    waiting = "d" * 64
+    records.put_document(
+        DocumentRecord(document_id=waiting, status=Status.NEEDS_REVIEW, source="up", model_version="seed")
+    )
+    text = "CURRICULUM VITAE. Education: B.Sc. Chemistry. Experience: research assistant. References available."
+    page = PageText(page=1, text=text, source="ocr", confidence=90.0, words=12, seconds=0.1)
+    blobs.put(f"text/{waiting}.json", ExtractionResult(pages=[page]).model_dump_json().encode())
+    corpus = Path(__file__).resolve().parents[1] / "fixtures" / "corpus"
+    hp = ["--hp", "vocab_size=400", "--hp", "c_grid=1,10", "--hp", "cv_folds=3", "--hp", "min_eval_docs=1"]
+    env = {"MLFLOW_DISABLE_TELEMETRY": "true"}
+    proc = run_cli("train", "--data", str(corpus), *hp, home=docflow_home, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "champion v1 published" in proc.stderr and "review queue re-scored by 1" in proc.stderr, proc.stderr
+    rescored = records.get_document(waiting)
+    assert rescored is not None and (rescored.model_version, rescored.rescored_from) == ("1", "seed")
+    assert [p.model_version for p in records.list_predictions(waiting)] == ["1"]
