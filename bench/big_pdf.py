@@ -52,6 +52,46 @@ def scanned_pdf(pages: int) -> bytes:
     return buf.getvalue()
 
 
+def text_layer_pdf(pages: int, page_bytes: int, streams_per_page: int = 2) -> bytes:
+    """A born-digital PDF whose every page draws `page_bytes` of dense text (1-point type) split over
+    `streams_per_page` deflated content streams: the heaviest text pages validation accepts, for the peak
+    memory of extracting them (PDFium costs ~100 bytes per byte of a page's content)."""
+    import zlib
+
+    line = b"(" + b"Lorem ipsum dolor sit amet, consectetur adipiscing elit " * 2 + b") Tj T*\n"
+    per_stream = page_bytes // streams_per_page
+    body = b"BT /F1 1 Tf 1 TL 0 790 Td\n" + line * max(1, (per_stream - 40) // len(line)) + b"ET"
+    stream = zlib.compress(body)
+    objects = [b"<< /Type /Catalog /Pages 2 0 R >>", b""]  # the page tree is filled in below
+    font = 3
+    objects.append(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
+    kids = []
+    for _ in range(pages):
+        first = len(objects) + 2  # this page's content streams follow its page object
+        refs = " ".join(f"{first + i} 0 R" for i in range(streams_per_page))
+        kids.append(f"{len(objects) + 1} 0 R")
+        objects.append(
+            f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents [{refs}] "
+            f"/Resources << /Font << /F1 {font} 0 R >> >> >>".encode()
+        )
+        for _ in range(streams_per_page):
+            objects.append(
+                f"<< /Length {len(stream)} /Filter /FlateDecode >>\nstream\n".encode() + stream + b"\nendstream"
+            )
+    objects[1] = f"<< /Type /Pages /Kids [{' '.join(kids)}] /Count {pages} >>".encode()
+    out = io.BytesIO()
+    out.write(b"%PDF-1.4\n")
+    offsets = []
+    for n, obj in enumerate(objects, start=1):
+        offsets.append(out.tell())
+        out.write(f"{n} 0 obj\n".encode() + obj + b"\nendobj\n")
+    xref = out.tell()
+    out.write(f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode())
+    out.write(b"".join(f"{off:010d} 00000 n \n".encode() for off in offsets))
+    out.write(f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode())
+    return out.getvalue()
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident memory. VmHWM belongs to the address space exec created; getrusage's
     ru_maxrss would carry the forking parent's peak over exec (a pytest process of 600 MB)."""
@@ -93,9 +133,14 @@ def _child(pdf: Path, home: Path) -> dict[str, Any]:
 
 def measure(pages: int) -> dict[str, Any]:
     """Run a fresh process over a generated `pages`-page scan; its report."""
+    return measure_pdf(scanned_pdf(pages))
+
+
+def measure_pdf(data: bytes) -> dict[str, Any]:
+    """Run a fresh process over a PDF; its report."""
     with tempfile.TemporaryDirectory() as tmp:
         pdf = Path(tmp) / "big.pdf"
-        pdf.write_bytes(scanned_pdf(pages))
+        pdf.write_bytes(data)
         proc = subprocess.run(
             [sys.executable, __file__, "--child", str(pdf), str(Path(tmp) / "home")],
             capture_output=True,
@@ -118,7 +163,18 @@ def main() -> int:
         print(json.dumps(_child(Path(args.child[0]), Path(args.child[1]))))
         return 0
     baseline, big = measure(1), measure(args.pages)
-    print(json.dumps({"baseline_1_page": baseline, f"pdf_{args.pages}_pages": big}, indent=2))
+    # The heaviest text layer accepted: pages just under the per-page content limit (two streams each).
+    from docflow.models import ValidationLimits
+
+    limit = ValidationLimits().max_page_content_bytes
+    heavy = measure_pdf(text_layer_pdf(4, limit - 64 * 1024))
+    heavy["page_content_bytes"] = limit - 64 * 1024
+    print(
+        json.dumps(
+            {"baseline_1_page": baseline, f"pdf_{args.pages}_pages": big, "heaviest_text_layer_4_pages": heavy},
+            indent=2,
+        )
+    )
     return 0
 
 

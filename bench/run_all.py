@@ -5,10 +5,11 @@
 Runs, each as its own process (so one's imports and caches do not flatter the next): ocr_cer, throughput,
 classify_latency, api_throughput (existing), pipeline_share (outside-OCR share; pages/s at 10/100/1,000
 documents), cold_start (every handler), fault_run (1,000 documents, 5 % transient and 1 % permanent
-faults, audited from the record store), big_pdf (a 300-page scan: time, peak RSS), aws_cost (paper
-estimate from the measured step times), then quality (the classifier end to end per source, through
-`docflow eval`; * = precision on the documents not sent to review), then review_queue (the review page in
-headless Chromium: first document with 1,000 queued; 50 real scans cleared by keyboard). Each writes
+faults, audited from the record store), big_pdf (a 300-page scan: time, peak RSS; the heaviest text
+layer accepted: peak RSS), aws_cost (paper estimate from the measured step times), then quality (the
+classifier end to end per source, through `docflow eval`; * = precision on the documents not sent to
+review), then review_queue (the review page in headless Chromium: first document with 1,000 queued; 50
+real scans cleared by keyboard). Each writes
 bench/results/<name>.json; this collects them into bench/results/bench.json with the machine's load
 before and after (timings on a busy machine are slower).
 """
@@ -130,6 +131,12 @@ def table(r: dict[str, Any]) -> list[tuple[str, str, str]]:
         if big and base:
             add(f"{big['pages']}-page scanned PDF: seconds, status", f"{big['seconds']} s, {big['status']}")
             add("  peak RSS vs a 1-page run", f"{big['peak_rss_mb']} MB vs {base['peak_rss_mb']} MB")
+        if heavy := bp.get("heaviest_text_layer_4_pages"):
+            add(
+                f"heaviest text layer accepted (4 pages x {heavy['page_content_bytes'] / 2**20:.2f} MiB): peak RSS",
+                f"{heavy['peak_rss_mb']} MB",
+                "<= 512",
+            )
     if cost := r.get("aws_cost"):
         for name in ("single_page_scans", "300_page_pdfs"):
             c = cost[name]

@@ -89,6 +89,11 @@ class ValidationLimits(BaseModel):
     # of them together.
     max_content_stream_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
     max_content_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
+    # What one page draws, all its content streams together. PDFium's text extraction of a page costs ~100
+    # bytes of memory per byte of its content (measured, one page of dense text: 1 MB -> 270 MB peak RSS of
+    # `docflow process`, 2 MB -> 370 MB, 3 MB -> 565 MB, with ~170 MB of imports, model and Tesseract): 2 MiB
+    # keeps every accepted page under 512 MiB. A dense printed page draws 5-50 KB.
+    max_page_content_bytes: int = Field(default=2 * 1024 * 1024, gt=0)
 
 
 class ValidationReport(BaseModel):

@@ -37,6 +37,16 @@ def test_content_limit_counts_what_the_stream_expands_to() -> None:
     assert report.code == "CONTENT_TOO_LARGE" and "in all" in (report.reason or "")
 
 
+def test_a_page_drawing_more_than_the_page_limit_over_several_streams_is_refused() -> None:
+    from bench.big_pdf import text_layer_pdf
+
+    # Each of a page's two streams is well under the per-stream limit: together they are what its text costs
+    over = validate_document(text_layer_pdf(1, 3 * 1024 * 1024), ValidationLimits())
+    assert over.code == "CONTENT_TOO_LARGE" and "the limit per page" in (over.reason or ""), over.reason
+    # Pages just under the limit are accepted (their extraction stays under 512 MiB: test_big_pdf)
+    assert validate_document(text_layer_pdf(4, 2 * 1024 * 1024 - 64 * 1024), ValidationLimits()).accepted
+
+
 def test_the_pdf_engine_cannot_run_javascript() -> None:
     """The javascript and embedded-file cases are PROCESSED on the strength of this: the PDFium build has no
     JavaScript engine (V8) nor XFA, and docflow never initialises a form-fill environment (which is where

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from bench.big_pdf import measure, page_text, scanned_pdf
+from bench.big_pdf import measure, measure_pdf, page_text, scanned_pdf, text_layer_pdf
 from docflow.models import ExtractionResult
 from infra_cdk import constants as c
 from tests.aws_fixtures import BUCKET
@@ -75,3 +75,17 @@ def test_embedded_runner_300_pages_with_bounded_memory() -> None:
     # BGRA; holding them would add ~190 MB). The baseline is imports, the model and Tesseract (~170 MB).
     assert big["peak_rss_mb"] - baseline["peak_rss_mb"] < 32, (baseline, big)
     assert big["peak_rss_mb"] < 512, big
+
+
+def test_the_heaviest_text_layer_accepted_stays_under_512_mib() -> None:
+    """Extracting a page's text costs PDFium ~100 bytes per byte of the page's content: validation caps what
+    a page draws (max_page_content_bytes), so the heaviest pages it accepts, four of them in a row, peak under
+    512 MiB in one fresh embedded run (models, imports and Tesseract included); a page over it is refused."""
+    from docflow.models import ValidationLimits
+
+    limit = ValidationLimits().max_page_content_bytes
+    heavy = measure_pdf(text_layer_pdf(4, limit - 64 * 1024))
+    assert heavy["status"] in ("CLASSIFIED", "NEEDS_REVIEW") and heavy["pages"] == 4, heavy
+    assert heavy["peak_rss_mb"] < 512, heavy
+    over = measure_pdf(text_layer_pdf(1, limit + 256 * 1024))
+    assert over["status"] == "REJECTED" and "limit per page" in over["reason"], over

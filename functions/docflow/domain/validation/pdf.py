@@ -137,6 +137,12 @@ def _check_pdf_content(data: bytes, limits: ValidationLimits, page_count: int) -
     weighted += max(0, page_count - pages_seen) * largest
     if weighted > limits.max_content_bytes:
         raise _content_too_large(limits, shared=True)
+    if largest > limits.max_page_content_bytes:  # what extracting one page's text costs (models.py)
+        raise Rejected(
+            RejectionCode.CONTENT_TOO_LARGE,
+            f"A page of the PDF draws content streams (its text and drawing instructions) that expand to "
+            f"{human_bytes(largest)}, more than {human_bytes(limits.max_page_content_bytes)}, the limit per page.",
+        )
 
 
 def _content_too_large(limits: ValidationLimits, *, shared: bool = False) -> Rejected:
