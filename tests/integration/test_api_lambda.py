@@ -59,7 +59,7 @@ def aws(monkeypatch: pytest.MonkeyPatch, tiny_model: Path) -> Iterator[Any]:
     monkeypatch.setenv("DOCFLOW_MODEL_DIR", str(tiny_model))
     monkeypatch.setenv("DOCFLOW_API_KEY", KEY)  # the app checks too when a key is set
     from docflow.api.config import get_api_settings
-    from docflow.api.service import _s3_presigner
+    from docflow.api.uploads import _s3_presigner
 
     get_api_settings.cache_clear()
     _s3_presigner.cache_clear()

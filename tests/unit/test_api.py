@@ -198,12 +198,12 @@ def test_upload_poll_history_label_and_reclassify(client: TestClient) -> None:
 def test_labelling_a_document_still_processing_keeps_the_pipelines_status(
     client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from docflow.api import service
+    from docflow.api import serving
 
     records = get_context().records
     document_id = "c" * 64
     records.put_document(DocumentRecord(document_id=document_id, status=Status.PROCESSING, source="up"))
-    load = service.classifier
+    load = serving.classifier
 
     def pipeline_finishes_while_the_model_loads(ctx: Any) -> Any:
         seen = records.get_document(document_id)
@@ -211,7 +211,7 @@ def test_labelling_a_document_still_processing_keeps_the_pipelines_status(
         records.put_document(seen.model_copy(update={"status": Status.CLASSIFIED, "predicted_class": "email"}))
         return load(ctx)
 
-    monkeypatch.setattr(service, "classifier", pipeline_finishes_while_the_model_loads)
+    monkeypatch.setattr(serving, "classifier", pipeline_finishes_while_the_model_loads)
     # When a label is set on a document the pipeline finishes meanwhile
     labelled = client.put(f"/documents/{document_id}/label", json={"label": "resume"})
     # Then the label is stored and the pipeline's outcome is not put back to PROCESSING
@@ -519,12 +519,12 @@ def test_openapi_describes_every_body_with_a_model(client: TestClient) -> None:
 
 
 def test_a_bug_is_a_500_json_without_internals(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
-    from docflow.api import service
+    from docflow.api import serving
 
     def broken(*args: Any) -> Any:
         raise RuntimeError("secret internals at /srv/path")
 
-    monkeypatch.setattr(service, "predict_text", broken)
+    monkeypatch.setattr(serving, "predict_text", broken)
     body = _assert_error(client.post("/predict/text", json={"text": "x"}), 500, "internal_error")
     assert "secret" not in body["detail"] and body["request_id"]
 
@@ -532,7 +532,7 @@ def test_a_bug_is_a_500_json_without_internals(client: TestClient, monkeypatch: 
 def test_a_bug_on_an_upload_url_logs_the_path_without_its_token(
     client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from docflow.api import errors, service
+    from docflow.api import errors, uploads
 
     logged: list[dict[str, Any]] = []
 
@@ -543,28 +543,28 @@ def test_a_bug_on_an_upload_url_logs_the_path_without_its_token(
     def broken(*args: Any) -> Any:
         raise RuntimeError("bug")
 
-    original = service.accept_granted_upload
-    monkeypatch.setattr(service, "accept_granted_upload", broken)
+    original = uploads.accept_granted_upload
+    monkeypatch.setattr(uploads, "accept_granted_upload", broken)
     monkeypatch.setattr(errors, "logger", Recorder())
     grant = client.post("/documents/upload-url", json={"file_name": "memo.pdf"})
     path = grant.json()["url"].removeprefix("http://testserver")
     _assert_error(client.put(path, content=b"%PDF-1.4 x"), 500, "internal_error")
     assert logged == [{"path": "/uploads/<redacted>", "method": "PUT"}]
     # the upload was not accepted, so the URL was not used up
-    monkeypatch.setattr(service, "accept_granted_upload", original)
+    monkeypatch.setattr(uploads, "accept_granted_upload", original)
     put = client.put(path, content=text_pdf([MEMO]))
     assert put.status_code == 202, put.text
     _wait_terminal(client, put.json()["document_id"])
 
 
 def test_a_store_hiccup_is_a_503_with_retry_after(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
-    from docflow.api import service
+    from docflow.api import documents
     from docflow.errors import TransientError
 
     def throttled(*args: Any) -> Any:
         raise TransientError("ThrottlingException on table t")
 
-    monkeypatch.setattr(service, "list_documents", throttled)
+    monkeypatch.setattr(documents, "list_documents", throttled)
     response = client.get("/documents")
     _assert_error(response, 503, "unavailable")
     assert response.headers["retry-after"] == "5"
@@ -675,15 +675,15 @@ def test_access_log_hides_upload_tokens() -> None:
 
 def test_a_failed_document_sent_again_is_not_reported_terminal_before_its_rerun(docflow_home: Path) -> None:
     """A client polls until terminal: the old FAILED must not end its poll while the retry waits in the queue."""
-    from docflow.api import service
+    from docflow.api import documents
 
     ctx = build_context(Settings(home=docflow_home))
     doc = "d" * 64
     ctx.records.put_document(DocumentRecord(document_id=doc, status=Status.FAILED, source="first.png", reason="x"))
     ctx.records.put_upload(UploadRecord(document_id=doc, source="first.png", status=Status.FAILED))
-    assert service.get_document(ctx, doc).terminal
+    assert documents.get_document(ctx, doc).terminal
     ctx.records.put_upload(UploadRecord(document_id=doc, source="again.png", status=Status.RECEIVED))
-    polled = service.get_document(ctx, doc)
+    polled = documents.get_document(ctx, doc)
     assert (polled.status, polled.terminal) == (Status.RECEIVED, False)
 
 

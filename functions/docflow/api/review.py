@@ -12,7 +12,7 @@ from __future__ import annotations
 import secrets
 from pathlib import PurePosixPath
 
-from docflow.api import service
+from docflow.api import documents, serving
 from docflow.api.errors import ApiError
 from docflow.api.schemas import (
     DecisionInfo,
@@ -36,7 +36,7 @@ _ATTEMPTS = 3  # a decision raced by the pipeline's own write is tried again on 
 def queue(
     ctx: StepContext, predicted_class: str | None, code: ReviewCode | None, limit: int, cursor: str | None
 ) -> ReviewQueuePage:
-    raw = service.decode_cursor(cursor)
+    raw = documents.decode_cursor(cursor)
     reason = code.value if code else None
     try:
         records, next_raw = ctx.records.list_review_queue(predicted_class, reason, limit, raw)
@@ -44,7 +44,7 @@ def queue(
         raise ApiError(422, "invalid_cursor", "cursor is not one this API returned") from exc
     total = ctx.records.count_review_queue(predicted_class, reason)
     return ReviewQueuePage(
-        total=total, items=[_queue_item(r) for r in records], next_cursor=service.encode_cursor(next_raw)
+        total=total, items=[_queue_item(r) for r in records], next_cursor=documents.encode_cursor(next_raw)
     )
 
 
@@ -116,7 +116,7 @@ def page_preview(ctx: StepContext, document_id: str, page: int) -> tuple[bytes, 
 
 
 def allowed_labels(ctx: StepContext) -> tuple[str, ...]:
-    return (*service.classifier(ctx).labels, OUT_OF_SCOPE_LABEL)
+    return (*serving.classifier(ctx).labels, OUT_OF_SCOPE_LABEL)
 
 
 def decide(
@@ -213,7 +213,7 @@ def decision_info(decision: ReviewDecision) -> DecisionInfo:
 
 
 def _document(record: DocumentRecord) -> DocumentResponse:
-    return service.document_response(record, None)
+    return documents.document_response(record, None)
 
 
 def history(ctx: StepContext, document_id: str) -> PredictionHistory:

@@ -1,4 +1,5 @@
-"""The endpoints: parse the request into models, call one function of docflow.api.service, answer a model."""
+"""The endpoints: parse the request into models, call one function of the resource's module (serving, documents,
+uploads, sync_predict, review), answer a model."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, Response, UploadFile
 
-from docflow.api import review, service
+from docflow.api import documents, review, serving, sync_predict, uploads
 from docflow.api.config import ApiSettings
 from docflow.api.errors import ApiError, responses
 from docflow.api.schemas import (
@@ -86,7 +87,7 @@ def _read_upload(file: UploadFile, api: ApiSettings) -> bytes:
             413,
             "payload_too_large",
             f"the file is {file.size:,} bytes; this endpoint takes at most {api.api_max_upload_bytes:,} bytes: "
-            f"{service.UPLOAD_URL_HINT}",
+            f"{uploads.UPLOAD_URL_HINT}",
         )
     return file.file.read(api.api_max_upload_bytes + 1)
 
@@ -123,7 +124,7 @@ protected = APIRouter()
 )
 def health(ctx: Ctx, response: Response) -> HealthResponse:
     """Liveness: the model version loaded and whether the stores answer. No API key needed."""
-    result = service.health(ctx)
+    result = serving.health(ctx)
     if result.status != "ok":
         response.status_code = 503
     return result
@@ -145,7 +146,7 @@ def upload_document(
 ) -> DocumentAccepted:
     """Upload one small document (multipart field `file`); the pipeline runs after the 202. Poll
     `status_url` until `terminal` is true. Larger files: POST /documents/upload-url."""
-    accepted = service.accept_upload(ctx, api, submit, file.filename, _read_upload(file, api))
+    accepted = uploads.accept_upload(ctx, api, submit, file.filename, _read_upload(file, api))
     response.headers["Location"] = accepted.status_url
     return accepted
 
@@ -154,7 +155,7 @@ def upload_document(
 def create_upload_url(body: UploadUrlRequest, ctx: Ctx, api: Api, request: Request) -> UploadUrlResponse:
     """A URL to PUT a large file to (S3 presigned on AWS). The object lands under incoming/ and is processed
     like any upload; its document_id is the file's SHA-256."""
-    return service.upload_url(ctx, api, body, str(request.base_url), request.app.state.upload_secret())
+    return uploads.upload_url(ctx, api, body, str(request.base_url), request.app.state.upload_secret())
 
 
 @public.put(
@@ -200,7 +201,7 @@ async def put_upload(
         # the same URL can be used again.
         claim = _claim_upload_url(spool, grant)
         try:
-            accepted = service.accept_granted_upload(ctx, submit, grant, FilePath(tmp), digest.hexdigest(), size)
+            accepted = uploads.accept_granted_upload(ctx, submit, grant, FilePath(tmp), digest.hexdigest(), size)
         except BaseException:
             claim.unlink(missing_ok=True)
             raise
@@ -220,7 +221,7 @@ def list_documents(
     """Documents, most recently updated first (all of them, or those with one status), one page at a time.
     A document updated while you page (labelled, re-predicted, finished) moves to the front: page again from
     the start to see it. Statuses RECEIVED and DUPLICATE belong to uploads, not documents (422)."""
-    return service.list_documents(ctx, status, limit, cursor)
+    return documents.list_documents(ctx, status, limit, cursor)
 
 
 @protected.get(
@@ -228,7 +229,7 @@ def list_documents(
 )
 def get_document(document_id: DocId, ctx: Ctx) -> DocumentResponse:
     """Status, reason, prediction, pages, text source, timings, and every upload of this content."""
-    return service.get_document(ctx, document_id)
+    return documents.get_document(ctx, document_id)
 
 
 @protected.get(
@@ -257,7 +258,7 @@ def get_prediction_history(document_id: DocId, ctx: Ctx) -> PredictionHistory:
 @protected.post("/predict/text", response_model=PredictionResponse, tags=["predictions"], responses=responses())
 def predict_text(body: PredictTextRequest, ctx: Ctx) -> PredictionResponse:
     """Classify text now."""
-    return service.predict_text(ctx, body.text, body.return_all_scores)
+    return serving.predict_text(ctx, body.text, body.return_all_scores)
 
 
 @protected.post(
@@ -283,7 +284,7 @@ def upload_and_predict(
     `ocr_language` and `return_all_scores` are also taken as query parameters, as the seed did."""
     languages = ocr_language or ocr_language_query
     all_scores = return_all_scores or bool(return_all_scores_query)
-    return service.upload_and_predict(
+    return sync_predict.upload_and_predict(
         ctx,
         api,
         file.filename,
@@ -303,7 +304,7 @@ def predict_document(
     document_id: DocId, ctx: Ctx, return_all_scores: Annotated[bool, Query()] = False
 ) -> DocumentPredictionResponse:
     """Classify a stored document's text again with the current champion; recorded in its history."""
-    return service.repredict_document(ctx, document_id, return_all_scores)
+    return documents.repredict_document(ctx, document_id, return_all_scores)
 
 
 @protected.put(
@@ -323,4 +324,4 @@ def set_label(document_id: DocId, body: LabelRequest, ctx: Ctx, request: Request
 @protected.get("/model", response_model=ModelInfo, tags=["service"], responses=responses())
 def get_model(ctx: Ctx) -> ModelInfo:
     """The champion: version, classes, held-out evaluation."""
-    return service.model_info(ctx)
+    return serving.model_info(ctx)
