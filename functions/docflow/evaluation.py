@@ -26,6 +26,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from docflow.domain.class_metrics import ClassScore, class_metrics
+
 logger = logging.getLogger(__name__)
 
 # Folder or CSV label names used elsewhere for Docflow's classes (Tobacco-3482's folder names,
@@ -63,13 +65,8 @@ class EvalRow:
     source: str = ""
 
 
-@dataclass
-class ClassStats:
-    precision: float
-    recall: float
-    f1: float
-    support: int
-    predicted: int
+# A per-class row of the report: precision, recall, f1, support, predicted (docflow.domain.class_metrics).
+ClassStats = ClassScore
 
 
 @dataclass
@@ -118,20 +115,6 @@ def confusion_matrix(rows: Sequence[EvalRow], labels: Sequence[str]) -> tuple[li
     return columns, matrix
 
 
-def per_class_stats(rows: Sequence[EvalRow], labels: Sequence[str]) -> dict[str, ClassStats]:
-    """Precision / recall / F1 per class over ``rows`` (a prediction of a class counts against its
-    precision whatever the row's true label)."""
-    stats = {}
-    for label in labels:
-        tp = sum(1 for r in rows if r.label == label and r.predicted == label)
-        support = sum(1 for r in rows if r.label == label)
-        predicted = sum(1 for r in rows if r.predicted == label)
-        precision, recall = _safe_div(tp, predicted), _safe_div(tp, support)
-        f1 = _safe_div(2 * precision * recall, precision + recall)
-        stats[label] = ClassStats(precision, recall, f1, support, predicted)
-    return stats
-
-
 def evaluate(
     rows: Sequence[EvalRow], model_labels: Iterable[str] | None = None, review_threshold: float | None = None
 ) -> EvalReport:
@@ -142,8 +125,10 @@ def evaluate(
     in_scope = [r for r in rows if known is None or r.label in known]
     outside = [r for r in rows if known is not None and r.label not in known]
     labels = sorted({r.label for r in in_scope})
-    per_class = per_class_stats(in_scope, labels)
-    correct = [r.predicted == r.label for r in in_scope]
+    # Precision / recall / F1 per class over the in-scope rows: a prediction of a class counts against its
+    # precision whatever the row's true label; a row with no prediction is a miss. "python": this report's
+    # arithmetic since its first version (F1 from the rounded precision and recall, macro-F1 a plain mean).
+    scores = class_metrics([r.label for r in in_scope], [r.predicted for r in in_scope], labels, arithmetic="python")
     classified = [r for r in in_scope if r.status == CLASSIFIED]
     abstained = [r for r in in_scope if r.status == ABSTAINED]
     columns, matrix = confusion_matrix(in_scope, labels)
@@ -163,9 +148,9 @@ def evaluate(
         n=len(rows),
         n_in_scope=len(in_scope),
         labels=labels,
-        accuracy=_safe_div(sum(correct), len(in_scope)),
-        macro_f1=_safe_div(sum(s.f1 for s in per_class.values()), len(per_class)),
-        per_class=per_class,
+        accuracy=scores.accuracy,
+        macro_f1=scores.macro_f1,
+        per_class=scores.per_class,
         status_counts=dict(sorted(Counter(r.status for r in rows).items())),
         abstention_rate=_safe_div(len(abstained), len(in_scope)),
         coverage=_safe_div(len(classified), len(in_scope)),
@@ -251,6 +236,7 @@ def format_report(report: EvalReport) -> str:
 
 def plot_confusion(report: EvalReport, path: Path) -> Path:
     """A confusion-matrix picture (PNG) drawn with Pillow: cells shaded by row-normalized count."""
+    # Imported here: only the picture needs Pillow; the scoring above is pure.
     from PIL import Image, ImageDraw, ImageFont
 
     font = ImageFont.load_default()
@@ -373,6 +359,7 @@ def run_pipeline(
     a model with a scan head its threshold and how many of the documents it was fitted on).
     Raises ConfigurationError before the first document when the model does not load or an OCR
     language is missing."""
+    # Imported here: only a run needs the pipeline; scoring and load_labelled (docflow_training.scans) do not.
     from docflow.pipeline.embedded import check_ready, process_paths
     from docflow.settings import Settings
 

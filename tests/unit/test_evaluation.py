@@ -84,6 +84,25 @@ def test_per_class_precision_recall_and_macro_f1() -> None:
     assert report.macro_f1 == pytest.approx(sum(f1s) / 3)
 
 
+def test_per_class_figures_keep_the_reports_own_rounding() -> None:
+    """F1 from the rounded precision and recall, macro-F1 a plain mean: the full floats `docflow eval --json`
+    has always printed, one bit off scikit-learn's 4/7 and 37/112 here (docflow.domain.class_metrics)."""
+    pairs = [("memo", "memo")] * 2 + [("memo", "email")] + [("email", "email")] * 3 + [("email", "memo")]
+    pairs += [("letter", "memo"), ("letter", None), ("invoice", "form")]
+    report = evaluate([EvalRow(t, p, "CLASSIFIED" if p else "REJECTED") for t, p in pairs])
+    assert report.labels == ["email", "invoice", "letter", "memo"]
+    memo = report.per_class["memo"]
+    assert (memo.precision, memo.recall, memo.f1, memo.support, memo.predicted) == (
+        0.5,
+        0.6666666666666666,
+        0.5714285714285715,
+        3,
+        4,
+    )
+    assert (report.accuracy, report.macro_f1) == (0.5, 0.3303571428571429)
+    assert json.loads(json.dumps(report.to_dict()))["per_class"]["memo"]["f1"] == 0.5714285714285715
+
+
 def test_out_of_scope_rows_are_reported_apart() -> None:
     report = evaluate(ROWS, MODEL_LABELS)
     assert report.out_of_scope["n"] == 2

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from docflow.domain.class_metrics import class_metrics
 from docflow.domain.model_files import MODEL_FILES
 from docflow_training.tracking import (
     GATE_ARTIFACTS,
@@ -136,14 +137,14 @@ def score_model(model_dir: Path, docs: Sequence[HeldOutDoc], batch_size: int = 3
     y_true = [doc.label for doc in docs]
     probabilities = classifier.predict_proba([doc.text for doc in docs], batch_size=batch_size)
     y_pred = [classifier.labels[i] for i in np.argmax(probabilities, axis=1)] if len(docs) else []
-    labels = sorted(set(y_true))
-    recalls, f1s = per_class_recall_f1(y_true, y_pred, labels)
+    # numpy, not scikit-learn: the gate also runs in a Lambda whose layers have no room for scikit-learn.
+    metrics = class_metrics(y_true, y_pred, sorted(set(y_true)))
     return Scores(
         n_docs=len(docs),
-        accuracy=float(np.mean([t == p for t, p in zip(y_true, y_pred, strict=True)])) if docs else 0.0,
-        macro_f1=float(np.mean(f1s)) if labels else 0.0,
-        recall={label: float(r) for label, r in zip(labels, recalls, strict=True)},
-        support={label: y_true.count(label) for label in labels},
+        accuracy=metrics.accuracy,
+        macro_f1=metrics.macro_f1,
+        recall={label: s.recall for label, s in metrics.per_class.items()},
+        support={label: s.support for label, s in metrics.per_class.items()},
         review_calibrated=review_calibrated(model_dir),
         classes=list(classifier.labels),
     )
@@ -152,17 +153,10 @@ def score_model(model_dir: Path, docs: Sequence[HeldOutDoc], batch_size: int = 3
 def per_class_recall_f1(
     y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str]
 ) -> tuple[list[float], list[float]]:
-    """Recall and F1 of each of ``labels``, 0 where undefined: scikit-learn's ``recall_score`` /
-    ``f1_score(average=None, zero_division=0)``, in numpy, because the gate also runs in a Lambda whose
-    layers have no room for scikit-learn and scipy (a unit test holds the two to the same numbers)."""
-    true, pred = np.asarray(y_true, dtype=object), np.asarray(y_pred, dtype=object)
-    recalls, f1s = [], []
-    for label in labels:
-        tp = float(np.sum((true == label) & (pred == label)))
-        actual, predicted = float(np.sum(true == label)), float(np.sum(pred == label))
-        recalls.append(tp / actual if actual else 0.0)
-        f1s.append(2 * tp / (actual + predicted) if actual + predicted else 0.0)
-    return recalls, f1s
+    """Recall and F1 of each of ``labels``, 0 where undefined (scikit-learn's ``recall_score`` /
+    ``f1_score(average=None, zero_division=0)``): ``docflow.domain.class_metrics``'s, as two lists."""
+    per_class = class_metrics(y_true, y_pred, labels).per_class.values()
+    return [s.recall for s in per_class], [s.f1 for s in per_class]
 
 
 def decide(challenger: Scores, champion: Scores, policy: GatePolicy) -> tuple[bool, list[str]]:

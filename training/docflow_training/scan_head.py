@@ -21,6 +21,7 @@ makes those figures a little optimistic; the held-back half of the collection is
 from __future__ import annotations
 
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,9 +31,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from scipy.optimize import minimize
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import f1_score
 from sklearn.model_selection import RepeatedStratifiedKFold
 
+from docflow.domain.class_metrics import class_metrics
 from docflow.domain.layout import FEATURE_NAMES, LAYOUT_VERSION
 from docflow.domain.scan_head import (
     OUT_OF_SCOPE_INPUTS,
@@ -265,28 +266,19 @@ def summarize(rows: Sequence[dict[str, Any]], classes: Sequence[str]) -> dict[st
     out_scope = [r for r in rows if r["label"] not in classes]
     classified = [r for r in in_scope if r["status"] == "CLASSIFIED"]
     right = [r for r in in_scope if r["predicted"] == r["label"]]
-    recall = {
-        c: (sum(1 for r in in_scope if r["label"] == c and r["predicted"] == c) / n if n else None)
-        for c in classes
-        if (n := sum(1 for r in in_scope if r["label"] == c))
-    }
+    # Scored over the classes that have scans here, in ``classes`` order; no prediction is a miss.
+    present = Counter(r["label"] for r in in_scope)
+    scores = class_metrics(
+        [r["label"] for r in in_scope], [r["predicted"] for r in in_scope], [c for c in classes if present[c]]
+    )
+    recall = {c: s.recall for c, s in scores.per_class.items()}
     oos_classified = [r for r in out_scope if r["status"] == "CLASSIFIED"]
     all_classified = classified + oos_classified
     return {
         "in_scope": len(in_scope),
         "out_of_scope": len(out_scope),
         "top1": len(right) / len(in_scope) if in_scope else None,
-        "macro_f1": float(
-            f1_score(
-                [r["label"] for r in in_scope],
-                [r["predicted"] or "" for r in in_scope],
-                labels=list(recall),
-                average="macro",
-                zero_division=0,
-            )
-        )
-        if in_scope
-        else None,
+        "macro_f1": scores.macro_f1 if in_scope else None,
         "recall": recall,
         "classified_share": len(classified) / len(in_scope) if in_scope else None,
         "classified_precision": (

@@ -35,10 +35,10 @@ from typing import Any
 import numpy as np
 import torch
 from onnxruntime.quantization import QuantType, quantize_dynamic
-from sklearn.metrics import accuracy_score, f1_score
 from tokenizers import Tokenizer
 from torch import nn
 
+from docflow.domain.class_metrics import class_metrics
 from docflow.domain.classifier import (
     ATTENTION_MASK,
     CONFIG_FILE,
@@ -326,10 +326,8 @@ def _warmup_then_decay(total_steps: int, warmup_fraction: float) -> Callable[[in
 def _holdout_scores(probabilities: np.ndarray, holdout: Sequence[Document], labels: Sequence[str]) -> dict[str, float]:
     y_true = [doc.label for doc in holdout]
     y_pred = [labels[i] for i in np.argmax(probabilities, axis=1)]
-    return {
-        "holdout_accuracy": float(accuracy_score(y_true, y_pred)),
-        "holdout_macro_f1": float(f1_score(y_true, y_pred, labels=list(labels), average="macro", zero_division=0)),
-    }
+    scores = class_metrics(y_true, y_pred, labels)
+    return {"holdout_accuracy": scores.accuracy, "holdout_macro_f1": scores.macro_f1}
 
 
 def fine_tune(
