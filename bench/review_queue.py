@@ -219,7 +219,8 @@ def fill_queue(home: Path, n: int, classes: list[str], model_version: str) -> No
     """``n`` NEEDS_REVIEW records, the oldest first, each with its text; one PNG behind all their previews."""
     import hashlib
 
-    from docflow.adapters.local import LocalBlobStore, SqliteRecordStore
+    from docflow.adapters.files import LocalBlobStore
+    from docflow.adapters.sqlite import SqliteRecordStore
     from docflow.models import ExtractionResult, PageText, Status, utcnow
     from docflow.pipeline.steps import text_key
     from docflow.records import DocumentRecord
@@ -350,7 +351,8 @@ def clear_queue(rvl: Path, n: int, root: Path) -> dict[str, Any]:
     import httpx
     from selenium.webdriver.common.by import By
 
-    from docflow.adapters.local import LocalBlobStore, SqliteRecordStore
+    from docflow.adapters.files import LocalBlobStore
+    from docflow.adapters.sqlite import SqliteRecordStore
     from docflow_training.feedback import collect_feedback
 
     picks = stratified(rvl, n)

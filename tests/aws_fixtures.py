@@ -10,7 +10,7 @@ from urllib.parse import quote_plus
 
 import boto3
 
-from docflow.adapters.aws import STATUS_INDEX
+from docflow.adapters.dynamodb import STATUS_INDEX
 
 BUCKET = "docflow-documents-test"
 TABLE = "docflow-records-test"

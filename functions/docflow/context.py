@@ -79,14 +79,19 @@ class StepContext:
 
 def build_context(settings: Settings) -> StepContext:
     if settings.backend == "aws":
-        from docflow.adapters.aws import DynamoRecordStore, S3BlobStore
+        # Imported here, each backend's adapters on its own: the local runtime never loads boto3, and a
+        # Lambda never loads sqlite3.
+        from docflow.adapters.dynamodb import DynamoRecordStore
+        from docflow.adapters.s3 import S3BlobStore
 
         return StepContext(
             settings=settings,
             blobs=S3BlobStore(settings.documents_bucket or ""),
             records=DynamoRecordStore(settings.table_name or ""),
         )
-    from docflow.adapters.local import LocalBlobStore, SqliteRecordStore
+    # (see above: a Lambda never loads these)
+    from docflow.adapters.files import LocalBlobStore
+    from docflow.adapters.sqlite import SqliteRecordStore
 
     return StepContext(
         settings=settings,

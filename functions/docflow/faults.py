@@ -14,8 +14,10 @@ every process, Lambda or worker, picks the same documents.
 increment of a counter in the record store (DynamoDB ADD, SQLite upsert), so the store also says how many
 faults were injected. ExtractPages counts per page range, since each range is its own task.
 
-The hook sits on the step functions themselves (`fault_point`), the one place the Lambda handlers, the
-embedded runner and the API's synchronous path all go through.
+This module is the plan: what DOCFLOW_FAULTS says (parsed and checked when Settings is read) and which
+documents it picks. The hook that acts on it sits on the step functions themselves
+(`docflow.pipeline.fault_point`), the one place the Lambda handlers, the embedded runner and the API's
+synchronous path all go through.
 """
 
 from __future__ import annotations
@@ -23,15 +25,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Literal, TypeVar
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-
-from docflow.errors import PermanentError, TransientError
-
-if TYPE_CHECKING:
-    from docflow.context import StepContext
 
 FAULTABLE_STEPS = ("Validate", "RecordOutcome", "ExtractText", "ExtractPages", "MergeText", "Classify")
 
@@ -103,58 +99,3 @@ def fault_plan(spec: str, seed: int) -> FaultPlan | None:
 def counter_name(step: str, document_key: str, part: str | None = None) -> str:
     """The record-store counter of injections of `step`'s fault into one document (or page range)."""
     return f"fault:{step}:{document_key}" + (f":{part}" if part else "")
-
-
-def _target(payload: object) -> tuple[str, str | None]:
-    """(document key, page-range part) of a step's payload: a PipelineState or a PageRangeTask."""
-    from docflow.pipeline.state import PageRangeTask, PipelineState
-
-    if isinstance(payload, PageRangeTask):
-        state, part = payload.state, f"{payload.first_page}-{payload.last_page}"
-    elif isinstance(payload, PipelineState):
-        state, part = payload, None
-    else:
-        raise TypeError(f"no document in a {type(payload).__name__}")
-    return state.document_id or state.ref.key, part
-
-
-def inject(step: str, payload: object, ctx: StepContext) -> None:
-    """Raise the configured fault for this step and document, if any."""
-    plan = fault_plan(ctx.settings.faults, ctx.settings.faults_seed)
-    fault = plan.for_step(step) if plan else None
-    if plan is None or fault is None:
-        return
-    document_key, part = _target(payload)
-    if not plan.selects(fault, document_key):
-        return
-    name = counter_name(step, document_key, part)
-    if fault.kind == "permanent":
-        ctx.records.increment_counter(name)
-        raise PermanentError(f"injected permanent fault in {step} (DOCFLOW_FAULTS)")
-    if ctx.records.get_counter(name) >= fault.times:
-        return  # already failed N times: cheap read first, no write once the faults are spent
-    # The increment decides, not the read: two concurrent invocations cannot both take the last fault.
-    n = ctx.records.increment_counter(name)
-    if n <= fault.times:
-        raise TransientError(f"injected transient fault {n}/{fault.times} in {step} (DOCFLOW_FAULTS)")
-
-
-P = TypeVar("P")
-R = TypeVar("R")
-
-
-def fault_point(step: str) -> Callable[[Callable[[P, StepContext], R]], Callable[[P, StepContext], R]]:
-    """Mark a pipeline step function as `step` (its state machine function name) for DOCFLOW_FAULTS."""
-    if step not in FAULTABLE_STEPS:
-        raise ValueError(f"unknown step {step!r}")
-
-    def decorate(fn: Callable[[P, StepContext], R]) -> Callable[[P, StepContext], R]:
-        @functools.wraps(fn)
-        def wrapper(payload: P, ctx: StepContext) -> R:
-            if ctx.settings.faults:
-                inject(step, payload, ctx)
-            return fn(payload, ctx)
-
-        return wrapper
-
-    return decorate

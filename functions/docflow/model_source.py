@@ -282,7 +282,7 @@ def build_model_source(
         return FixedModelSource(settings.model_dir)
     if settings.backend == "aws" and settings.model_bucket:
         # Imported here: the local runtime never loads boto3.
-        from docflow.adapters.aws import S3BlobStore
+        from docflow.adapters.s3 import S3BlobStore
 
         return BlobChampionSource(
             S3BlobStore(settings.model_bucket), cache_root=cache_root or DEFAULT_CACHE_ROOT, ttl_seconds=ttl_seconds

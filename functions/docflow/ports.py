@@ -1,10 +1,12 @@
-"""The small interfaces the domain talks to. Each has an AWS and a local implementation in adapters/."""
+"""The small interfaces the domain talks to, implemented in adapters/: the stores on AWS and locally, the
+event publisher on AWS only (the local backend sends no events)."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from datetime import datetime
+from typing import Any
 
 from docflow.records import DocumentRecord, PredictionRecord, ReviewDecision, UploadRecord
 
@@ -142,3 +144,10 @@ class RecordStore(ABC):
     @abstractmethod
     def get_counter(self, name: str) -> int:
         """A counter's value; 0 when it was never incremented."""
+
+
+class EventPublisher(ABC):
+    """Sends one application event (EventBridge on AWS: docflow.adapters.events)."""
+
+    @abstractmethod
+    def publish(self, source: str, detail_type: str, detail: dict[str, Any]) -> None: ...

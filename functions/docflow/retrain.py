@@ -10,10 +10,8 @@ schedule. Off (threshold 0) on the local backend, which has no training state ma
 from __future__ import annotations
 
 import logging
-from abc import ABC, abstractmethod
-from typing import Any
 
-from docflow.ports import RecordStore
+from docflow.ports import EventPublisher, RecordStore
 from docflow.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -21,13 +19,6 @@ logger = logging.getLogger(__name__)
 NEW_LABELS_COUNTER = "new-labels"
 EVENT_SOURCE = "docflow.feedback"
 EVENT_DETAIL_TYPE = "Labels threshold reached"
-
-
-class EventPublisher(ABC):
-    """Sends one application event (EventBridge on AWS)."""
-
-    @abstractmethod
-    def publish(self, source: str, detail_type: str, detail: dict[str, Any]) -> None: ...
 
 
 def count_new_label(records: RecordStore, events: EventPublisher, threshold: int) -> bool:
@@ -47,6 +38,7 @@ def label_added(settings: Settings, records: RecordStore) -> None:
     scheduled run trains on it if the count or the event is lost."""
     if settings.backend != "aws" or settings.retrain_label_threshold <= 0:
         return
+    # Imported here: only the aws backend sends events; the local runtime never loads boto3.
     from docflow.adapters.events import EventBridgePublisher
 
     try:

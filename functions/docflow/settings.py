@@ -17,6 +17,7 @@ from typing import Literal
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from docflow.faults import parse_faults
 from docflow.models import OcrOptions, ValidationLimits
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -103,8 +104,6 @@ class Settings(BaseSettings):
     @field_validator("faults")
     @classmethod
     def _faults(cls, value: str) -> str:
-        from docflow.faults import parse_faults
-
         parse_faults(value)  # a ValueError here names the bad entry
         return value
 

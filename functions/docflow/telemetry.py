@@ -13,6 +13,10 @@ know nothing of the sink. A process installs one sink with `configure`:
 
 Work done in another process (the CLI's and the server's worker pools) is captured with `recording()` and
 handed back with the result; the parent `replay`s it into its own sink, so counts are exact.
+
+Lazy imports: each sink imports its library where it uses it (powertools' metrics in `EmfSink`,
+prometheus_client in `PrometheusSink`): every process imports this module, and prometheus_client is on no
+Lambda layer.
 """
 
 from __future__ import annotations

@@ -78,7 +78,7 @@ def test_processing_again_replays_the_recorded_outcome(samples: Path, docflow_ho
     second = rows(run_cli("process", str(samples / "memo.pdf"), "--json", home=docflow_home))
     assert second["memo.pdf"]["status"] == first["memo.pdf"]["status"]
     assert second["memo.pdf"]["predicted_class"] == first["memo.pdf"]["predicted_class"]
-    from docflow.adapters.local import SqliteRecordStore
+    from docflow.adapters.sqlite import SqliteRecordStore
 
     records = SqliteRecordStore(docflow_home / "docflow.sqlite3")
     assert len(records.list_predictions(first["memo.pdf"]["document_id"])) == 1
@@ -204,7 +204,7 @@ def test_a_document_left_processing_by_a_killed_run_is_finished_by_the_next(docf
     import hashlib
     from datetime import timedelta
 
-    from docflow.adapters.local import SqliteRecordStore
+    from docflow.adapters.sqlite import SqliteRecordStore
     from docflow.models import Status, utcnow
     from docflow.records import DocumentRecord
     from docflow.samples import MEMO, text_pdf
@@ -292,7 +292,7 @@ def test_inputs_that_are_no_document_file_each_get_a_row_and_nothing_is_copied(
     # The oversized file was never copied into the state directory; the memo ran once
     stored = [p for p in (docflow_home / "blobs").rglob("*") if p.is_file()]
     assert not [p for p in stored if p.name == "big.pdf"], stored
-    from docflow.adapters.local import SqliteRecordStore
+    from docflow.adapters.sqlite import SqliteRecordStore
 
     records = SqliteRecordStore(docflow_home / "docflow.sqlite3")
     assert len(records.list_predictions(memos[0]["document_id"])) == 1
@@ -398,7 +398,8 @@ def test_a_worker_that_dies_costs_its_document_a_retry_not_the_queue(docflow_hom
 def test_a_promoting_train_rescores_the_review_queue(docflow_home: Path) -> None:
     """`docflow train` (tracked, embedded) whose model is promoted and published: the documents waiting for a
     person are scored again by it, from their stored text, and the record names the model that queued them."""
-    from docflow.adapters.local import LocalBlobStore, SqliteRecordStore
+    from docflow.adapters.files import LocalBlobStore
+    from docflow.adapters.sqlite import SqliteRecordStore
     from docflow.models import ExtractionResult, PageText, Status
     from docflow.records import DocumentRecord
 

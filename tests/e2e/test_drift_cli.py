@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from docflow.adapters.local import SqliteRecordStore
+from docflow.adapters.sqlite import SqliteRecordStore
 from docflow.domain.drift import (
     DriftBaseline,
     Observation,

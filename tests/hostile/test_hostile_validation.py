@@ -78,7 +78,7 @@ def test_a_right_to_left_text_layer_is_read_as_text() -> None:
 
 
 def test_an_upload_of_a_1024_byte_key_fits_a_dynamodb_sort_key() -> None:
-    from docflow.adapters.aws import UPLOAD_PREFIX, upload_sort_key
+    from docflow.adapters.dynamodb import UPLOAD_PREFIX, upload_sort_key
 
     short = "s3://bucket/incoming/memo.pdf"
     assert upload_sort_key(short) == UPLOAD_PREFIX + short  # unchanged where it fits

@@ -247,7 +247,7 @@ def _list(**params: str) -> tuple[int, dict[str, Any], dict[str, Any]]:
 
 
 def test_listing_pages_on_dynamodb_and_a_tampered_cursor_is_the_clients_error(aws: Any) -> None:
-    from docflow.adapters.aws import DynamoRecordStore
+    from docflow.adapters.dynamodb import DynamoRecordStore
     from docflow.models import Status
     from docflow.records import DocumentRecord
 

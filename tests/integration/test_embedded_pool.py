@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from docflow import telemetry
-from docflow.adapters.local import SqliteRecordStore
+from docflow.adapters.sqlite import SqliteRecordStore
 from docflow.models import Status
 from docflow.pipeline import embedded
 from docflow.samples import EMAIL, LETTER, MEMO, REPORT, text_pdf

@@ -269,7 +269,7 @@ def test_handlers_validate_retried_by_its_own_run_proceeds_and_another_run_repla
 def _lose_first_reply(monkeypatch: pytest.MonkeyPatch, method: str) -> None:
     """The store's `method` writes, its reply is lost, and botocore sends the request again: the retry's
     answer is what the caller sees (the condition fails on the item the first request wrote)."""
-    from docflow.adapters.aws import DynamoRecordStore
+    from docflow.adapters.dynamodb import DynamoRecordStore
 
     original = getattr(DynamoRecordStore, method)
 
@@ -334,7 +334,7 @@ def test_handlers_record_failure_hashes_the_upload_only_within_the_size_limit(
 ) -> None:
     # Validate failed: RecordFailure keys the failure by the content when it may read it, never streaming
     # more than the upload limit (an oversized object is keyed by its upload instead).
-    from docflow.adapters.aws import S3BlobStore
+    from docflow.adapters.s3 import S3BlobStore
     from docflow.context import get_context
     from docflow.handlers import record_failure
     from docflow.settings import get_settings
@@ -445,7 +445,7 @@ def test_state_machine_same_event_twice_at_once_then_again_then_a_copy(machine: 
 def test_handlers_a_document_orphaned_past_the_lease_is_taken_over(aws: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     from datetime import timedelta
 
-    from docflow.adapters.aws import DynamoRecordStore
+    from docflow.adapters.dynamodb import DynamoRecordStore
     from docflow.models import Status, utcnow
     from docflow.records import DocumentRecord
 
@@ -490,7 +490,7 @@ def test_handlers_a_lost_reply_to_the_takeover_of_an_orphan_is_not_taken_for_ano
 ) -> None:
     from datetime import timedelta
 
-    from docflow.adapters.aws import DynamoRecordStore
+    from docflow.adapters.dynamodb import DynamoRecordStore
     from docflow.models import Status, utcnow
     from docflow.records import DocumentRecord
 
@@ -511,7 +511,7 @@ def test_handlers_a_lost_reply_to_the_takeover_of_an_orphan_is_not_taken_for_ano
 def test_handlers_a_failed_retry_keeps_the_label_and_a_label_set_while_classifying_survives(
     aws: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from docflow.adapters.aws import DynamoRecordStore
+    from docflow.adapters.dynamodb import DynamoRecordStore
     from docflow.handlers import record_failure
 
     aws.put_object(Bucket=BUCKET, Key="incoming/memo.pdf", Body=MEMO_PDF)

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from docflow.adapters.local import LocalBlobStore, SqliteRecordStore
-from docflow.cli_model import model_app
+from docflow.adapters.files import LocalBlobStore
+from docflow.adapters.sqlite import SqliteRecordStore
+from docflow.cli.model import model_app
 from docflow.models import ExtractionResult, PageText, Status
 from docflow.records import DocumentRecord
 from docflow.settings import Settings
@@ -269,7 +270,7 @@ def test_model_commands_list_promote_and_roll_back(loop: Loop) -> None:
 def test_publish_to_the_model_bucket(loop: Loop, tmp_path: Path) -> None:
     from moto import mock_aws
 
-    from docflow.adapters.aws import S3BlobStore
+    from docflow.adapters.s3 import S3BlobStore
     from docflow.domain.classifier import TextClassifier
     from docflow.model_source import build_model_source
 

@@ -18,7 +18,8 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from docflow.adapters.local import LocalBlobStore, SqliteRecordStore
+from docflow.adapters.files import LocalBlobStore
+from docflow.adapters.sqlite import SqliteRecordStore
 from docflow.models import ExtractionResult, PageText, Status
 from docflow.records import DocumentRecord
 from docflow.settings import Settings

@@ -11,7 +11,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from docflow.adapters.aws import S3BlobStore
+from docflow.adapters.s3 import S3BlobStore
 from docflow.context import build_context
 from docflow.domain.classifier import load_classifier
 from docflow.errors import ConfigurationError

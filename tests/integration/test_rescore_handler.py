@@ -16,7 +16,8 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from docflow.adapters.aws import DynamoRecordStore, S3BlobStore
+from docflow.adapters.dynamodb import DynamoRecordStore
+from docflow.adapters.s3 import S3BlobStore
 from docflow.model_source import DEFAULT_CACHE_ROOT, ChampionPointer, sha256_file
 from docflow.models import ExtractionResult, PageText, Status
 from docflow.records import DocumentRecord

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from moto import mock_aws
 
-from docflow.adapters.aws import DynamoRecordStore
-from docflow.adapters.local import SqliteRecordStore
+from docflow.adapters.dynamodb import DynamoRecordStore
+from docflow.adapters.sqlite import SqliteRecordStore
 from docflow.models import Status, utcnow
 from docflow.ports import RecordStore
 from docflow.records import DocumentRecord, ReviewDecision

@@ -14,8 +14,10 @@ from botocore.response import StreamingBody
 from botocore.stub import Stubber
 from moto import mock_aws
 
-from docflow.adapters.aws import DynamoRecordStore, S3BlobStore
-from docflow.adapters.local import LocalBlobStore, SqliteRecordStore
+from docflow.adapters.dynamodb import DynamoRecordStore
+from docflow.adapters.files import LocalBlobStore
+from docflow.adapters.s3 import S3BlobStore
+from docflow.adapters.sqlite import SqliteRecordStore
 from docflow.errors import ConfigurationError, TransientError
 from docflow.models import Status, utcnow
 from docflow.ports import BlobNotFoundError, BlobStore, RecordStore

@@ -43,7 +43,7 @@ from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state
 )
 from moto.stepfunctions.parser.asl.eval.event.event_detail import EventDetails
 
-from docflow.adapters.aws import DynamoRecordStore
+from docflow.adapters.dynamodb import DynamoRecordStore
 from docflow.models import ExtractionResult, PageText, Status
 from docflow.records import DocumentRecord
 from infra_cdk import constants as c

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from docflow.adapters.local import LocalBlobStore, SqliteRecordStore
+from docflow.adapters.files import LocalBlobStore
+from docflow.adapters.sqlite import SqliteRecordStore
 from docflow.cli import app
 from docflow.context import StepContext
 from docflow.errors import PermanentError

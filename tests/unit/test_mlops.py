@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from docflow.adapters.local import LocalBlobStore, SqliteRecordStore
+from docflow.adapters.files import LocalBlobStore
+from docflow.adapters.sqlite import SqliteRecordStore
 from docflow.models import ExtractionResult, PageText, Status
 from docflow.records import DocumentRecord
 from docflow_training.data import load_corpus
@@ -282,9 +283,9 @@ def test_feedback_reads_text_where_the_pipeline_writes_it() -> None:
 
 
 def test_the_lambda_runtime_never_imports_mlflow() -> None:
-    # Given the modules Classify and the CLI load (cli_model imports MLflow only inside its commands)
+    # Given the modules Classify and the CLI load (the CLI imports MLflow only inside its commands)
     code = (
-        "import sys, docflow.model_source, docflow.context, docflow.cli_model;"
+        "import sys, docflow.model_source, docflow.context, docflow.cli;"
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('mlflow', 'sagemaker', 'sklearn'))))"
     )
     done = subprocess.run(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from docflow.adapters.local import LocalBlobStore
+from docflow.adapters.files import LocalBlobStore
 from docflow.errors import ConfigurationError, TransientError
 from docflow.model_source import (
     BlobChampionSource,

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from docflow.adapters.local import LocalBlobStore, SqliteRecordStore
+from docflow.adapters.files import LocalBlobStore
+from docflow.adapters.sqlite import SqliteRecordStore
 from docflow.context import StepContext
 from docflow.errors import PermanentError, TransientError
 from docflow.models import Status

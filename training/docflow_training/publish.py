@@ -91,7 +91,7 @@ class BlobPublishTarget(PublishTarget):
 def target_from_uri(uri: str) -> PublishTarget:
     """``s3://bucket[/prefix]`` (default prefix ``models/``) or a local models directory."""
     if uri.startswith("s3://"):
-        from docflow.adapters.aws import S3BlobStore
+        from docflow.adapters.s3 import S3BlobStore
 
         bucket, _, prefix = uri.removeprefix("s3://").partition("/")
         return BlobPublishTarget(S3BlobStore(bucket), prefix or BUCKET_PREFIX)

@@ -1,4 +1,4 @@
-"""EventBridge behind the EventPublisher interface (docflow.retrain); the client is created on first use."""
+"""EventBridge behind the EventPublisher interface (docflow.ports); the client is created on first use."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import Any
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
-from docflow.adapters.aws import _BOTO_CONFIG, _translate
+from docflow.adapters.boto import BOTO_CONFIG, translate
 from docflow.errors import TransientError
-from docflow.retrain import EventPublisher
+from docflow.ports import EventPublisher
 
 
 class EventBridgePublisher(EventPublisher):
@@ -20,7 +20,7 @@ class EventBridgePublisher(EventPublisher):
 
     @cached_property
     def _events(self) -> Any:
-        return boto3.client("events", config=_BOTO_CONFIG)
+        return boto3.client("events", config=BOTO_CONFIG)
 
     def publish(self, source: str, detail_type: str, detail: dict[str, Any]) -> None:
         entry = {
@@ -32,7 +32,7 @@ class EventBridgePublisher(EventPublisher):
         try:
             resp = self._events.put_events(Entries=[entry])
         except (ClientError, BotoCoreError) as exc:
-            raise _translate(exc, f"put event on bus {self.bus_name}") from exc
+            raise translate(exc, f"put event on bus {self.bus_name}") from exc
         if resp.get("FailedEntryCount"):
             failed = resp["Entries"][0]
             raise TransientError(

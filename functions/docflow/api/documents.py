@@ -19,6 +19,7 @@ from docflow.api.schemas import (
 from docflow.context import StepContext
 from docflow.errors import TransientError
 from docflow.models import Status
+from docflow.ports import BlobNotFoundError
 from docflow.records import DocumentRecord, UploadRecord
 
 if TYPE_CHECKING:
@@ -147,8 +148,8 @@ def repredict_document(ctx: StepContext, document_id: str, all_scores: bool) -> 
     """Classify a stored document's extracted text again with the current champion, under the pipeline's
     review rule, recorded in its history (docflow.pipeline.rescore.score_again). A document a person decided
     keeps their decision."""
+    # Imported here: classifying again is the one documents endpoint that needs the pipeline's steps.
     from docflow.pipeline.rescore import score_again
-    from docflow.ports import BlobNotFoundError
 
     record = _require_record(ctx, document_id)
     if record.status not in (Status.CLASSIFIED, Status.NEEDS_REVIEW, Status.REVIEWED):

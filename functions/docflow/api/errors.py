@@ -13,8 +13,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from docflow.api.redact import redact_upload_path
 from docflow.api.schemas import ErrorResponse, FieldError
-from docflow.api.server import _redact_upload_path
 from docflow.errors import TransientError
 from docflow.observability import logger
 
@@ -83,7 +83,7 @@ async def _transient_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     # An upload URL's path is its credential: it is never logged.
-    path = _redact_upload_path(request.url.path)
+    path = redact_upload_path(request.url.path)
     logger.exception("unhandled error", extra={"path": path, "method": request.method})
     return error_response(request, 500, "internal_error", "unexpected server error; it has been logged")
 

@@ -26,9 +26,11 @@ from docflow.api.schemas import (
     ReviewQueuePage,
 )
 from docflow.context import StepContext
+from docflow.domain.preview import PreviewError, render_preview
 from docflow.models import ExtractionResult, MediaType, ReviewCode, Status, utcnow
 from docflow.ports import BlobNotFoundError
 from docflow.records import OUT_OF_SCOPE_LABEL, DocumentRecord, ReviewDecision
+from docflow.retrain import label_added
 
 _ATTEMPTS = 3  # a decision raced by the pipeline's own write is tried again on the fresh record
 
@@ -80,6 +82,7 @@ def _record(ctx: StepContext, document_id: str) -> DocumentRecord:
 
 
 def document_text(ctx: StepContext, document_id: str) -> DocumentText:
+    # Imported here: the pipeline's steps (and their engines' imports) only for a document's text.
     from docflow.pipeline.steps import text_key
 
     _record(ctx, document_id)
@@ -98,7 +101,6 @@ def document_text(ctx: StepContext, document_id: str) -> DocumentText:
 
 def page_preview(ctx: StepContext, document_id: str, page: int) -> tuple[bytes, str]:
     """An image of one page, small enough for a browser (docflow.domain.preview), and its media type."""
-    from docflow.domain.preview import PreviewError, render_preview
 
     record = _record(ctx, document_id)
     if record.blob_key is None or record.media_type is None:
@@ -159,8 +161,6 @@ def decide(
     else:
         raise ApiError(409, "conflict", f"document {document_id} kept changing; try again")
     if record.label != label:  # a new training example: counted towards retraining (docflow/retrain.py)
-        from docflow.retrain import label_added
-
         label_added(ctx.settings, ctx.records)
     return DecisionResponse(decision=decision_info(decision), document=_document(updated))
 

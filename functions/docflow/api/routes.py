@@ -33,7 +33,7 @@ from docflow.api.schemas import (
     UploadUrlResponse,
 )
 from docflow.api.uploads import UploadGrant, verify_grant
-from docflow.api.worker import S3Trigger, Submitter
+from docflow.api.worker import LocalWorkers, S3Trigger, Submitter
 from docflow.context import StepContext
 from docflow.models import Status
 
@@ -67,8 +67,6 @@ def submitter(request: Request, ctx: Annotated[StepContext, Depends(context)]) -
         return S3Trigger()
     state = request.app.state
     if state.submitter is None:
-        from docflow.api.worker import LocalWorkers
-
         # An app built without workers (tests, a bare uvicorn): one in-process worker thread.
         state.submitter = LocalWorkers(ctx.settings, workers=0, max_queue=api_settings(request).api_max_queue)
     result: Submitter = state.submitter

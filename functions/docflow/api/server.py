@@ -16,6 +16,7 @@ import threading
 
 from pydantic import ValidationError
 
+from docflow.api.redact import redact_upload_path
 from docflow.errors import ConfigurationError
 from docflow.settings import Settings
 
@@ -39,19 +40,16 @@ class RedactUploadTokens(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
         if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str):
-            record.args = (*args[:2], _redact_upload_path(args[2]), *args[3:])
+            record.args = (*args[:2], redact_upload_path(args[2]), *args[3:])
         return True
-
-
-def _redact_upload_path(path: str) -> str:
-    if path.startswith("/uploads/"):
-        return "/uploads/<redacted>"
-    return path
 
 
 def serve(host: str, port: int, workers: int, settings: Settings) -> None:
     """Serve until SIGINT/SIGTERM; then finish (or record, after DOCFLOW_API_SHUTDOWN_GRACE seconds) the
     documents in flight. Uploads accepted but not started run at the next start (journal)."""
+    # Imported here, not at the top: importing this module must stay light (the CLI does, to offer `docflow
+    # serve`; the spawned pipeline workers run it again as __mp_main__ under `python -m docflow.api.server`),
+    # and only serving needs uvicorn, FastAPI and the app.
     import uvicorn
 
     from docflow import telemetry

@@ -5,13 +5,19 @@ the signed upload URLs `docflow serve` hands out in place of S3 presigned ones, 
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
+import re
 import time
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
 
 from docflow.api.config import ApiSettings
 from docflow.api.errors import ApiError
@@ -24,17 +30,6 @@ from docflow.api.worker import PendingUpload, QueueFullError, StoppingError, Sub
 from docflow.context import StepContext
 from docflow.models import RejectionCode, Status
 from docflow.records import UploadRecord
-
-if TYPE_CHECKING:
-    pass
-
-import hashlib
-import hmac
-import re
-import uuid
-
-from pydantic import BaseModel, ValidationError
-
 from docflow.settings import Settings
 
 INCOMING_PREFIX = "incoming/"
@@ -120,6 +115,8 @@ def check_size(data: bytes, api: ApiSettings) -> None:
 
 def sniff(ctx: StepContext, data: bytes) -> Any:
     """The validation report of the pipeline's own Validate (content, not the declared type)."""
+    # Imported here: validation loads Pillow and pdfium (~40 ms of the API's Lambda cold start), and only an
+    # upload needs them.
     from docflow.domain.validation import validate_document
 
     if not data:
@@ -215,6 +212,7 @@ def accept_granted_upload(
 
 @lru_cache(maxsize=1)
 def _s3_presigner() -> Any:
+    # Imported here: only an upload URL on AWS signs with boto3; `docflow serve` never loads it.
     import boto3
     from botocore.config import Config
 

@@ -5,6 +5,9 @@ state machine. Locally (`docflow serve`) `LocalWorkers` runs each upload through
 bounded pool, and keeps a journal — one small file per accepted upload under DOCFLOW_HOME/api/queue, written
 before the 202 and removed once the upload has a terminal status — so a server that stops (or dies)
 finishes the rest when it starts again. Nothing accepted is lost.
+
+Lazy imports: the pipeline (docflow.pipeline.runner, .steps and .embedded) is imported where it runs, not
+here: the API's Lambda imports this module and never runs the pipeline (a few ms of its cold start).
 """
 
 from __future__ import annotations

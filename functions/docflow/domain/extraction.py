@@ -71,6 +71,7 @@ class DocumentReadError(ExtractionError):
 def default_engine() -> OcrEngine:
     """In-process libtesseract (tesserocr) when installed, else the tesseract command line."""
     try:
+        # Only a probe: tesserocr is optional, and this says which engine this machine can run.
         import tesserocr  # noqa: F401
     except ImportError:
         return TesseractEngine()

@@ -298,6 +298,7 @@ class TesserocrEngine(OcrEngine):
     def _api(self, options: OcrOptions) -> Any:
         key = (options.languages, options.psm)
         if key not in self._apis:
+            # Imported here: tesserocr is optional (TesseractEngine needs only the tesseract binary).
             import tesserocr
 
             self._apis[key] = tesserocr.PyTessBaseAPI(
@@ -333,7 +334,7 @@ class TesserocrEngine(OcrEngine):
         with self._lock:
             try:
                 if self._osd is None:
-                    import tesserocr
+                    import tesserocr  # optional, as in _api above
 
                     self._osd = tesserocr.PyTessBaseAPI(
                         path=f"{self.tessdata}/", lang="osd", psm=tesserocr.PSM.OSD_ONLY

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
-from docflow.adapters.aws import S3BlobStore
+from docflow.adapters.s3 import S3BlobStore
 from docflow.context import get_context
 from docflow.errors import ConfigurationError
 from docflow.ports import BlobStore

@@ -31,9 +31,11 @@ from pydantic import BaseModel
 from docflow import telemetry
 from docflow.context import StepContext, build_context, resolve_model_dir
 from docflow.errors import ConfigurationError
+from docflow.model_source import sha256_file
 from docflow.models import RejectionCode, Status, utcnow
 from docflow.pipeline.runner import Runner
-from docflow.pipeline.state import DocumentRef, PipelineState
+from docflow.pipeline.state import DocumentRef, PipelineState, StepError
+from docflow.pipeline.steps import record_failure_step
 from docflow.settings import Settings
 
 if TYPE_CHECKING:
@@ -182,8 +184,6 @@ def process_file(
 def too_large_row(path: Path, source: str, size: int, limit: int, started: float) -> DocumentResult:
     """The row of a file over DOCFLOW_MAX_BYTES: REJECTED/TOO_LARGE, as Validate words it, with the
     document id (SHA-256) streamed from the file itself. Not kept in the stores."""
-    from docflow.model_source import sha256_file
-
     telemetry.document_processed(Status.REJECTED, None)
     return DocumentResult(
         source=source,
@@ -199,6 +199,8 @@ def check_ready(settings: Settings) -> TextClassifier:
     """What every document needs, checked once before the first: the model loads, and Tesseract has the
     OCR languages. Raises ConfigurationError with the cause: a run that cannot classify anything stops
     here with one message instead of failing each document with it."""
+    # Imported here: onnxruntime, Pillow, pdfium and Tesseract load when a run starts, not with this module
+    # (the CLI, `docflow serve` and each spawned worker import it).
     from docflow.domain.classifier import ModelIncompatibleError, ModelNotFoundError, load_classifier
     from docflow.domain.extraction import default_engine
     from docflow.domain.ocr import OcrLanguageError, TesseractNotFoundError
@@ -274,6 +276,7 @@ def _warm_up(ctx: StepContext) -> None:
     """Load what documents need before the first one arrives (the model's onnxruntime session and tokenizer,
     the image and PDF engines), once per worker: a document's time is then its own work, not start-up."""
     try:
+        # Imported here, and that is the point: each worker loads the engines before its first document.
         import docflow.domain.extraction
         import docflow.domain.validation  # noqa: F401
 
@@ -519,9 +522,6 @@ def _run_batch(
 def _worker_died_row(file: tuple[Path, str], owner: str, deaths: int, settings: Settings) -> DocumentResult:
     """A document that killed its worker every time it ran alone: FAILED on record (not left PROCESSING
     for the lease), as the pipeline's Catch would record it."""
-    from docflow.pipeline.state import StepError
-    from docflow.pipeline.steps import record_failure_step
-
     path, source = file
     cause = f"its worker process died each of the {deaths} times it ran alone (out of memory, a native crash)"
     state = PipelineState(

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 from docflow import telemetry
 from docflow.context import StepContext
 from docflow.errors import PermanentError
-from docflow.faults import fault_point
 from docflow.models import ExtractionResult, MediaType, RejectionCode, Status, utcnow
+from docflow.pipeline.fault_point import fault_point
 from docflow.pipeline.state import PagePart, PageRange, PageRangeTask, PipelineState
 from docflow.ports import BlobNotFoundError
 from docflow.records import DocumentRecord, PredictionRecord, UploadRecord, object_id

@@ -1,30 +1,32 @@
-"""`docflow model …`: the model registry — list versions, promote one, roll back, publish.
+"""`docflow model …`: the model registry — list versions, promote one, roll back, publish; and
+``rescore_review_queue``, which every path that publishes a new champion here (promote, rollback, a promoting
+`docflow train`) runs afterwards.
 
-Mounted on the main CLI with ``app.add_typer(model_app, name="model")``. MLflow and the training
-package are imported inside the commands: the Lambda runtime never loads them.
+Mounted on the main CLI with ``app.add_typer(model_app, name="model")`` (docflow.cli).
 
-Also home of what every `docflow` command stops with (cli.py imports them): ``fail`` (one red line on
-stderr and the exit code), ``settings_failure`` (one line per bad setting) and ``load_settings`` (the
-settings, with a state directory that can be written).
+Lazy imports: the training package (MLflow, scikit-learn), the stores and the re-scoring are imported where
+they are used, inside the commands (docflow_training, docflow.context, docflow.pipeline.rescore): `docflow
+--help` and the commands that never touch the registry must not pay for them, and the Lambda runtime never
+loads MLflow. docflow_training is also looked up at call time so that tests can replace its Registry.
+Everything imported at the top is light (typer, rich, docflow.settings, docflow.errors, docflow.cli.common).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from docflow.settings import Settings, describe_errors
+from docflow.cli.common import HomeOption, err, fail, load_settings, progress_bar, registry_for, tracking_errors
+from docflow.errors import ConfigurationError, TransientError
+from docflow.settings import Settings
 
 if TYPE_CHECKING:
     from docflow_training.publish import PublishTarget
@@ -37,69 +39,7 @@ model_app = typer.Typer(
     add_completion=False,
     pretty_exceptions_show_locals=False,
 )
-err = Console(stderr=True)
 
-# The command-line options that set a Settings field (otherwise the field is named by its DOCFLOW_ variable).
-OPTION_FOR_FIELD = {
-    "home": "--home",
-    "ocr_languages": "--languages",
-    "model_dir": "--model-dir",
-    "review_threshold": "--review-threshold",
-    "drift_window_hours": "--window-hours",
-    "drift_threshold": "--threshold",
-    "drift_min_predictions": "--min-predictions",
-}
-
-
-def fail(message: str, code: int = 2) -> typer.Exit:
-    """How a command stops on an error it understands: the message in red on stderr, read as text (not as
-    rich markup: "[type=...]" or a path with brackets stays as it is) and not wrapped to the terminal's
-    width; returns the exit to raise (2: usage or configuration, 1: the operation failed)."""
-    err.print(f"[red]{escape(message)}[/red]", soft_wrap=True)
-    return typer.Exit(code)
-
-
-def settings_failure(exc: ValidationError, given_as: Mapping[str, str] | None = None) -> typer.Exit:
-    """``fail`` for invalid settings: one line per bad variable (or option), its value and what is expected."""
-    return fail("\n".join(f"Invalid configuration: {line}" for line in describe_errors(exc, given_as)))
-
-
-def unusable_dir(path: Path) -> str | None:
-    """Why ``path`` cannot be a folder this command writes into (it is created when missing), or None."""
-    for folder in (path, *path.parents):
-        if folder.exists():
-            if not folder.is_dir():
-                return f"{folder} is a file, not a folder"
-            break
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        return f"cannot create {exc.filename or path}: {exc.strerror or exc}"
-    try:
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as exc:
-        return f"cannot write into {path}: {exc.strerror or exc}"
-    return None
-
-
-def load_settings(*, check_home: bool = True, **overrides: object) -> Settings:
-    """The settings (``overrides``: the options given; None = not given), or exit 2 with one line per bad
-    value; with ``check_home``, also exit 2 when the state directory cannot be created or written."""
-    given = {k: v for k, v in overrides.items() if v is not None}
-    try:
-        settings = Settings(**given)  # type: ignore[arg-type]
-    except ValidationError as exc:
-        raise settings_failure(exc, {k: OPTION_FOR_FIELD.get(k, k) for k in given}) from None
-    if check_home:
-        reason = unusable_dir(settings.home)
-        if reason:
-            where = "--home" if "home" in given else "DOCFLOW_HOME"
-            raise fail(f"The state directory {settings.home} ({where}) cannot be used: {reason}")
-    return settings
-
-
-HomeOption = Annotated[Path | None, typer.Option(help="State directory (default: DOCFLOW_HOME or ~/.docflow).")]
 BucketOption = Annotated[
     str | None,
     typer.Option(
@@ -111,63 +51,6 @@ BucketOption = Annotated[
 
 def _settings(home: Path | None) -> Settings:
     return load_settings(home=home)
-
-
-def _root_cause(exc: BaseException) -> BaseException:
-    """The innermost exception of a chain (MLflow wraps requests, which wraps urllib3, which wraps the OS
-    error): "[Errno 111] Connection refused" instead of three pages of wrappers."""
-    seen = {id(exc)}
-    while True:
-        inner = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
-        if inner is None or id(inner) in seen:
-            return exc
-        seen.add(id(inner))
-        exc = inner
-
-
-@contextmanager
-def tracking_errors(uri: str) -> Iterator[None]:
-    """An MLflow error (an unreachable or refusing tracking server, a broken store) as one line with its
-    root cause, the server's password redacted; exit 1."""
-    from mlflow.exceptions import MlflowException
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from docflow_training.tracking import redact_secrets, redact_uri
-
-    try:
-        yield
-    except (MlflowException, SQLAlchemyError, OSError) as exc:  # OSError, SQLAlchemy: a local store's file
-        cause = _root_cause(exc)
-        detail = str(cause) or type(cause).__name__
-        raise fail(f"MLflow tracking store {redact_uri(uri)}: {redact_secrets(detail, uri)}", 1) from None
-
-
-def registry_for(settings: Settings) -> Registry:
-    try:
-        from docflow_training.registry import Registry
-        from docflow_training.tracking import resolve_tracking
-    except ImportError as exc:
-        raise fail(f"The registry needs the training extra: pip install -e '.[training]' ({exc})") from None
-    tracking = resolve_tracking(settings.home)
-    with tracking_errors(tracking.uri), _quick_retries():
-        return Registry(tracking)
-
-
-@contextmanager
-def _quick_retries() -> Iterator[None]:
-    """Connecting is the check that the tracking server answers: MLflow's default of 7 retries waits ~4
-    minutes for one that is down, 3 give up in ~15 s. Only for the check: once it answered, MLflow's own
-    patience applies, also to a training job started afterwards. An exported MLFLOW_HTTP_REQUEST_MAX_RETRIES
-    wins."""
-    name = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
-    if name in os.environ:
-        yield
-        return
-    os.environ[name] = "3"
-    try:
-        yield
-    finally:
-        os.environ.pop(name, None)
 
 
 def _target(settings: Settings, bucket: str | None) -> PublishTarget:
@@ -283,8 +166,6 @@ def rescore_review_queue(settings: Settings) -> None:
     their stored text (docflow.pipeline.rescore), with a progress bar. Best effort: the champion is serving
     either way, so a failure here is a warning, and `POST /predict/document/{id}` or the next promotion
     tries again."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from docflow.context import build_context
     from docflow.pipeline.rescore import rescore_queue
 
@@ -293,14 +174,7 @@ def rescore_review_queue(settings: Settings) -> None:
         waiting = ctx.records.count_review_queue()
         if waiting == 0:
             return
-        with Progress(
-            TextColumn("[progress.description]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=err,
-            disable=not err.is_terminal,
-        ) as bar:
+        with progress_bar() as bar:
             task = bar.add_task("re-scoring the review queue", total=waiting)
             report = rescore_queue(ctx, progress=lambda r: bar.update(task, completed=r.scanned))
     except Exception as exc:  # the new champion serves whatever happens here
@@ -347,7 +221,6 @@ def publish_command(home: HomeOption = None, bucket: BucketOption = None) -> Non
 
 
 def _publish(registry: Registry, settings: Settings, bucket: str | None, version: int) -> None:
-    from docflow.errors import ConfigurationError, TransientError
     from docflow_training.publish import publish_version
 
     target = _target(settings, bucket)

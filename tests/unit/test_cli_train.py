@@ -1,0 +1,91 @@
+"""`docflow train`'s decision, without typer: what plan_training runs for a set of options, or the one line
+it refuses them with (nothing is trained here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from docflow.cli.train import TrainingRefused, TrainOptions, plan_training
+from docflow.settings import DEFAULT_MODEL_DIR
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    """The smallest corpus `train` accepts: two classes of one .txt file each."""
+    for label in ("memo", "letter"):
+        (tmp_path / "corpus" / label).mkdir(parents=True)
+        (tmp_path / "corpus" / label / "a.txt").write_text(f"a {label}")
+    return tmp_path / "corpus"
+
+
+def test_no_track_with_scans_plans_a_local_fit_with_a_scan_head(corpus: Path, tmp_path: Path) -> None:
+    plan = plan_training(TrainOptions(data=str(corpus), track=False, scans=tmp_path / "scans"))
+    assert plan.where == "local"
+    assert plan.scans == tmp_path / "scans"
+    assert plan.out == DEFAULT_MODEL_DIR  # no --out: the set-up default model
+    assert plan.job.family == "linear"
+
+
+def test_a_tracked_run_refuses_scans(corpus: Path, tmp_path: Path) -> None:
+    with pytest.raises(TrainingRefused) as refused:
+        plan_training(TrainOptions(data=str(corpus), scans=tmp_path / "scans"))
+    assert str(refused.value) == (
+        "--scans fits the scan head of a model trained with --no-track (tracked runs: not yet)"
+    )
+
+
+def test_a_tracked_run_writes_to_out_only_when_given(corpus: Path, tmp_path: Path) -> None:
+    plan = plan_training(TrainOptions(data=str(corpus)))
+    assert (plan.where, plan.out, plan.scans) == ("tracked", None, None)
+    plan = plan_training(TrainOptions(data=str(corpus), out=tmp_path / "m", validation=str(corpus), feedback=False))
+    assert (plan.where, plan.out, plan.validation, plan.feedback) == ("tracked", tmp_path / "m", str(corpus), False)
+
+
+def test_family_transformer_routes_hyperparameters_to_the_transformer(corpus: Path) -> None:
+    plan = plan_training(TrainOptions(data=str(corpus), family="transformer", hp=("epochs=2",), seed=7))
+    assert plan.hyperparameters == {"family": "transformer", "seed": 7, "epochs": 2}
+    assert plan.job.family == "transformer"
+    assert (plan.job.transformer.epochs, plan.job.transformer.seed) == (2, 7)
+    # The linear family has no epochs: named in one line, before any training
+    with pytest.raises(TrainingRefused, match=r"^Invalid hyperparameters: unknown hyperparameters for the linear"):
+        plan_training(TrainOptions(data=str(corpus), hp=("epochs=2",)))
+
+
+def test_hp_family_wins_over_the_family_option(corpus: Path) -> None:
+    plan = plan_training(TrainOptions(data=str(corpus), track=False, hp=("family=transformer",)))
+    assert plan.job.family == "transformer"
+
+
+def test_an_unknown_family_or_a_bare_hp_is_refused(corpus: Path) -> None:
+    with pytest.raises(TrainingRefused) as refused:
+        plan_training(TrainOptions(data=str(corpus), family="cnn"))
+    assert str(refused.value) == "--family 'cnn': choose linear or transformer"
+    with pytest.raises(TrainingRefused) as refused:
+        plan_training(TrainOptions(data=str(corpus), hp=("c_grid",)))
+    assert str(refused.value) == "--hp takes NAME=VALUE"
+
+
+def test_sagemaker_leaves_the_corpus_to_the_job(tmp_path: Path) -> None:
+    plan = plan_training(
+        TrainOptions(data="s3://bucket/corpus", sagemaker=True, spot=True, wait=True, scans=tmp_path / "x")
+    )
+    assert plan.where == "sagemaker"
+    assert plan.sagemaker_job == {"spot": True}  # only the SageMaker settings given
+    assert plan.wait and plan.out is None and plan.scans is None
+    plan = plan_training(TrainOptions(data="s3://bucket/corpus", sagemaker=True, instance_type="ml.m5.xlarge"))
+    assert plan.sagemaker_job == {"instance_type": "ml.m5.xlarge"}
+
+
+def test_a_one_class_corpus_trains_only_with_feedback(tmp_path: Path) -> None:
+    (tmp_path / "one" / "memo").mkdir(parents=True)
+    (tmp_path / "one" / "memo" / "a.txt").write_text("a memo")
+    assert plan_training(TrainOptions(data=str(tmp_path / "one"))).where == "tracked"  # users' labels may add one
+    with pytest.raises(TrainingRefused, match="need at least two classes, found"):
+        plan_training(TrainOptions(data=str(tmp_path / "one"), feedback=False))
+    with pytest.raises(TrainingRefused) as refused:
+        plan_training(TrainOptions(data=str(tmp_path / "nowhere")))
+    assert str(refused.value) == f"No such corpus folder: {tmp_path / 'nowhere'}"
