@@ -38,7 +38,7 @@ class StepContext:
     records: RecordStore
     ocr_engine: OcrEngine | None = field(default=None)
     model_source: ModelSource | None = field(default=None)
-    # Set by an embedded run that found no other run using its DOCFLOW_HOME (pipeline.embedded.home_run):
+    # Set by an embedded run that found no other run using its DOCFLOW_HOME (pipeline.run_lock.holding_run_lock):
     # an unfinished record written before that run began is an orphan, however recent. Not a setting.
     orphans_before: datetime | None = field(default=None)
     # The classifier serving now, and a newer champion directory (with its files' fingerprint) that failed

@@ -360,7 +360,8 @@ def run_pipeline(
     Raises ConfigurationError before the first document when the model does not load or an OCR
     language is missing."""
     # Imported here: only a run needs the pipeline; scoring and load_labelled (docflow_training.scans) do not.
-    from docflow.pipeline.embedded import check_ready, process_paths
+    from docflow.pipeline.embedded import process_paths
+    from docflow.pipeline.inputs import check_ready
     from docflow.settings import Settings
 
     with tempfile.TemporaryDirectory(prefix="docflow-eval-") as scratch:

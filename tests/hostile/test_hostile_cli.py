@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from docflow.pipeline.embedded import display_path
+from docflow.pipeline.inputs import display_path
 from tests.hostile.cases import BY_NAME, cases_for, outcome_problems
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

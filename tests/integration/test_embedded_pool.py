@@ -14,6 +14,7 @@ from docflow import telemetry
 from docflow.adapters.sqlite import SqliteRecordStore
 from docflow.models import Status
 from docflow.pipeline import embedded
+from docflow.pipeline.inputs import DocumentResult
 from docflow.samples import EMAIL, LETTER, MEMO, REPORT, text_pdf
 from docflow.settings import DEFAULT_MODEL_DIR, Settings
 
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.integration
 
 def _crash_on_bad(
     path: str, source: str, languages: str | None, started_mark: str | None = None, owner: str | None = None
-) -> tuple[embedded.DocumentResult, list[telemetry.Emission]]:
+) -> tuple[DocumentResult, list[telemetry.Emission]]:
     """The work of a worker whose document "bad" kills it (as a crash in a native library would) half a
     second in, while the document beside it is still running (each takes over a second)."""
     if started_mark:

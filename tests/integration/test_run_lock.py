@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from docflow.pipeline.embedded import home_run
+from docflow.pipeline.run_lock import holding_run_lock
 from docflow.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 WORKER = """
 import sys, time
 from pathlib import Path
-from docflow.pipeline.embedded import hold_run_lock
+from docflow.pipeline.run_lock import hold_run_lock
 from docflow.settings import Settings
 hold_run_lock(Settings(home=Path(sys.argv[1])))
 print("holding", flush=True)
@@ -32,24 +32,24 @@ def test_a_run_alone_knows_when_it_began_and_a_worker_keeps_others_from_thinking
 ) -> None:
     settings = Settings(home=tmp_path / "home")
     before = time.time()
-    with home_run(settings) as orphans_before:
+    with holding_run_lock(settings) as orphans_before:
         assert orphans_before is not None and orphans_before.timestamp() >= before - 1
-        with home_run(settings) as second:  # a second run beside the first: not alone
+        with holding_run_lock(settings) as second:  # a second run beside the first: not alone
             assert second is None
     worker = subprocess.Popen([sys.executable, "-c", WORKER, str(settings.home)], stdout=subprocess.PIPE, text=True)
     try:
         assert worker.stdout is not None and worker.stdout.readline().strip() == "holding"
-        with home_run(settings) as orphans_before:
+        with holding_run_lock(settings) as orphans_before:
             assert orphans_before is None  # a worker of another run is still at work
     finally:
         worker.kill()
         worker.wait()
-    with home_run(settings) as orphans_before:
+    with holding_run_lock(settings) as orphans_before:
         assert orphans_before is not None
 
 
 def test_on_aws_the_local_lock_says_nothing(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path / "home", backend="aws")
-    with home_run(settings) as orphans_before:
+    with holding_run_lock(settings) as orphans_before:
         assert orphans_before is None  # executions in flight hold no lock on this machine
     assert not (tmp_path / "home" / "run.lock").exists()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from docflow.pipeline.embedded import discover
+from docflow.pipeline.inputs import discover
 
 
 def test_folders_are_walked_sorted_through_links_once_and_without_dotfiles(tmp_path: Path) -> None:

@@ -59,7 +59,7 @@ def serve(host: str, port: int, workers: int, settings: Settings) -> None:
     from docflow.api.worker import LocalWorkers
     from docflow.context import build_context
     from docflow.observability import logger
-    from docflow.pipeline.embedded import home_run
+    from docflow.pipeline.run_lock import holding_run_lock
     from docflow.telemetry import PrometheusSink
 
     if settings.backend != "local":
@@ -80,7 +80,7 @@ def serve(host: str, port: int, workers: int, settings: Settings) -> None:
     os.environ.setdefault("OMP_THREAD_LIMIT", "1")
     # The state directory's run lock, held while serving: a `docflow process` beside it must not take this
     # server's documents in flight for orphans.
-    with home_run(settings):  # (its workers journal and re-run their own unfinished uploads)
+    with holding_run_lock(settings):  # (its workers journal and re-run their own unfinished uploads)
         ctx = build_context(settings)
         # Prometheus: this process's requests, and the pipeline signals its workers hand back (GET /metrics).
         sink = PrometheusSink()

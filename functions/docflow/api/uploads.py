@@ -131,7 +131,7 @@ def _busy(exc: Exception) -> ApiError:
     return ApiError(503, "busy", f"not accepting uploads right now ({exc}); retry later", headers={"Retry-After": "10"})
 
 
-def _hand_over(ctx: StepContext, submitter: Submitter, job: PendingUpload, store: Callable[[], None]) -> None:
+def _record_and_submit(ctx: StepContext, submitter: Submitter, job: PendingUpload, store: Callable[[], None]) -> None:
     """The RECEIVED upload record first (a poll right after the 202 finds the document), then the bytes (on AWS
     their arrival starts the state machine), then the local workers. A failure on the way marks the upload
     FAILED, so none stays RECEIVED for nothing."""
@@ -166,7 +166,7 @@ def accept_upload(
         upload_id=upload_id, document_id=report.document_id, key=key, source=upload_source(ctx.settings, key)
     )
     known = ctx.records.get_document(job.document_id) is not None
-    _hand_over(ctx, submitter, job, lambda: ctx.blobs.put(key, data, content_type=report.media_type))
+    _record_and_submit(ctx, submitter, job, lambda: ctx.blobs.put(key, data, content_type=report.media_type))
     return DocumentAccepted(
         document_id=job.document_id,
         upload_id=upload_id,
@@ -198,7 +198,7 @@ def accept_granted_upload(
         else:
             ctx.blobs.put(grant.key, path.read_bytes())
 
-    _hand_over(ctx, submitter, job, store)
+    _record_and_submit(ctx, submitter, job, store)
     return DocumentAccepted(
         document_id=document_id,
         upload_id=upload_id,

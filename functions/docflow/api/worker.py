@@ -142,7 +142,7 @@ _worker_ctx: StepContext | None = None
 
 def _init_worker(settings: Settings) -> None:
     global _worker_ctx
-    from docflow.pipeline.embedded import hold_run_lock
+    from docflow.pipeline.run_lock import hold_run_lock
 
     os.environ["OMP_THREAD_LIMIT"] = "1"
     hold_run_lock(settings)  # its document in flight is not an orphan, even if the server was killed
@@ -202,7 +202,7 @@ class LocalWorkers:
         self._pool_of: dict[str, Executor] = {}  # the pool each job in flight was submitted to
         self._stopping = False
         self._idle = threading.Condition(self._lock)
-        # For each pool that broke: whether any of its jobs had started (see _settle).
+        # For each pool that broke: whether any of its jobs had started (see _finish).
         self._broke_running: weakref.WeakKeyDictionary[Executor, bool] = weakref.WeakKeyDictionary()
 
     # journal
@@ -293,14 +293,14 @@ class LocalWorkers:
     def _done(self, job: PendingUpload, future: Future[WorkResult], pool: Executor) -> None:
         with self._lock:
             try:
-                self._settle(job, future, pool)
+                self._finish(job, future, pool)
             finally:
                 if self._inflight.get(job.upload_id) is future:
                     del self._inflight[job.upload_id]
                     del self._pool_of[job.upload_id]
                 self._idle.notify_all()
 
-    def _settle(self, job: PendingUpload, future: Future[WorkResult], pool: Executor) -> None:
+    def _finish(self, job: PendingUpload, future: Future[WorkResult], pool: Executor) -> None:
         started = self._started_path(job.upload_id)
         was_started = started.exists()
         started.unlink(missing_ok=True)

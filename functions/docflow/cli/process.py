@@ -27,7 +27,7 @@ from docflow.cli.common import HomeOption, err, fail, load_settings, progress_ba
 from docflow.errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from docflow.pipeline.embedded import DocumentResult
+    from docflow.pipeline.inputs import DocumentResult
     from docflow.telemetry import PrometheusSink
 
 STATUS_STYLE = {
@@ -50,7 +50,8 @@ def process(
     home: HomeOption = None,
 ) -> None:
     """Run every document through validate → extract text → classify, on the local stores."""
-    from docflow.pipeline.embedded import RunInterrupted, check_ready, discover, display_path, process_paths
+    from docflow.pipeline.embedded import RunInterrupted, process_paths
+    from docflow.pipeline.inputs import check_ready, discover, display_path
 
     settings = load_settings(home=home, ocr_languages=languages)
     unusable = [why for p in paths if (why := _unusable_input(p))]
@@ -104,7 +105,7 @@ def process(
 
 def _unusable_input(path: Path) -> str | None:
     """Why a path named on the command line cannot be looked at (None when it can)."""
-    from docflow.pipeline.embedded import display_path
+    from docflow.pipeline.inputs import display_path
 
     try:
         os.stat(path)

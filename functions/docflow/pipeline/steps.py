@@ -4,6 +4,10 @@ A Lambda handler wraps exactly one of these; the embedded runner calls them in t
 machine does. They know the stores only through the StepContext's interfaces. Each step imports its
 engine (Pillow/pdfium/Tesseract, onnxruntime) when it runs, so a function carries and loads only its own:
 RecordFailure's layers hold no numpy, Classify's no pdfium (tests/infra/test_layers.py).
+
+A little over 400 lines on purpose: every step of the flow and the record writes they share (the document
+record a state makes, the upload's outcome, the result file before the record) read best side by side, in
+the order the state machine runs them.
 """
 
 from __future__ import annotations
