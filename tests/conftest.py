@@ -52,3 +52,15 @@ def docflow_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     get_settings.cache_clear()
     get_context.cache_clear()
     return home
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small model trained once per session from tests/fixtures/corpus (classes email, news_article, resume)."""
+    out = tmp_path_factory.getbasetemp() / "api-tiny-model"
+    if not (out / "model.onnx").is_file():
+        from docflow_training.train import TrainConfig, train_model
+
+        config = TrainConfig(seed=7, vocab_size=400, c_grid=(1.0, 10.0), cv_folds=3, holdout_fraction=0.25)
+        train_model(REPO / "tests" / "fixtures" / "corpus", out, config)
+    return out

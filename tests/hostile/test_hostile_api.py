@@ -18,7 +18,6 @@ from fastapi.testclient import TestClient
 
 from docflow.models import Status
 from tests.hostile.cases import BY_NAME, Case, cases_for, outcome_problems
-from tests.unit.conftest import tiny_model  # noqa: F401  (the session's tiny model, shared with test_api)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -50,7 +49,7 @@ def _wait(client: TestClient, document_id: str, *, upload_terminal: bool = False
 
 
 @pytest.fixture(scope="module")
-def outcomes(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[dict[str, Any]]:  # noqa: F811
+def outcomes(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[dict[str, Any]]:
     from docflow.api.app import create_app
     from docflow.api.config import get_api_settings
     from docflow.context import get_context

@@ -27,7 +27,6 @@ from tests.aws_fixtures import BUCKET, TABLE, create_resources, object_created
 pytestmark = pytest.mark.integration
 
 EVENTS = Path(__file__).parents[1] / "events"
-CORPUS = Path(__file__).parents[1] / "fixtures" / "corpus"
 KEY = "test-api-key-7f3a9c"  # the x-api-key the event files carry
 REQUEST_ID = "c6af9ac6-7b61-11e6-9a41-93e8deadbeef"
 
@@ -38,17 +37,6 @@ class FakeLambdaContext:
     memory_limit_in_mb: int = 1024
     invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:docflow-api-test"
     aws_request_id: str = "52fdfc07-2182-154f-163f-5f0f9a621d72"
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.getbasetemp() / "api-tiny-model"
-    if not (out / "model.onnx").is_file():
-        from docflow_training.train import TrainConfig, train_model
-
-        config = TrainConfig(seed=7, vocab_size=400, c_grid=(1.0, 10.0), cv_folds=3, holdout_fraction=0.25)
-        train_model(CORPUS, out, config)
-    return out
 
 
 @pytest.fixture

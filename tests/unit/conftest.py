@@ -23,19 +23,6 @@ def _no_network():
 
 # -- the API on the local stores, with a tiny model (test_api, test_review_api) ---------------------------------
 
-CORPUS = Path(__file__).resolve().parents[1] / "fixtures" / "corpus"
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.getbasetemp() / "api-tiny-model"
-    if not (out / "model.onnx").is_file():
-        from docflow_training.train import TrainConfig, train_model
-
-        config = TrainConfig(seed=7, vocab_size=400, c_grid=(1.0, 10.0), cv_folds=3, holdout_fraction=0.25)
-        train_model(CORPUS, out, config)
-    return out
-
 
 @pytest.fixture
 def api_env(docflow_home: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:

@@ -21,8 +21,7 @@ from boto3.dynamodb.conditions import Attr, Key
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import TypeAdapter
 
-from docflow.adapters.boto import BOTO_CONFIG as _BOTO_CONFIG
-from docflow.adapters.boto import translate as _translate
+from docflow.adapters.boto import BOTO_CONFIG, translate
 from docflow.errors import ConfigurationError, TransientError
 from docflow.models import Status
 from docflow.ports import RecordStore
@@ -38,16 +37,6 @@ def _status_sort_key(updated_at: datetime, document_id: str) -> str:
 
 def _condition_failed(exc: ClientError) -> bool:
     return exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
-
-
-def _missing(exc: Exception) -> bool:
-    """No such key, or no such version of it (deleted since its event was sent); HEAD answers a bare 404."""
-    return isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") in (
-        "NoSuchKey",
-        "NoSuchVersion",
-        "404",
-        "NotFound",
-    )
 
 
 # Single-table layout: pk = document_id; sk = DOCUMENT | UPLOAD#<source> | PREDICTION#<iso time> |
@@ -97,7 +86,7 @@ class DynamoRecordStore(RecordStore):
 
     @cached_property
     def _table(self) -> Any:
-        return boto3.resource("dynamodb", config=_BOTO_CONFIG).Table(self.table_name)
+        return boto3.resource("dynamodb", config=BOTO_CONFIG).Table(self.table_name)
 
     def _call(self, what: str, fn: Any, **kwargs: Any) -> Any:
         try:
@@ -105,7 +94,7 @@ class DynamoRecordStore(RecordStore):
         except (ClientError, BotoCoreError) as exc:
             if isinstance(exc, ClientError) and exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
                 raise
-            raise _translate(exc, f"{what} on table {self.table_name}") from exc
+            raise translate(exc, f"{what} on table {self.table_name}") from exc
 
     def _write_if(self, what: str, fn: Any, **kwargs: Any) -> Any | None:
         """A conditional write: its response, or None when its condition failed (the state on file decided)."""
@@ -283,9 +272,9 @@ class DynamoRecordStore(RecordStore):
                 return False
             if exc.response["Error"]["Code"] == "TransactionCanceledException":  # a conflict with another writer
                 raise TransientError(f"{what} on table {self.table_name}: {', '.join(map(str, reasons))}") from exc
-            raise _translate(exc, f"{what} on table {self.table_name}") from exc
+            raise translate(exc, f"{what} on table {self.table_name}") from exc
         except BotoCoreError as exc:
-            raise _translate(exc, f"{what} on table {self.table_name}") from exc
+            raise translate(exc, f"{what} on table {self.table_name}") from exc
         return True
 
     def list_decisions(self, document_id: str) -> list[ReviewDecision]:

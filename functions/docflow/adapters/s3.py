@@ -4,29 +4,15 @@ never at import (so moto can patch it in tests and a cold start pays only for wh
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import datetime
 from functools import cached_property
 from typing import Any
 
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
-from pydantic import TypeAdapter
 
-from docflow.adapters.boto import BOTO_CONFIG as _BOTO_CONFIG
-from docflow.adapters.boto import translate as _translate
+from docflow.adapters.boto import BOTO_CONFIG, translate
 from docflow.errors import ConfigurationError
 from docflow.ports import BlobNotFoundError, BlobStore
-
-_ISO = TypeAdapter(datetime)
-
-
-def _status_sort_key(updated_at: datetime, document_id: str) -> str:
-    """The by-status index's sort key: newest first by update time, the id to break ties."""
-    return f"{updated_at.isoformat()}#{document_id}"
-
-
-def _condition_failed(exc: ClientError) -> bool:
-    return exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
 
 
 def _missing(exc: Exception) -> bool:
@@ -47,14 +33,14 @@ class S3BlobStore(BlobStore):
 
     @cached_property
     def _s3(self) -> Any:
-        return boto3.client("s3", config=_BOTO_CONFIG)
+        return boto3.client("s3", config=BOTO_CONFIG)
 
     def put(self, key: str, data: bytes, content_type: str | None = None) -> None:
         extra = {"ContentType": content_type} if content_type else {}
         try:
             self._s3.put_object(Bucket=self.bucket, Key=key, Body=data, **extra)
         except (ClientError, BotoCoreError) as exc:
-            raise _translate(exc, f"put s3://{self.bucket}/{key}") from exc
+            raise translate(exc, f"put s3://{self.bucket}/{key}") from exc
 
     @staticmethod
     def _version(version_id: str | None) -> dict[str, str]:
@@ -67,7 +53,7 @@ class S3BlobStore(BlobStore):
         except (ClientError, BotoCoreError) as exc:
             if _missing(exc):
                 raise BlobNotFoundError(key) from None
-            raise _translate(exc, f"get s3://{self.bucket}/{key}") from exc
+            raise translate(exc, f"get s3://{self.bucket}/{key}") from exc
 
     def exists(self, key: str) -> bool:
         try:
@@ -76,7 +62,7 @@ class S3BlobStore(BlobStore):
         except (ClientError, BotoCoreError) as exc:
             if _missing(exc):
                 return False
-            raise _translate(exc, f"head s3://{self.bucket}/{key}") from exc
+            raise translate(exc, f"head s3://{self.bucket}/{key}") from exc
 
     def size(self, key: str, version_id: str | None = None) -> int:
         try:
@@ -84,7 +70,7 @@ class S3BlobStore(BlobStore):
         except (ClientError, BotoCoreError) as exc:
             if _missing(exc):
                 raise BlobNotFoundError(key) from None
-            raise _translate(exc, f"head s3://{self.bucket}/{key}") from exc
+            raise translate(exc, f"head s3://{self.bucket}/{key}") from exc
 
     def iter_chunks(self, key: str, chunk_size: int = 1 << 20, version_id: str | None = None) -> Iterator[bytes]:
         what = f"get s3://{self.bucket}/{key}"
@@ -93,12 +79,12 @@ class S3BlobStore(BlobStore):
         except (ClientError, BotoCoreError) as exc:
             if _missing(exc):
                 raise BlobNotFoundError(key) from None
-            raise _translate(exc, what) from exc
+            raise translate(exc, what) from exc
         try:
             # The body arrives while it is read: a read timeout or a reset connection surfaces here.
             yield from body.iter_chunks(chunk_size)
         except (ClientError, BotoCoreError) as exc:
-            raise _translate(exc, f"{what} (reading the body)") from exc
+            raise translate(exc, f"{what} (reading the body)") from exc
         finally:
             body.close()
 
@@ -110,7 +96,7 @@ class S3BlobStore(BlobStore):
                 for obj in page.get("Contents", []):
                     yield obj["Key"]
         except (ClientError, BotoCoreError) as exc:
-            raise _translate(exc, f"list s3://{self.bucket}/{prefix}") from exc
+            raise translate(exc, f"list s3://{self.bucket}/{prefix}") from exc
 
     def describe(self) -> str:
         return f"s3://{self.bucket}"
