@@ -41,6 +41,7 @@ import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,10 @@ return {
   empty_hidden: $("empty").hidden,
   error: $("signin-error").textContent,
   suggested: $("suggested").textContent,
+  page: $("page-label").textContent,
+  text: $("text").textContent,
+  flash: $("flash").textContent,
+  title: document.title,
 };
 """
 
@@ -100,14 +105,30 @@ def free_port() -> int:
         return port
 
 
-def docflow_env(home: Path, **extra: str) -> dict[str, str]:
+def docflow_env(home: Path, key: str = KEY, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in DROPPED_ENV}
-    return env | {"DOCFLOW_HOME": str(home), "DOCFLOW_API_KEY": KEY, **extra}
+    return env | {"DOCFLOW_HOME": str(home), "DOCFLOW_API_KEY": key, **extra}
+
+
+@dataclass(frozen=True)
+class Served:
+    """A running `docflow serve`: its URL, its process and its log."""
+
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def died(self) -> str | None:
+        """Why the server is gone (the end of its log), or None while it runs."""
+        if self.process.poll() is None:
+            return None
+        return f"docflow serve exited ({self.process.returncode}): {self.log.read_text(errors='replace')[-2000:]}"
 
 
 @contextlib.contextmanager
-def serve(home: Path, **extra: str) -> Iterator[str]:
-    """`docflow serve --workers 0` on ``home``; yields its URL; stopped (SIGTERM) afterwards."""
+def serve(home: Path, key: str = KEY, **extra: str) -> Iterator[Served]:
+    """`docflow serve --workers 0` on ``home`` with API key ``key`` (and any DOCFLOW_* in ``extra``), once it
+    answers /health; stopped (SIGTERM, then SIGKILL) afterwards. tests/e2e/test_review_page.py uses it too."""
     import httpx
 
     port = free_port()
@@ -117,7 +138,7 @@ def serve(home: Path, **extra: str) -> Iterator[str]:
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [*DOCFLOW, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "0"],
-            env=docflow_env(home, **extra),
+            env=docflow_env(home, key, **extra),
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -133,9 +154,10 @@ def serve(home: Path, **extra: str) -> Iterator[str]:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"docflow serve did not start: {log.read_text(errors='replace')[-2000:]}")
             time.sleep(0.2)
-        yield url
-        if proc.poll() is not None:
-            raise RuntimeError(f"docflow serve died: {log.read_text(errors='replace')[-2000:]}")
+        served = Served(url, proc, log)
+        yield served
+        if why := served.died():
+            raise RuntimeError(why)
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -155,6 +177,7 @@ def browser() -> Iterator[Any]:
     options.binary_location = str(CHROMIUM)  # both given: Selenium would otherwise try to download them
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1440,900"):
         options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the page's console, for a failure
     driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
     try:
         yield driver
@@ -270,7 +293,8 @@ def first_document(queued: int, loads: int, root: Path) -> dict[str, Any]:
     import httpx
 
     home = root / "queue-home"
-    with serve(home) as url:
+    with serve(home) as server:
+        url = server.url
         model = httpx.get(f"{url}/model", headers={"x-api-key": KEY}, timeout=30).json()
         started = time.perf_counter()
         fill_queue(home, queued, model["classes"], model["model_version"])
@@ -376,7 +400,8 @@ def clear_queue(rvl: Path, n: int, root: Path) -> dict[str, Any]:
     statuses = Counter(r["status"] for r in rows.values())
     queued = {name: r for name, r in rows.items() if r["status"] == "NEEDS_REVIEW"}
 
-    with serve(home) as url:
+    with serve(home) as server:
+        url = server.url
         model = httpx.get(f"{url}/model", headers={"x-api-key": KEY}, timeout=30).json()
         classes = model["classes"]
         with browser() as driver:

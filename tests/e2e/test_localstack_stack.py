@@ -174,17 +174,12 @@ def test_review_queue_through_api_gateway(
 def _page_shows_a_document(url: str, key: str) -> None:
     """The review page in headless Chromium at LocalStack's path-style URL: its relative links find its files
     and the API, and a queued document shows with its page image (a binary response through API Gateway)."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"  # Debian's (make test installs it): no browser download
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1440,900"):
-        options.add_argument(arg)
-    browser = webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
-    try:
+    from bench.review_queue import browser as chromium
+
+    with chromium() as browser:
         browser.get(url)
         wait = WebDriverWait(browser, 60)
         wait.until(lambda b: b.find_element(By.ID, "reviewer").is_displayed())
@@ -194,5 +189,3 @@ def _page_shows_a_document(url: str, key: str) -> None:
         wait.until(lambda b: (b.find_element(By.ID, "page-image").get_attribute("src") or "").startswith("blob:"))
         assert browser.find_element(By.ID, "doc-name").text
         assert "waiting" in browser.find_element(By.ID, "count").text
-    finally:
-        browser.quit()

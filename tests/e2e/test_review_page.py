@@ -13,15 +13,11 @@ full queue. A screenshot of the page is kept (tmp_path_factory, and $DOCFLOW_ART
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -31,21 +27,17 @@ from typing import Any
 
 import httpx
 import pytest
-from selenium import webdriver
 from selenium.common.exceptions import TimeoutException
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.chrome.webdriver import WebDriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
+from bench.review_queue import CHROMEDRIVER, CHROMIUM, DOCFLOW, STATE_JS, Served, browser, docflow_env, serve
 from docflow.samples import EMAIL, LETTER, MEMO, REPORT, text_pdf
 
 pytestmark = pytest.mark.e2e
 
-# Given explicitly: without them Selenium would try to download a browser and a driver.
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
     pytest.skip(
         f"the review page needs {CHROMIUM} and {CHROMEDRIVER} "
@@ -84,30 +76,7 @@ DOCUMENTS: dict[str, bytes] = {
         ]
     ),
 }
-# Whatever a test ran before, and the environment of the session, must not reach the processes.
-_DROPPED_ENV = ("DOCFLOW_MODEL_DIR", "DOCFLOW_BACKEND", "DOCFLOW_DOCUMENTS_BUCKET", "DOCFLOW_TABLE_NAME")
 WAIT_S = 15
-
-# One call for everything the tests read off the page.
-_STATE_JS = """
-const $ = (id) => document.getElementById(id);
-const img = $("page-image");
-return {
-  name: $("doc-name").textContent,
-  count: $("count").textContent,
-  src: img.getAttribute("src") || "",
-  loaded: img.complete && img.naturalWidth > 0,
-  review_hidden: $("review").hidden,
-  signin_hidden: $("signin").hidden,
-  empty_hidden: $("empty").hidden,
-  error: $("signin-error").textContent,
-  suggested: $("suggested").textContent,
-  page: $("page-label").textContent,
-  text: $("text").textContent,
-  flash: $("flash").textContent,
-  title: document.title,
-};
-"""
 
 
 @dataclass(frozen=True)
@@ -117,81 +86,42 @@ class Review:
     ids: dict[str, str]  # file name -> document_id
     suggested: dict[str, str]  # file name -> the model's class when it was processed
     classes: list[str]
-    server: subprocess.Popen[bytes]
-    log: Path
+    server: Served
 
     def assert_alive(self) -> None:
-        assert self.server.poll() is None, (
-            f"docflow serve died (exit {self.server.returncode}): {self.log.read_text(errors='replace')[-2000:]}"
-        )
+        assert self.server.died() is None, self.server.died()
 
     def client(self, key: str | None = KEY) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers={"x-api-key": key} if key else {}, timeout=30)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="module")
 def review(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Review]:
     """Five NEEDS_REVIEW documents in a fresh home, and `docflow serve --workers 0` on them with a key."""
     root = tmp_path_factory.mktemp("review-page")
-    home, inbox, log = root / "home", root / "inbox", root / "serve.log"
+    home, inbox = root / "home", root / "inbox"
     inbox.mkdir()
     for name, data in DOCUMENTS.items():
         (inbox / name).write_bytes(data)
-    env = {k: v for k, v in os.environ.items() if k not in _DROPPED_ENV}
-    env |= {"DOCFLOW_HOME": str(home), "DOCFLOW_REVIEW_THRESHOLD": "1.0", "DOCFLOW_API_KEY": KEY}
-    cli = [sys.executable, "-m", "docflow.cli"]
+    env = docflow_env(home, KEY, DOCFLOW_REVIEW_THRESHOLD="1.0")
     processed = subprocess.run(
-        [*cli, "process", str(inbox), "--json"], capture_output=True, text=True, env=env, timeout=300, check=False
+        [*DOCFLOW, "process", str(inbox), "--json"], capture_output=True, text=True, env=env, timeout=300, check=False
     )
     assert processed.returncode == 0, processed.stderr
     rows = {Path(r["source"]).name: r for r in map(json.loads, processed.stdout.splitlines())}
     assert set(rows) == set(DOCUMENTS)
     assert {r["status"] for r in rows.values()} == {"NEEDS_REVIEW"}, rows
 
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [*cli, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "0"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, f"docflow serve exited: {log.read_text()[-3000:]}"
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, f"docflow serve did not become healthy: {log.read_text()[-3000:]}"
-            time.sleep(0.2)
-        classes = httpx.get(f"{url}/model", headers={"x-api-key": KEY}, timeout=10).json()["classes"]
+    with serve(home, KEY, DOCFLOW_REVIEW_THRESHOLD="1.0") as server:
+        classes = httpx.get(f"{server.url}/model", headers={"x-api-key": KEY}, timeout=10).json()["classes"]
         yield Review(
-            url=url,
+            url=server.url,
             home=home,
             ids={name: r["document_id"] for name, r in rows.items()},
             suggested={name: r["predicted_class"] for name, r in rows.items()},
             classes=classes,
-            server=proc,
-            log=log,
+            server=server,
         )
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
 
 
 @pytest.fixture(autouse=True)
@@ -210,23 +140,15 @@ def full_queue(review: Review) -> Iterator[None]:
 
 @pytest.fixture
 def driver() -> Iterator[WebDriver]:
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1440,900"):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    browser = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
-    try:
-        yield browser
-    finally:
-        browser.quit()
+    with browser() as chromium:
+        yield chromium
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------
 
 
 def state(driver: WebDriver) -> dict[str, Any]:
-    result: dict[str, Any] = driver.execute_script(_STATE_JS)
+    result: dict[str, Any] = driver.execute_script(STATE_JS)
     return result
 
 

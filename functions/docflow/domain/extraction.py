@@ -347,7 +347,7 @@ def _clean_layer_text(text: str) -> str:
 # MAX_RENDER_PIXELS is rendered smaller: a 100 Mpx RGB scan (the validation limit) would otherwise cost ~2 GB
 # in copies and in Tesseract; reduced it stays under 1 GiB, and a 600 dpi A4 page (35 Mpx) is left alone.
 MAX_OCR_PIXELS = 36_000_000
-_EXIF_ORIENTATION = 0x0112
+EXIF_ORIENTATION = 0x0112  # the EXIF tag a camera records how it was held in
 _ORIENT = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
     3: Image.Transpose.ROTATE_180,
@@ -365,12 +365,18 @@ def _upright_frame(source: Image.Image, *, single: bool) -> Image.Image:
     if pixels <= MAX_OCR_PIXELS:
         return ImageOps.exif_transpose(source)
     factor = math.ceil(math.sqrt(pixels / MAX_OCR_PIXELS))
-    orientation = source.getexif().get(_EXIF_ORIENTATION, 1)
+    orientation = source.getexif().get(EXIF_ORIENTATION, 1)
     reduced = source.reduce(factor)
     if single:
         source.close()  # frees the full-size pixels now rather than when the file is done
+    return turned_upright(reduced, orientation)
+
+
+def turned_upright(image: Image.Image, orientation: int) -> Image.Image:
+    """``image`` turned as an EXIF orientation tag (1-8) says the camera held it: for a copy that lost its tag
+    (a reduced frame, a preview); a frame that still has it takes ImageOps.exif_transpose."""
     transpose = _ORIENT.get(orientation)
-    return reduced.transpose(transpose) if transpose is not None else reduced
+    return image.transpose(transpose) if transpose is not None else image
 
 
 _PIL_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)

@@ -17,7 +17,6 @@ if TYPE_CHECKING:  # Pillow and PDFium are imported when a preview is drawn, not
     from PIL import Image
 
 PREVIEW_SIDE = 1400
-_EXIF_ORIENTATION = 0x0112
 
 
 class PreviewError(Exception):
@@ -75,7 +74,10 @@ def _pdf_page_unlocked(data: bytes, page: int, side: int) -> Image.Image:
 
 
 def _image_frame(data: bytes, media_type: MediaType, page: int, side: int, limits: ValidationLimits) -> Image.Image:
+    # Imported here, as pdfium is for PDFs: the API loads Pillow (and extraction's engines) for a preview only.
     from PIL import Image
+
+    from docflow.domain.extraction import EXIF_ORIENTATION, turned_upright
 
     errors = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
     try:
@@ -94,23 +96,8 @@ def _image_frame(data: bytes, media_type: MediaType, page: int, side: int, limit
                 source.draft("RGB" if source.mode != "L" else "L", (side, side))  # decode at 1/2..1/8 size
             factor = math.floor(max(source.width, source.height) / (2 * side))
             frame = source.reduce(factor) if factor >= 2 else source.copy()
-            return _orient(frame, source.getexif().get(_EXIF_ORIENTATION, 1))  # upright, as a phone shot it
+            return turned_upright(frame, source.getexif().get(EXIF_ORIENTATION, 1))  # as a phone shot it
         except PreviewError:
             raise
         except errors as exc:
             raise PreviewError(f"cannot decode page {page}: {exc}") from exc
-
-
-def _orient(image: Image.Image, orientation: int) -> Image.Image:
-    from PIL import Image
-
-    transpose = {
-        2: Image.Transpose.FLIP_LEFT_RIGHT,
-        3: Image.Transpose.ROTATE_180,
-        4: Image.Transpose.FLIP_TOP_BOTTOM,
-        5: Image.Transpose.TRANSPOSE,
-        6: Image.Transpose.ROTATE_270,
-        7: Image.Transpose.TRANSVERSE,
-        8: Image.Transpose.ROTATE_90,
-    }.get(orientation)
-    return image.transpose(transpose) if transpose is not None else image
