@@ -96,10 +96,10 @@ def peak_rss_mb() -> float:
 def _child(pdf: Path, home: Path) -> dict[str, Any]:
     """In this process: the embedded runner on the PDF; its outcome, seconds and peak RSS."""
     from docflow.context import build_context
-    from docflow.models import ExtractionResult
     from docflow.pipeline.runner import Runner
     from docflow.pipeline.state import DocumentRef
     from docflow.settings import Settings
+    from docflow.values import ExtractionResult
 
     ctx = build_context(
         Settings(home=home, large_pdf_pages=LARGE_PDF_PAGES, pages_per_chunk=PAGES_PER_CHUNK, faults="")
@@ -156,7 +156,7 @@ def main() -> int:
         return 0
     baseline, big = measure(1), measure(args.pages)
     # The heaviest text layer accepted: pages just under the per-page content limit (two streams each).
-    from docflow.models import ValidationLimits
+    from docflow.values import ValidationLimits
 
     limit = ValidationLimits().max_page_content_bytes
     heavy = measure_pdf(text_layer_pdf(4, limit - 64 * 1024))

@@ -31,8 +31,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "functions"), str(REPO)]
 
 from docflow.faults import counter_name, fault_plan  # noqa: E402
-from docflow.models import TERMINAL_STATUSES  # noqa: E402
 from docflow.samples import MEMO, text_pdf  # noqa: E402
+from docflow.values import TERMINAL_STATUSES  # noqa: E402
 
 DEFAULT_FAULTS = "ExtractText=transient:1@0.05,Classify=permanent@0.01"
 CLASSIFIED = {"CLASSIFIED", "NEEDS_REVIEW"}

@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "functions"))  # runnable without an installed package
 
 from docflow.domain.extraction import extract_text  # noqa: E402
-from docflow.models import MediaType, OcrOptions  # noqa: E402
+from docflow.values import MediaType, OcrOptions  # noqa: E402
 
 
 def normalise(text: str) -> str:

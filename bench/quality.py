@@ -273,7 +273,7 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
 def real_scans(data: Path, model_dir: Path, workers: int) -> dict[str, Any]:
     """The text model alone and the scan head cross-validated on rvl_dev (see the module's docstring)."""
     from docflow.domain.classifier import TextClassifier
-    from docflow.models import OcrOptions
+    from docflow.values import OcrOptions
     from docflow_training.scan_head import fit_scan_head, head_classes, summarize, text_only
     from docflow_training.scans import read_scans, scan_set
 

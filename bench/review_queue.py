@@ -244,10 +244,10 @@ def fill_queue(home: Path, n: int, classes: list[str], model_version: str) -> No
 
     from docflow.adapters.files import LocalBlobStore
     from docflow.adapters.sqlite import SqliteRecordStore
-    from docflow.models import ExtractionResult, PageText, Status, utcnow
     from docflow.pipeline.steps import text_key
     from docflow.records import DocumentRecord
     from docflow.samples import EMAIL, LETTER, MEMO, REPORT
+    from docflow.values import ExtractionResult, PageText, Status, utcnow
 
     records = SqliteRecordStore(home / "docflow.sqlite3")
     blobs = LocalBlobStore(home / "blobs")

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from docflow.models import Status, utcnow
 from docflow.ports import RecordStore
 from docflow.records import DocumentRecord, ReviewDecision
+from docflow.values import Status, utcnow
 
 
 def decide(records: RecordStore, document_id: str, label: str, when: datetime | None = None) -> DocumentRecord | None:

@@ -6,7 +6,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
-from docflow.models import Status, utcnow
+from docflow.values import Status, utcnow
 
 
 class DocumentRecord(BaseModel):

@@ -18,7 +18,7 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from docflow.faults import parse_faults
-from docflow.models import OcrOptions, ValidationLimits
+from docflow.values import OcrOptions, ValidationLimits
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 # Built by set-up (`make model`) from the labelled corpus; what a fresh DOCFLOW_HOME classifies with.

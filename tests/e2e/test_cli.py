@@ -205,9 +205,9 @@ def test_a_document_left_processing_by_a_killed_run_is_finished_by_the_next(docf
     from datetime import timedelta
 
     from docflow.adapters.sqlite import SqliteRecordStore
-    from docflow.models import Status, utcnow
     from docflow.records import DocumentRecord
     from docflow.samples import MEMO, text_pdf
+    from docflow.values import Status, utcnow
 
     pdf = tmp_path / "memo.pdf"
     pdf.write_bytes(text_pdf([MEMO]))
@@ -400,8 +400,8 @@ def test_a_promoting_train_rescores_the_review_queue(docflow_home: Path) -> None
     person are scored again by it, from their stored text, and the record names the model that queued them."""
     from docflow.adapters.files import LocalBlobStore
     from docflow.adapters.sqlite import SqliteRecordStore
-    from docflow.models import ExtractionResult, PageText, Status
     from docflow.records import DocumentRecord
+    from docflow.values import ExtractionResult, PageText, Status
 
     records, blobs = SqliteRecordStore(docflow_home / "docflow.sqlite3"), LocalBlobStore(docflow_home / "blobs")
     waiting = "d" * 64

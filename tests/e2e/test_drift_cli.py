@@ -22,10 +22,10 @@ from docflow.domain.drift import (
     population_stability_index,
     write_baseline,
 )
-from docflow.models import Status, utcnow
 from docflow.records import DocumentRecord
 from docflow.samples import EMAIL, LETTER, MEMO, text_pdf
 from docflow.settings import DEFAULT_MODEL_DIR
+from docflow.values import Status, utcnow
 
 pytestmark = pytest.mark.e2e
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from docflow.models import Status
+from docflow.values import Status
 from tests.hostile.cases import BY_NAME, Case, cases_for, outcome_problems
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

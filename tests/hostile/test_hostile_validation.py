@@ -8,7 +8,7 @@ import time
 import pytest
 
 from docflow.domain.validation import validate_document
-from docflow.models import ValidationLimits
+from docflow.values import ValidationLimits
 from tests.hostile.cases import CASES, Case, outcome_problems
 
 pytestmark = pytest.mark.unit
@@ -64,7 +64,7 @@ def test_the_pdf_engine_cannot_run_javascript() -> None:
 
 def test_a_right_to_left_text_layer_is_read_as_text() -> None:
     from docflow.domain.extraction import extract_text
-    from docflow.models import MediaType, OcrOptions
+    from docflow.values import MediaType, OcrOptions
     from tests.hostile.cases import BY_NAME
 
     result = extract_text(BY_NAME["pdf-unicode-rtl-text-layer"].data(), MediaType.PDF, OcrOptions())

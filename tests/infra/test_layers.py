@@ -35,7 +35,7 @@ if "classify" in module or "rescore" in module or module.endswith(".api"):
 if "extract" in module or "validate" in module or module.endswith(".api"):
     from PIL import Image, ImageDraw
     from docflow.domain.ocr import TesserocrEngine
-    from docflow.models import OcrOptions
+    from docflow.values import OcrOptions
     page = Image.new("L", (900, 200), 255)
     ImageDraw.Draw(page).text((20, 80), "INVOICE NUMBER 12345", fill=0, font_size=40)
     out["ocr"] = TesserocrEngine().recognize(page, OcrOptions()).text

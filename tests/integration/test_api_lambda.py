@@ -98,7 +98,7 @@ def test_health_event_needs_no_key_and_carries_the_request_id(aws: Any, capsys: 
     assert body["stores"] == {"records": True, "blobs": True} and body["model_loaded"] is True
     assert headers["x-request-id"] == REQUEST_ID
     # powertools: the API Gateway request id is the logs' correlation id, and the metrics were flushed (EMF)
-    from docflow.observability import logger
+    from docflow.powertools import logger
 
     assert logger.get_correlation_id() == REQUEST_ID
     emf = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
@@ -236,8 +236,8 @@ def _list(**params: str) -> tuple[int, dict[str, Any], dict[str, Any]]:
 
 def test_listing_pages_on_dynamodb_and_a_tampered_cursor_is_the_clients_error(aws: Any) -> None:
     from docflow.adapters.dynamodb import DynamoRecordStore
-    from docflow.models import Status
     from docflow.records import DocumentRecord
+    from docflow.values import Status
 
     store = DynamoRecordStore(TABLE)
     ids = {c * 64 for c in "abc"}

@@ -14,10 +14,10 @@ import pytest
 
 from docflow.api.worker import LocalWorkers, PendingUpload, WorkResult, _work
 from docflow.context import StepContext, build_context
-from docflow.models import Status
 from docflow.records import UploadRecord
 from docflow.samples import EMAIL, LETTER, MEMO, render_page, text_pdf
 from docflow.settings import Settings
+from docflow.values import Status
 
 pytestmark = pytest.mark.integration
 

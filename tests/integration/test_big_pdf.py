@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from bench.big_pdf import measure, measure_pdf, page_text, scanned_pdf, text_layer_pdf
-from docflow.models import ExtractionResult
+from docflow.values import ExtractionResult
 from infra_cdk import constants as c
 from tests.aws_fixtures import BUCKET
 from tests.integration import test_state_machine_asl as asl
@@ -81,7 +81,7 @@ def test_the_heaviest_text_layer_accepted_stays_under_512_mib() -> None:
     """Extracting a page's text costs PDFium ~100 bytes per byte of the page's content: validation caps what
     a page draws (max_page_content_bytes), so the heaviest pages it accepts, four of them in a row, peak under
     512 MiB in one fresh embedded run (models, imports and Tesseract included); a page over it is refused."""
-    from docflow.models import ValidationLimits
+    from docflow.values import ValidationLimits
 
     limit = ValidationLimits().max_page_content_bytes
     heavy = measure_pdf(text_layer_pdf(4, limit - 64 * 1024))

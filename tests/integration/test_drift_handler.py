@@ -20,8 +20,8 @@ from docflow.adapters.dynamodb import DynamoRecordStore
 from docflow.adapters.s3 import S3BlobStore
 from docflow.domain.drift import DriftBaseline, Observation, assess_drift, build_baseline, write_baseline
 from docflow.model_source import DEFAULT_CACHE_ROOT, ChampionPointer, sha256_file
-from docflow.models import Status
 from docflow.records import DocumentRecord
+from docflow.values import Status
 from docflow_training.publish import BlobPublishTarget
 from tests.aws_fixtures import BUCKET, TABLE, create_resources
 

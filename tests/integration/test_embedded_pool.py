@@ -12,11 +12,11 @@ import pytest
 
 from docflow import telemetry
 from docflow.adapters.sqlite import SqliteRecordStore
-from docflow.models import Status
 from docflow.pipeline import embedded
 from docflow.pipeline.inputs import DocumentResult
 from docflow.samples import EMAIL, LETTER, MEMO, REPORT, text_pdf
 from docflow.settings import DEFAULT_MODEL_DIR, Settings
+from docflow.values import Status
 
 pytestmark = pytest.mark.integration
 

@@ -10,10 +10,10 @@ import pytest
 
 from docflow import telemetry
 from docflow.domain.classifier import classifier_cache_info, clear_classifier_cache
-from docflow.models import Status
 from docflow.pipeline import embedded
 from docflow.samples import MEMO, text_pdf
 from docflow.settings import DEFAULT_MODEL_DIR, Settings
+from docflow.values import Status
 
 pytestmark = pytest.mark.integration
 

@@ -26,7 +26,7 @@ from docflow.domain.ocr import (
     TesseractEngine,
     TesseractNotFoundError,
 )
-from docflow.models import MediaType, OcrOptions
+from docflow.values import MediaType, OcrOptions
 
 pytestmark = [
     pytest.mark.integration,

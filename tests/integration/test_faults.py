@@ -20,11 +20,11 @@ from pydantic import ValidationError
 
 from docflow.context import StepContext, build_context, get_context
 from docflow.faults import Fault, FaultPlan, counter_name, parse_faults
-from docflow.models import Status
 from docflow.pipeline.runner import Runner
 from docflow.pipeline.state import DocumentRef
 from docflow.samples import MEMO, text_pdf
 from docflow.settings import Settings, get_settings
+from docflow.values import Status
 from tests.aws_fixtures import BUCKET, TABLE, create_resources, object_created
 from tests.integration.test_handlers import FakeLambdaContext
 

@@ -446,8 +446,8 @@ def test_handlers_a_document_orphaned_past_the_lease_is_taken_over(aws: Any, mon
     from datetime import timedelta
 
     from docflow.adapters.dynamodb import DynamoRecordStore
-    from docflow.models import Status, utcnow
     from docflow.records import DocumentRecord
+    from docflow.values import Status, utcnow
 
     aws.put_object(Bucket=BUCKET, Key="incoming/memo.pdf", Body=MEMO_PDF)
     event = _event("incoming/memo.pdf")
@@ -491,8 +491,8 @@ def test_handlers_a_lost_reply_to_the_takeover_of_an_orphan_is_not_taken_for_ano
     from datetime import timedelta
 
     from docflow.adapters.dynamodb import DynamoRecordStore
-    from docflow.models import Status, utcnow
     from docflow.records import DocumentRecord
+    from docflow.values import Status, utcnow
 
     aws.put_object(Bucket=BUCKET, Key="incoming/memo.pdf", Body=MEMO_PDF)
     event = _event("incoming/memo.pdf")

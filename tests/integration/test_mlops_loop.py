@@ -16,9 +16,9 @@ from typer.testing import CliRunner
 from docflow.adapters.files import LocalBlobStore
 from docflow.adapters.sqlite import SqliteRecordStore
 from docflow.cli.model import model_app
-from docflow.models import ExtractionResult, PageText, Status
 from docflow.records import DocumentRecord
 from docflow.settings import Settings
+from docflow.values import ExtractionResult, PageText, Status
 from docflow_training.launch import JobResult, run_local_job
 from docflow_training.registry import CHALLENGER, CHAMPION, Registry
 from docflow_training.tracking import resolve_tracking

@@ -20,9 +20,9 @@ from moto import mock_aws
 
 from docflow.adapters.files import LocalBlobStore
 from docflow.adapters.sqlite import SqliteRecordStore
-from docflow.models import ExtractionResult, PageText, Status
 from docflow.records import DocumentRecord
 from docflow.settings import Settings
+from docflow.values import ExtractionResult, PageText, Status
 from docflow_training.launch import SageMakerJobConfig, launch_sagemaker
 
 pytestmark = pytest.mark.integration

@@ -9,8 +9,8 @@ from PIL import Image
 
 from docflow.domain.extraction import default_engine, extract_text
 from docflow.domain.ocr import OcrEngine, OcrLanguageError, TesseractEngine, TesserocrEngine
-from docflow.models import MediaType, OcrOptions
 from docflow.samples import LETTER, render_page
+from docflow.values import MediaType, OcrOptions
 
 pytestmark = pytest.mark.integration
 

@@ -19,10 +19,10 @@ from moto import mock_aws
 from docflow.adapters.dynamodb import DynamoRecordStore
 from docflow.adapters.s3 import S3BlobStore
 from docflow.model_source import DEFAULT_CACHE_ROOT, ChampionPointer, sha256_file
-from docflow.models import ExtractionResult, PageText, Status
 from docflow.records import DocumentRecord
 from docflow.samples import EMAIL, LETTER, MEMO, REPORT
 from docflow.settings import DEFAULT_MODEL_DIR
+from docflow.values import ExtractionResult, PageText, Status
 from docflow_training.publish import BlobPublishTarget, stamp_version
 from tests.aws_fixtures import BUCKET, TABLE, create_resources
 

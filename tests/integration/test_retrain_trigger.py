@@ -13,10 +13,10 @@ from moto import mock_aws
 
 from docflow.api import review
 from docflow.context import build_context
-from docflow.models import Status
 from docflow.records import DocumentRecord
 from docflow.retrain import EVENT_DETAIL_TYPE, EVENT_SOURCE, NEW_LABELS_COUNTER
 from docflow.settings import Settings
+from docflow.values import Status
 from tests.aws_fixtures import BUCKET, TABLE, create_resources
 
 pytestmark = pytest.mark.integration

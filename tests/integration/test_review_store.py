@@ -13,9 +13,9 @@ from moto import mock_aws
 
 from docflow.adapters.dynamodb import DynamoRecordStore
 from docflow.adapters.sqlite import SqliteRecordStore
-from docflow.models import Status, utcnow
 from docflow.ports import RecordStore
 from docflow.records import DocumentRecord, ReviewDecision
+from docflow.values import Status, utcnow
 from tests.aws_fixtures import create_resources
 
 pytestmark = pytest.mark.integration

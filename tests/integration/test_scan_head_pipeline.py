@@ -18,8 +18,8 @@ from moto import mock_aws
 from docflow.domain.extraction import extract_text
 from docflow.domain.layout import FEATURE_NAMES, LAYOUT_VERSION
 from docflow.domain.model_files import SCAN_HEAD_FILE
-from docflow.models import MediaType, OcrOptions
 from docflow.samples import LETTER, MEMO, render_page, text_pdf
+from docflow.values import MediaType, OcrOptions
 from docflow_training.scan_head import ScanHeadConfig, ScanSet, fit_scan_head
 from docflow_training.train import TrainConfig, run_training
 from tests.aws_fixtures import BUCKET, TABLE, create_resources, object_created

@@ -19,9 +19,9 @@ from docflow.adapters.files import LocalBlobStore
 from docflow.adapters.s3 import S3BlobStore
 from docflow.adapters.sqlite import SqliteRecordStore
 from docflow.errors import ConfigurationError, TransientError
-from docflow.models import Status, utcnow
 from docflow.ports import BlobNotFoundError, BlobStore, RecordStore
 from docflow.records import DocumentRecord, PredictionRecord, UploadRecord
+from docflow.values import Status, utcnow
 from tests.aws_fixtures import BUCKET, TABLE, create_resources
 from tests.decisions import decide
 

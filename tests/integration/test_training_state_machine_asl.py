@@ -44,8 +44,8 @@ from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state
 from moto.stepfunctions.parser.asl.eval.event.event_detail import EventDetails
 
 from docflow.adapters.dynamodb import DynamoRecordStore
-from docflow.models import ExtractionResult, PageText, Status
 from docflow.records import DocumentRecord
+from docflow.values import ExtractionResult, PageText, Status
 from infra_cdk import constants as c
 from infra_cdk.constructs.training import build_code_tarball
 from tests.aws_fixtures import BUCKET, TABLE, create_resources

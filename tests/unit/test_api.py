@@ -18,10 +18,10 @@ from fastapi.testclient import TestClient
 from docflow.api.uploads import UploadGrant, safe_file_name, sign_grant, verify_grant
 from docflow.api.worker import LocalWorkers, PendingUpload
 from docflow.context import build_context, get_context
-from docflow.models import Status
 from docflow.records import DocumentRecord, UploadRecord
 from docflow.samples import LETTER, MEMO, render_page, text_pdf
 from docflow.settings import Settings
+from docflow.values import Status
 
 pytestmark = pytest.mark.unit
 

@@ -21,7 +21,7 @@ from docflow.domain.classifier import (
 )
 from docflow.domain.drift import CONFIDENCE_EDGES, load_baseline
 from docflow.domain.text import normalize_text
-from docflow.models import Prediction
+from docflow.values import Prediction
 from docflow_training.data import (
     CorpusError,
     canonical_label,

@@ -15,10 +15,10 @@ from docflow.adapters.sqlite import SqliteRecordStore
 from docflow.cli import app
 from docflow.context import StepContext
 from docflow.errors import PermanentError
-from docflow.models import Status
 from docflow.pipeline import runner
 from docflow.pipeline.state import DocumentRef
 from docflow.settings import Settings
+from docflow.values import Status
 
 pytestmark = pytest.mark.unit
 

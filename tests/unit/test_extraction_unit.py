@@ -27,8 +27,8 @@ from docflow.domain.extraction import (
     upscale_factor,
 )
 from docflow.domain.ocr import OcrEngine, OcrPage, OcrTimeoutError, Orientation, TesseractEngine, parse_osd, parse_tsv
-from docflow.models import MediaType, OcrOptions
 from docflow.settings import Settings
+from docflow.values import MediaType, OcrOptions
 
 pytestmark = pytest.mark.unit
 

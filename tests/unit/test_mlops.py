@@ -15,8 +15,8 @@ import pytest
 
 from docflow.adapters.files import LocalBlobStore
 from docflow.adapters.sqlite import SqliteRecordStore
-from docflow.models import ExtractionResult, PageText, Status
 from docflow.records import DocumentRecord
+from docflow.values import ExtractionResult, PageText, Status
 from docflow_training.data import load_corpus
 from docflow_training.entry import (
     JobPaths,

@@ -11,10 +11,10 @@ from docflow.adapters.files import LocalBlobStore
 from docflow.adapters.sqlite import SqliteRecordStore
 from docflow.context import StepContext
 from docflow.errors import PermanentError, TransientError
-from docflow.models import Status
 from docflow.pipeline import policy, runner
 from docflow.pipeline.state import DocumentRef, PipelineState
 from docflow.settings import Settings
+from docflow.values import Status
 
 pytestmark = pytest.mark.unit
 

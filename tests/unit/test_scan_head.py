@@ -13,7 +13,7 @@ from docflow.domain.classifier import TextClassifier, load_classifier, model_fin
 from docflow.domain.layout import FEATURE_NAMES, LAYOUT_VERSION
 from docflow.domain.model_files import SCAN_HEAD_FILE
 from docflow.domain.scan_head import ScanHead, ScanHeadSpec
-from docflow.models import ReviewCode
+from docflow.values import ReviewCode
 from docflow_training.scan_head import (
     ScanHeadConfig,
     ScanHeadError,

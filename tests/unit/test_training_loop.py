@@ -14,10 +14,10 @@ import pytest
 from docflow.adapters.files import LocalBlobStore
 from docflow.adapters.sqlite import SqliteRecordStore
 from docflow.errors import PermanentError
-from docflow.models import ExtractionResult, PageText, Status
 from docflow.ports import EventPublisher
 from docflow.records import DocumentRecord
 from docflow.retrain import EVENT_DETAIL_TYPE, EVENT_SOURCE, count_new_label
+from docflow.values import ExtractionResult, PageText, Status
 from docflow_training.entry import JobPaths
 from docflow_training.loop import LoopSettings, PrepareRequest, job_name_for, prepare_training_data
 from docflow_training.registry import per_class_recall_f1

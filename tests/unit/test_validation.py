@@ -12,7 +12,7 @@ import pytest
 from PIL import Image, ImageFile
 
 from docflow.domain.validation import validate_document
-from docflow.models import MediaType, RejectionCode, ValidationLimits, ValidationReport
+from docflow.values import MediaType, RejectionCode, ValidationLimits, ValidationReport
 
 from . import crafted
 

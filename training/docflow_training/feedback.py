@@ -23,9 +23,9 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from docflow.models import ExtractionResult
 from docflow.ports import BlobNotFoundError, BlobStore, RecordStore
 from docflow.records import OUT_OF_SCOPE_LABEL, DocumentRecord
+from docflow.values import ExtractionResult
 
 logger = logging.getLogger(__name__)
 

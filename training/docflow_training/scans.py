@@ -28,7 +28,7 @@ import numpy as np
 
 from docflow.domain.layout import FEATURE_NAMES, LAYOUT_VERSION
 from docflow.evaluation import load_labelled
-from docflow.models import MediaType, OcrOptions
+from docflow.values import MediaType, OcrOptions
 from docflow_training.scan_head import ScanSet
 
 logger = logging.getLogger(__name__)

@@ -23,9 +23,9 @@ from pydantic import TypeAdapter
 
 from docflow.adapters.boto import BOTO_CONFIG, translate
 from docflow.errors import ConfigurationError, TransientError
-from docflow.models import Status
 from docflow.ports import RecordStore
 from docflow.records import DocumentRecord, PredictionRecord, ReviewDecision, UploadRecord
+from docflow.values import Status
 
 _ISO = TypeAdapter(datetime)
 

@@ -13,9 +13,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from docflow.errors import ConfigurationError
-from docflow.models import Status
 from docflow.ports import RecordStore
 from docflow.records import DocumentRecord, PredictionRecord, ReviewDecision, UploadRecord
+from docflow.values import Status
 
 # The record's data with the label on file kept, in the same statement (no window for a label to be set
 # between a read and the write); the record's own label fills in where none is on file.

@@ -18,9 +18,9 @@ from docflow.api.schemas import (
 )
 from docflow.context import StepContext
 from docflow.errors import TransientError
-from docflow.models import Status
 from docflow.ports import BlobNotFoundError
 from docflow.records import DocumentRecord, UploadRecord
+from docflow.values import Status
 
 if TYPE_CHECKING:
     pass

@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from docflow.api.redact import redact_upload_path
 from docflow.api.schemas import ErrorResponse, FieldError
 from docflow.errors import TransientError
-from docflow.observability import logger
+from docflow.powertools import logger
 
 _CODES = {
     400: "bad_request",

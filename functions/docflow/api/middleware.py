@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from docflow.api.errors import ApiError
 from docflow.api.schemas import ErrorResponse
-from docflow.observability import logger
+from docflow.powertools import logger
 
 REQUEST_ID_HEADER = "x-request-id"
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")

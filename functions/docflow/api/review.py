@@ -27,10 +27,10 @@ from docflow.api.schemas import (
 )
 from docflow.context import StepContext
 from docflow.domain.preview import PreviewError, render_preview
-from docflow.models import ExtractionResult, MediaType, ReviewCode, Status, utcnow
 from docflow.ports import BlobNotFoundError
 from docflow.records import OUT_OF_SCOPE_LABEL, DocumentRecord, ReviewDecision
 from docflow.retrain import label_added
+from docflow.values import ExtractionResult, MediaType, ReviewCode, Status, utcnow
 
 _ATTEMPTS = 3  # a decision raced by the pipeline's own write is tried again on the fresh record
 

@@ -16,7 +16,7 @@ from docflow.api import review
 from docflow.api.errors import ApiError, responses
 from docflow.api.routes import Ctx, DocId, api_key_id
 from docflow.api.schemas import DecisionRequest, DecisionResponse, DocumentText, ReviewQueuePage
-from docflow.models import ReviewCode
+from docflow.values import ReviewCode
 
 # The page loads only its own script and stylesheet, talks only to this API, shows images only from this API
 # (as blob: URLs made from responses fetched with the key), and cannot be framed.

@@ -35,7 +35,7 @@ from docflow.api.schemas import (
 from docflow.api.uploads import UploadGrant, verify_grant
 from docflow.api.worker import LocalWorkers, S3Trigger, Submitter
 from docflow.context import StepContext
-from docflow.models import Status
+from docflow.values import Status
 
 OCR_LANGUAGE_PATTERN = r"^[A-Za-z0-9_]+([+,][A-Za-z0-9_]+)*$"
 

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from docflow.models import Status
+from docflow.values import Status
 
 DOCUMENT_ID_PATTERN = r"^[0-9a-f]{64}$"
 

@@ -58,8 +58,8 @@ def serve(host: str, port: int, workers: int, settings: Settings) -> None:
     from docflow.api.metrics import install_metrics_endpoint, report_loaded_model
     from docflow.api.worker import LocalWorkers
     from docflow.context import build_context
-    from docflow.observability import logger
     from docflow.pipeline.run_lock import holding_run_lock
+    from docflow.powertools import logger
     from docflow.telemetry import PrometheusSink
 
     if settings.backend != "local":

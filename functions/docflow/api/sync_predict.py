@@ -17,8 +17,8 @@ from docflow.api.schemas import (
 )
 from docflow.api.uploads import safe_file_name
 from docflow.context import StepContext
-from docflow.models import Prediction
-from docflow.observability import logger
+from docflow.powertools import logger
+from docflow.values import Prediction
 
 if TYPE_CHECKING:
     pass

@@ -28,9 +28,9 @@ from docflow.api.schemas import (
 )
 from docflow.api.worker import PendingUpload, QueueFullError, StoppingError, Submitter
 from docflow.context import StepContext
-from docflow.models import RejectionCode, Status
 from docflow.records import UploadRecord
 from docflow.settings import Settings
+from docflow.values import RejectionCode, Status
 
 INCOMING_PREFIX = "incoming/"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")

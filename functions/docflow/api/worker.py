@@ -30,10 +30,10 @@ from pydantic import BaseModel, Field, ValidationError
 
 from docflow import telemetry
 from docflow.context import StepContext, build_context
-from docflow.models import Status, utcnow
 from docflow.pipeline.state import DocumentRef, PipelineState, StepError
 from docflow.records import UploadRecord
 from docflow.settings import Settings
+from docflow.values import Status, utcnow
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 Lazy imports: the stores, the model source and the drift computation are imported where they are used, in
 the command (docflow.context, docflow.domain.drift and docflow.telemetry: ~15 ms together), so that `docflow
 --help` and the other commands do not pay for them. What is imported at the top is light (typer, rich,
-docflow.errors, docflow.models).
+docflow.errors, docflow.values).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from rich.table import Table
 
 from docflow.cli.common import HomeOption, err, fail, load_settings, unusable_dir
 from docflow.errors import ConfigurationError
-from docflow.models import utcnow
+from docflow.values import utcnow
 
 if TYPE_CHECKING:
     from docflow.domain.drift import DriftReport

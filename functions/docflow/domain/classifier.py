@@ -46,7 +46,7 @@ from docflow.domain.model_files import (
 )
 from docflow.domain.scan_head import ScanHead, load_scan_head
 from docflow.domain.text import NORMALIZER_VERSION, char_ngrams, normalize_text
-from docflow.models import Prediction, ReviewCode
+from docflow.values import Prediction, ReviewCode
 
 logger = logging.getLogger(__name__)
 

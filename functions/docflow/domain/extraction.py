@@ -28,7 +28,7 @@ from docflow.domain.ocr import (
     TesserocrEngine,
 )
 from docflow.domain.pdfium_lock import PDFIUM_LOCK
-from docflow.models import ExtractionResult, MediaType, OcrOptions, PageText
+from docflow.values import ExtractionResult, MediaType, OcrOptions, PageText
 
 logger = logging.getLogger(__name__)
 

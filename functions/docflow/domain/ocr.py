@@ -29,7 +29,7 @@ from typing import Any
 
 from PIL import Image
 
-from docflow.models import OcrOptions
+from docflow.values import OcrOptions
 
 __all__ = [
     "OcrEngine",

@@ -11,7 +11,7 @@ import math
 from typing import TYPE_CHECKING
 
 from docflow.domain.pdfium_lock import PDFIUM_LOCK
-from docflow.models import MediaType, ValidationLimits
+from docflow.values import MediaType, ValidationLimits
 
 if TYPE_CHECKING:  # Pillow and PDFium are imported when a preview is drawn, not when the API starts
     from PIL import Image

@@ -2,6 +2,6 @@
 as embedded metric format through powertools."""
 
 from docflow import telemetry
-from docflow.observability import emf_sink
+from docflow.powertools import emf_sink
 
 telemetry.configure(emf_sink)

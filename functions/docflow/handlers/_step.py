@@ -13,8 +13,8 @@ from pydantic import ValidationError
 from docflow import telemetry
 from docflow.context import StepContext, get_context
 from docflow.errors import PermanentError
-from docflow.observability import logger
 from docflow.pipeline.state import DocumentRef, PipelineState, StepError
+from docflow.powertools import logger
 
 # The state machine's name of each step function: the StepSeconds dimension.
 STEP_NAMES = {

@@ -13,7 +13,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from mangum import Mangum
 
 from docflow.api.app import create_app
-from docflow.observability import logger, metrics, tracer
+from docflow.powertools import logger, metrics, tracer
 
 app = create_app()
 asgi_handler = Mangum(app, lifespan="off")

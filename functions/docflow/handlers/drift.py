@@ -10,7 +10,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from docflow import telemetry
 from docflow.context import get_context, resolve_model_dir
 from docflow.domain.drift import BaselineMissingError, check_drift
-from docflow.observability import NAMESPACE, SERVICE, logger, metrics, tracer
+from docflow.powertools import NAMESPACE, SERVICE, logger, metrics, tracer
 
 telemetry.configure(telemetry.EmfSink(metrics, NAMESPACE, SERVICE))
 

@@ -7,9 +7,9 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from docflow import telemetry
 from docflow.context import get_context
-from docflow.observability import logger, metrics, tracer
 from docflow.pipeline.state import PageRangeTask
 from docflow.pipeline.steps import extract_pages_step
+from docflow.powertools import logger, metrics, tracer
 
 
 @metrics.log_metrics(capture_cold_start_metric=True)

@@ -6,9 +6,9 @@ from aws_lambda_powertools.utilities.parser import event_parser
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from docflow.handlers._step import run_step
-from docflow.observability import logger, metrics, tracer
 from docflow.pipeline.state import PipelineState
 from docflow.pipeline.steps import record_outcome_step
+from docflow.powertools import logger, metrics, tracer
 
 
 @metrics.log_metrics(capture_cold_start_metric=True)

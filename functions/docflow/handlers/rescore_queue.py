@@ -14,8 +14,8 @@ from pydantic import BaseModel, Field
 
 from docflow.context import StepContext, get_context, resolve_model_dir
 from docflow.model_source import FixedModelSource
-from docflow.observability import logger, tracer
 from docflow.pipeline.rescore import rescore_queue
+from docflow.powertools import logger, tracer
 
 # Left of the invocation's time when rescoring stops between documents: for the one in flight and the reply.
 SAFETY_MARGIN_S = 20.0

@@ -7,7 +7,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from docflow.context import get_context
 from docflow.handlers._training import loop_settings, model_bucket
-from docflow.observability import logger, tracer
+from docflow.powertools import logger, tracer
 from docflow_training.loop import PrepareRequest, prepare_training_data
 
 

@@ -6,7 +6,7 @@ from aws_lambda_powertools.utilities.parser import event_parser
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from docflow.handlers._training import loop_settings, model_bucket, scratch
-from docflow.observability import logger, tracer
+from docflow.powertools import logger, tracer
 from docflow_training.loop import LoopState, publish_candidate
 
 

@@ -7,8 +7,8 @@ from typing import Any
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from docflow.handlers._step import parse_event, run_step
-from docflow.observability import logger, metrics, tracer
 from docflow.pipeline.steps import validate_step
+from docflow.powertools import logger, metrics, tracer
 
 
 @metrics.log_metrics(capture_cold_start_metric=True)

@@ -18,11 +18,11 @@ from docflow import telemetry
 from docflow.context import StepContext, build_context, resolve_model_dir
 from docflow.errors import ConfigurationError
 from docflow.model_source import sha256_file
-from docflow.models import RejectionCode, Status
 from docflow.pipeline.runner import Runner
 from docflow.pipeline.state import DocumentRef, PipelineState, StepError
 from docflow.pipeline.steps import record_failure_step
 from docflow.settings import Settings
+from docflow.values import RejectionCode, Status
 
 if TYPE_CHECKING:
     from docflow.domain.classifier import TextClassifier

@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 
 from docflow import telemetry
 from docflow.context import StepContext
-from docflow.models import ExtractionResult, Prediction, Status, utcnow
 from docflow.pipeline.steps import result_key, text_key
 from docflow.ports import BlobNotFoundError
 from docflow.records import DocumentRecord, PredictionRecord
+from docflow.values import ExtractionResult, Prediction, Status, utcnow
 
 PAGE_SIZE = 50
 START = ""  # the cursor of a run stopped on the queue's first page: go on from the start

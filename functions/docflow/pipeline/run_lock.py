@@ -10,8 +10,8 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import IO, TYPE_CHECKING
 
-from docflow.models import utcnow
 from docflow.settings import Settings
+from docflow.values import utcnow
 
 if TYPE_CHECKING:
     pass

@@ -10,8 +10,8 @@ import json
 
 from pydantic import BaseModel, Field
 
-from docflow.models import Prediction, Status
 from docflow.records import object_id
+from docflow.values import Prediction, Status
 
 
 class DocumentRef(BaseModel):

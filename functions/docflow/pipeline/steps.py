@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Any
 from docflow import telemetry
 from docflow.context import StepContext
 from docflow.errors import PermanentError
-from docflow.models import ExtractionResult, MediaType, RejectionCode, Status, utcnow
 from docflow.pipeline.fault_point import fault_point
 from docflow.pipeline.state import PagePart, PageRange, PageRangeTask, PipelineState
 from docflow.ports import BlobNotFoundError
 from docflow.records import DocumentRecord, PredictionRecord, UploadRecord, object_id
+from docflow.values import ExtractionResult, MediaType, RejectionCode, Status, utcnow
 
 if TYPE_CHECKING:
     from docflow.domain.classifier import TextClassifier

@@ -38,7 +38,7 @@ from docflow.domain.validation.png import inspect_png
 from docflow.domain.validation.sniff import sniff_media_type, unsupported_reason
 from docflow.domain.validation.tiff import inspect_tiff
 from docflow.domain.validation.webp import inspect_webp
-from docflow.models import MediaType, RejectionCode, ValidationLimits, ValidationReport
+from docflow.values import MediaType, RejectionCode, ValidationLimits, ValidationReport
 
 __all__ = ["validate_document"]
 

@@ -10,7 +10,7 @@ import struct
 from PIL import BmpImagePlugin
 
 from docflow.domain.validation.common import check_pixels, corrupt, u16le, u32le
-from docflow.models import ValidationLimits
+from docflow.values import ValidationLimits
 
 _BMP_RLE = (1, 2)  # BI_RLE8, BI_RLE4
 _BMP_FIXED_ROWS = (0, 3, 6)  # BI_RGB, BI_BITFIELDS, BI_ALPHABITFIELDS

@@ -5,7 +5,7 @@ little-endian field readers, and the wording helpers for sizes and exception mes
 
 from __future__ import annotations
 
-from docflow.models import RejectionCode, ValidationLimits
+from docflow.values import RejectionCode, ValidationLimits
 
 INFLATE_STEP = 1 << 20  # decompressed bytes per zlib call: keeps memory flat whatever the image size
 

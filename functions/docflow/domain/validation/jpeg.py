@@ -10,7 +10,7 @@ import re
 from PIL import JpegImagePlugin
 
 from docflow.domain.validation.common import check_pixels, corrupt, short
-from docflow.models import ValidationLimits
+from docflow.values import ValidationLimits
 
 _JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
 _JPEG_PROGRESSIVE_SOF = frozenset({0xC2, 0xC6, 0xCA, 0xCE})

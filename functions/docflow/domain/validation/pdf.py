@@ -15,7 +15,7 @@ import pypdfium2.raw as pdfium_c
 
 from docflow.domain.pdfium_lock import PDFIUM_LOCK
 from docflow.domain.validation.common import INFLATE_STEP, Rejected, check_pixels, corrupt, human_bytes, too_many_pages
-from docflow.models import RejectionCode, ValidationLimits
+from docflow.values import RejectionCode, ValidationLimits
 
 _PDFIUM_ERRORS = {
     pdfium_c.FPDF_ERR_UNKNOWN: "unknown error",
@@ -137,7 +137,7 @@ def _check_pdf_content(data: bytes, limits: ValidationLimits, page_count: int) -
     weighted += max(0, page_count - pages_seen) * largest
     if weighted > limits.max_content_bytes:
         raise _content_too_large(limits, shared=True)
-    if largest > limits.max_page_content_bytes:  # what extracting one page's text costs (models.py)
+    if largest > limits.max_page_content_bytes:  # what extracting one page's text costs (values.py)
         raise Rejected(
             RejectionCode.CONTENT_TOO_LARGE,
             f"A page of the PDF draws content streams (its text and drawing instructions) that expand to "

@@ -9,7 +9,7 @@ import zlib
 from collections.abc import Iterator
 
 from docflow.domain.validation.common import INFLATE_STEP, check_pixels, corrupt
-from docflow.models import ValidationLimits
+from docflow.values import ValidationLimits
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # by colour type

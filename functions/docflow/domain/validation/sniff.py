@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 
 from docflow.domain.validation.common import u32le
-from docflow.models import MediaType
+from docflow.values import MediaType
 
 _ACCEPTED_TYPES = "PDF, PNG, JPEG, TIFF, WebP and BMP"
 _TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders

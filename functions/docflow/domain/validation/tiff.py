@@ -9,7 +9,7 @@ import io
 from PIL import TiffImagePlugin
 
 from docflow.domain.validation.common import check_pixels, corrupt, too_many_pages
-from docflow.models import ValidationLimits
+from docflow.values import ValidationLimits
 
 _STRIP_OFFSETS, _STRIP_BYTE_COUNTS, _TILE_OFFSETS, _TILE_BYTE_COUNTS = 273, 279, 324, 325
 

@@ -8,7 +8,7 @@ import io
 from PIL import WebPImagePlugin
 
 from docflow.domain.validation.common import check_pixels, corrupt, u16le, u32le
-from docflow.models import ValidationLimits
+from docflow.values import ValidationLimits
 
 
 def inspect_webp(data: bytes, limits: ValidationLimits) -> int:

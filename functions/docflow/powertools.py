@@ -1,4 +1,5 @@
-"""Logger, Tracer and Metrics, built once and imported by every handler; and the EMF sink of the signals."""
+"""The Lambda side of observability: powertools' Logger, Tracer and Metrics, built once and imported by every
+handler and the API; and the EMF sink of the signals (the signals themselves are docflow.telemetry)."""
 
 from __future__ import annotations
 
