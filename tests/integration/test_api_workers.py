@@ -52,9 +52,9 @@ def _kill_the_worker_mid_document(workers: LocalWorkers, ctx: StepContext, job: 
             break
         assert time.monotonic() < deadline, "the worker never started the document"
         time.sleep(0.01)
-    processes = getattr(workers._pool, "_processes", {})
-    assert processes, "no worker process to kill"
-    for pid in list(processes):
+    pids = workers.worker_pids()
+    assert pids, "no worker process to kill"
+    for pid in pids:
         os.kill(pid, signal.SIGKILL)
 
 

@@ -13,7 +13,6 @@ import pytest
 from docflow import telemetry
 from docflow.adapters.sqlite import SqliteRecordStore
 from docflow.pipeline import embedded
-from docflow.pipeline.inputs import DocumentResult
 from docflow.samples import EMAIL, LETTER, MEMO, REPORT, text_pdf
 from docflow.settings import DEFAULT_MODEL_DIR, Settings
 from docflow.values import Status
@@ -21,18 +20,14 @@ from docflow.values import Status
 pytestmark = pytest.mark.integration
 
 
-def _crash_on_bad(
-    path: str, source: str, languages: str | None, started_mark: str | None = None, owner: str | None = None
-) -> tuple[DocumentResult, list[telemetry.Emission]]:
+def _crash_on_bad(job: embedded.FileJob) -> embedded.WorkResult:
     """The work of a worker whose document "bad" kills it (as a crash in a native library would) half a
     second in, while the document beside it is still running (each takes over a second)."""
-    if started_mark:
-        Path(started_mark).touch()
-    if Path(path).name == "bad.pdf":
+    if Path(job.path).name == "bad.pdf":
         time.sleep(0.5)
         os._exit(70)
     time.sleep(1.5)
-    return embedded._work(path, source, languages, started_mark, owner)
+    return embedded._work(job)
 
 
 @pytest.fixture(autouse=True)

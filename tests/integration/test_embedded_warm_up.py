@@ -10,7 +10,7 @@ import pytest
 
 from docflow import telemetry
 from docflow.domain.classifier import classifier_cache_info, clear_classifier_cache
-from docflow.pipeline import embedded
+from docflow.pipeline import embedded, supervisor
 from docflow.samples import MEMO, text_pdf
 from docflow.settings import DEFAULT_MODEL_DIR, Settings
 from docflow.values import Status
@@ -29,10 +29,9 @@ def _no_sink() -> Iterator[None]:
 
 def test_a_worker_loads_the_model_at_start(docflow_home: Path) -> None:
     clear_classifier_cache()
-    embedded._init_worker(Settings(home=docflow_home, model_dir=DEFAULT_MODEL_DIR))
+    supervisor.init_worker(Settings(home=docflow_home, model_dir=DEFAULT_MODEL_DIR))
     assert classifier_cache_info().currsize == 1  # loaded before any document
-    assert embedded._worker_ctx is not None
-    embedded._worker_ctx.classifier()
+    supervisor.worker_context().classifier()
     assert classifier_cache_info().misses == 1  # the documents reuse it
 
 

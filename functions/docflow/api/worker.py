@@ -2,26 +2,22 @@
 
 On AWS nothing here runs: the object landing under incoming/ fires the EventBridge rule that starts the
 state machine. Locally (`docflow serve`) `LocalWorkers` runs each upload through the embedded Runner in a
-bounded pool, and keeps a journal — one small file per accepted upload under DOCFLOW_HOME/api/queue, written
+bounded pool of worker processes (pipeline/supervisor.py, the same supervisor as `docflow process`), and keeps
+a journal — one small file per accepted upload under DOCFLOW_HOME/api/queue, written
 before the 202 and removed once the upload has a terminal status — so a server that stops (or dies)
 finishes the rest when it starts again. Nothing accepted is lost.
 
-Lazy imports: the pipeline (docflow.pipeline.runner, .steps and .embedded) is imported where it runs, not
+Lazy imports: the pipeline's steps (docflow.pipeline.runner, .steps) are imported where they run, not
 here: the API's Lambda imports this module and never runs the pipeline (a few ms of its cold start).
 """
 
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import tempfile
 import threading
-import weakref
 from collections.abc import Callable
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
-from concurrent.futures import wait as wait_futures
-from concurrent.futures.process import BrokenProcessPool
 from datetime import datetime
 from pathlib import Path
 from typing import Protocol
@@ -31,6 +27,7 @@ from pydantic import BaseModel, Field, ValidationError
 from docflow import telemetry
 from docflow.context import StepContext, build_context
 from docflow.pipeline.state import DocumentRef, PipelineState, StepError
+from docflow.pipeline.supervisor import JobHandler, Supervisor, worker_context
 from docflow.records import UploadRecord
 from docflow.settings import Settings
 from docflow.values import Status, utcnow
@@ -137,41 +134,21 @@ def process_upload(job: PendingUpload, ctx: StepContext) -> Status:
     return status
 
 
-_worker_ctx: StepContext | None = None
-
-
-def _init_worker(settings: Settings) -> None:
-    global _worker_ctx
-    from docflow.pipeline.run_lock import hold_run_lock
-
-    os.environ["OMP_THREAD_LIMIT"] = "1"
-    hold_run_lock(settings)  # its document in flight is not an orphan, even if the server was killed
-    _worker_ctx = build_context(settings)
-
-
 def _work(job: PendingUpload) -> WorkResult:
     """One upload in a worker; its signals come back with the status, for the server's /metrics."""
-    assert _worker_ctx is not None, "worker not initialised"
     with telemetry.recording() as signals:
-        status = process_upload(job, _worker_ctx)
+        status = process_upload(job, worker_context())
     return status, signals
 
 
 Work = Callable[[PendingUpload], WorkResult]
 
 
-def _run_started(work: Work, job: PendingUpload, started: str) -> WorkResult:
-    """Leave a start marker, then work: when a worker dies and breaks the pool, the marker tells the jobs
-    that were running (one of them killed it) from those still queued (which did nothing wrong)."""
-    Path(started).touch()
-    return work(job)
-
-
 # -- the local pool and its journal ----------------------------------------------------------------------
 
 
-class LocalWorkers:
-    """A bounded pool of pipeline workers with a journal on disk.
+class LocalWorkers(JobHandler[PendingUpload, WorkResult]):
+    """A bounded pool of pipeline workers (pipeline/supervisor.py) with a journal on disk.
 
     workers >= 1: that many processes (spawned, each with its own stores, ONNX session and Tesseract; OCR
     runs in parallel). workers == 0: one thread in this process (tests, debugging). `work` is what runs each
@@ -185,7 +162,7 @@ class LocalWorkers:
         max_queue: int = 10_000,
         max_attempts: int = 2,
         journal_dir: Path | None = None,
-        work: Work = _work,
+        work: Work | None = None,
     ) -> None:
         if workers < 0:
             raise ValueError(f"workers must be >= 0, got {workers}")
@@ -194,16 +171,22 @@ class LocalWorkers:
         self.max_queue = max_queue
         self.max_attempts = max_attempts
         self.journal_dir = journal_dir or settings.home / "api" / "queue"
-        self.work = work
+        self.work = work or _work  # looked up now, so that a test may replace the module's _work
         self._ctx = build_context(settings)  # the journal owner's own stores, for recording failures
         self._lock = threading.RLock()
-        self._pool: Executor | None = None
-        self._inflight: dict[str, Future[WorkResult]] = {}
-        self._pool_of: dict[str, Executor] = {}  # the pool each job in flight was submitted to
         self._stopping = False
-        self._idle = threading.Condition(self._lock)
-        # For each pool that broke: whether any of its jobs had started (see _finish).
-        self._broke_running: weakref.WeakKeyDictionary[Executor, bool] = weakref.WeakKeyDictionary()
+        self._supervisor = self._new_supervisor()
+
+    def _new_supervisor(self) -> Supervisor[PendingUpload, WorkResult]:
+        return Supervisor(
+            settings=self.settings,
+            workers=self.workers,
+            work=self.work,
+            key=lambda job: job.upload_id,
+            handler=self,
+            marks=self.journal_dir,
+            max_attempts=self.max_attempts,
+        )
 
     # journal
 
@@ -222,9 +205,6 @@ class LocalWorkers:
     def _forget(self, job: PendingUpload) -> None:
         self._journal_path(job.upload_id).unlink(missing_ok=True)
 
-    def _started_path(self, upload_id: str) -> Path:
-        return self.journal_dir / f"{upload_id}.started"
-
     def journaled(self) -> list[PendingUpload]:
         jobs = []
         for path in sorted(self.journal_dir.glob("*.json")) if self.journal_dir.is_dir() else []:
@@ -234,27 +214,15 @@ class LocalWorkers:
                 log.error("unreadable journal entry %s: %s", path, exc)
         return sorted(jobs, key=lambda j: j.accepted_at)
 
-    # pool
-
-    def _new_pool(self) -> Executor:
-        if self.workers == 0:
-            _init_worker(self.settings)
-            return ThreadPoolExecutor(max_workers=1, thread_name_prefix="docflow-worker")
-        # spawn, not fork: this process runs an event loop and threads, which a fork would copy half-way.
-        return ProcessPoolExecutor(
-            max_workers=self.workers,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_worker,
-            initargs=(self.settings,),
-        )
+    # the pool
 
     def start(self) -> int:
-        """Open the pool and re-queue what the journal holds; return how many were re-queued."""
+        """Re-queue what the journal holds; return how many were re-queued."""
         with self._lock:
-            self._stopping = False
-            if self._pool is None:
-                self._pool = self._new_pool()
-            pending = [j for j in self.journaled() if j.upload_id not in self._inflight]
+            if self._stopping:
+                self._stopping = False
+                self._supervisor = self._new_supervisor()
+            pending = [j for j in self.journaled() if j.upload_id not in self._supervisor]
             for job in pending:
                 self._submit(job)
         if pending:
@@ -268,86 +236,42 @@ class LocalWorkers:
     def _refuse_if_full(self) -> None:
         if self._stopping:
             raise StoppingError("the server is shutting down")
-        if len(self._inflight) >= self.max_queue:
-            raise QueueFullError(f"{len(self._inflight)} uploads are waiting")
+        if self._supervisor.pending() >= self.max_queue:
+            raise QueueFullError(f"{self._supervisor.pending()} uploads are waiting")
 
     def accept(self, job: PendingUpload) -> None:
         with self._lock:
             self._refuse_if_full()
-            if self._pool is None:
-                self._pool = self._new_pool()
             self._write_journal(job)
             self._submit(job)
 
     def _submit(self, job: PendingUpload) -> None:
-        assert self._pool is not None
-        pool = self._pool
-        started = self._started_path(job.upload_id)
-        started.unlink(missing_ok=True)
-        self.journal_dir.mkdir(parents=True, exist_ok=True)
-        future = pool.submit(_run_started, self.work, job, str(started.absolute()))
-        self._inflight[job.upload_id] = future
-        self._pool_of[job.upload_id] = pool
-        future.add_done_callback(lambda f: self._done(job, f, pool))
+        self._supervisor.submit(job, deaths=job.attempts)
 
-    def _done(self, job: PendingUpload, future: Future[WorkResult], pool: Executor) -> None:
-        with self._lock:
-            try:
-                self._finish(job, future, pool)
-            finally:
-                if self._inflight.get(job.upload_id) is future:
-                    del self._inflight[job.upload_id]
-                    del self._pool_of[job.upload_id]
-                self._idle.notify_all()
+    def worker_pids(self) -> list[int]:
+        return self._supervisor.worker_pids()
 
-    def _finish(self, job: PendingUpload, future: Future[WorkResult], pool: Executor) -> None:
-        started = self._started_path(job.upload_id)
-        was_started = started.exists()
-        started.unlink(missing_ok=True)
-        if future.cancelled():
-            return  # never started (shutdown): the journal entry brings it back at the next start
-        exc = future.exception()
-        if exc is None:
-            telemetry.replay(future.result()[1])
-            self._forget(job)
-            return
-        if isinstance(exc, BrokenProcessPool):
-            if self._stopping:
-                self._record(
-                    job,
-                    "the server stopped while this document was being processed; it is retried "
-                    "when the server starts again",
-                    forget=False,
-                )
-                return
-            # A worker died (killed, out of memory, a crash in a native library) and took the pool with it.
-            # Every job of that pool fails with it. Those that had started (one of them did it) pay an attempt;
-            # those still queued are re-run on a fresh pool free of charge, so one bad document cannot use
-            # up the attempts of the whole queue. If none had started (a worker that could not even start),
-            # every job pays, so a pool that cannot run anything is not restarted forever.
-            if pool is self._pool:
-                log.error("a pipeline worker died; restarting the pool")
-                self._pool = self._new_pool()
-            if pool not in self._broke_running:  # the first of its jobs to settle: all are still in flight
-                self._broke_running[pool] = was_started or any(
-                    self._started_path(upload_id).exists()
-                    for upload_id, owner in self._pool_of.items()
-                    if owner is pool and upload_id != job.upload_id
-                )
-            if not was_started and self._broke_running[pool]:
-                self._submit(job)
-                return
-            if job.attempts + 1 < self.max_attempts:
-                retry = job.model_copy(update={"attempts": job.attempts + 1})
-                self._write_journal(retry)
-                self._submit(retry)
-                return
-            attempts = job.attempts + 1
-            why = f"the worker processing this document stopped unexpectedly ({attempts} attempt(s))"
-            self._record(job, why, forget=True)
-            return
+    # each upload's end (JobHandler: called by the supervisor)
+
+    def finished(self, job: PendingUpload, result: WorkResult) -> None:
+        telemetry.replay(result[1])
+        self._forget(job)
+
+    def failed(self, job: PendingUpload, exc: BaseException) -> None:
         log.error("upload %s failed outside the pipeline: %r", job.upload_id, exc)
         self._record(job, f"processing failed: {type(exc).__name__}", forget=True)
+
+    def charged(self, job: PendingUpload, deaths: int) -> None:
+        # Its worker died while it ran: remembered in the journal, so a server killed now still counts it.
+        self._write_journal(job.model_copy(update={"attempts": deaths}))
+
+    def gave_up(self, job: PendingUpload, deaths: int, ran: bool) -> None:
+        why = f"the worker processing this document stopped unexpectedly ({deaths} attempt(s))"
+        self._record(job, why, forget=True)
+
+    def interrupted(self, job: PendingUpload) -> None:
+        why = "the server stopped while this document was being processed; it is retried when the server starts again"
+        self._record(job, why, forget=False)
 
     def _record(self, job: PendingUpload, why: str, forget: bool) -> None:
         try:
@@ -359,12 +283,10 @@ class LocalWorkers:
             self._forget(job)
 
     def pending(self) -> int:
-        with self._lock:
-            return len(self._inflight)
+        return self._supervisor.pending()
 
     def wait_idle(self, timeout: float) -> bool:
-        with self._lock:
-            return self._idle.wait_for(lambda: not self._inflight, timeout=timeout)
+        return self._supervisor.wait_idle(timeout)
 
     def shutdown(self, grace: float) -> None:
         """Take no new work; let documents in flight finish for up to `grace` seconds; record the rest.
@@ -374,29 +296,10 @@ class LocalWorkers:
         """
         with self._lock:
             self._stopping = True
-            pool, self._pool = self._pool, None
-            running = list(self._inflight.values())
-        if pool is None:
-            return
-        from docflow.pipeline.embedded import worker_processes
-
-        processes = worker_processes(pool)
-        pool.shutdown(wait=False, cancel_futures=True)
-        # shutdown() leaves the cancelling to the pool's own thread, later: cancel the queued uploads here
-        # (their journal entries bring them back at the next start). A CANCELLED future is not done for
-        # wait(), so they are left out of it too, or the grace is spent waiting for them.
-        queued = sum(1 for f in running if f.cancel())
-        done, not_done = wait_futures([f for f in running if not f.cancelled()], timeout=grace)
-        if not_done:
-            for process in processes:
-                process.terminate()
-            wait_futures(not_done, timeout=10)
-        # A future's done-callbacks (_done: the FAILED record of an interrupted document) run after its
-        # waiters wake: wait for them too, or the process may exit before the record is written.
-        self.wait_idle(timeout=10)
+        finished, interrupted, queued = self._supervisor.shutdown(grace)
         log.info(
             "workers stopped: %d finished, %d interrupted, %d queued for the next start",
-            len(done),
-            len(not_done),
+            finished,
+            interrupted,
             queued,
         )
