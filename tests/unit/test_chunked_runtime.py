@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 
-from docflow.domain.classifier import ModelConfig, encode_chunks, pool_chunks
+from docflow.domain.encoding import ModelConfig, encode_chunks, pool_chunks
 
 pytestmark = pytest.mark.unit
 

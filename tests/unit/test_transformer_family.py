@@ -18,12 +18,10 @@ from docflow.domain.classifier import (
     MODEL_FILE,
     REQUIRED_FILES,
     TOKENIZER_FILE,
-    ModelConfig,
     TextClassifier,
-    encode_chunks,
-    pool_chunks,
 )
 from docflow.domain.drift import load_baseline
+from docflow.domain.encoding import ModelConfig, encode_chunks, pool_chunks
 from docflow_training.data import Document, load_corpus, stratified_split
 from docflow_training.families import TransformerConfig
 from docflow_training.transformer import (

@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from docflow.domain.classifier import ATTENTION_MASK, INPUT_IDS, PROBABILITIES
+from docflow.domain.encoding import ATTENTION_MASK, INPUT_IDS, PROBABILITIES
 from docflow_training.features import NORM_EPSILON
 
 # ScatterElements' reduction attribute needs opset 16; IR 8 is what opset 17 requires and keeps

@@ -41,9 +41,9 @@ from docflow.domain.classifier import (
     MODEL_FILE,
     TOKENIZER_FILE,
     TextClassifier,
-    encode_texts,
 )
 from docflow.domain.drift import build_baseline, write_baseline
+from docflow.domain.encoding import encode_texts
 from docflow.domain.model_files import SCAN_HEAD_FILE
 from docflow.domain.text import NORMALIZER_VERSION, normalize_text
 from docflow_training.data import DatasetDigest, Document, dataset_digest, load_corpus, stratified_split

