@@ -18,8 +18,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from docflow import telemetry
 from docflow.context import StepContext
+from docflow.pipeline.compute import classify_text, report_prediction
 from docflow.pipeline.steps import result_key, text_key
 from docflow.ports import BlobNotFoundError
 from docflow.records import DocumentRecord, PredictionRecord
@@ -107,10 +107,7 @@ def score_again(ctx: StepContext, record: DocumentRecord) -> Rescored | None:
     in the queue. The write is conditional on the document's status being unchanged since ``record`` was read:
     None (nothing written) when it was not. BlobNotFoundError when the text is no longer stored."""
     extraction = ExtractionResult.model_validate_json(ctx.blobs.get(text_key(record.document_id)))
-    model = ctx.classifier()
-    text = extraction.text
-    prediction = model.predict(text, extraction.first_layout)
-    review = model.review(prediction, ctx.settings.review_threshold, has_text=bool(text.strip()))
+    prediction, review = classify_text(ctx.classifier(), extraction, ctx.settings.review_threshold)
     if record.status is Status.REVIEWED:
         status, code, reason = Status.REVIEWED, record.code, record.reason
     else:
@@ -153,5 +150,5 @@ def score_again(ctx: StepContext, record: DocumentRecord) -> Rescored | None:
         ).encode(),
         content_type="application/json",
     )
-    telemetry.prediction(prediction.predicted_class, prediction.confidence, prediction.model_version)
+    report_prediction(prediction)
     return Rescored(prediction=prediction, record=updated, confident=review is None)
