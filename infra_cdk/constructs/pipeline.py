@@ -1,16 +1,16 @@
-"""The document pipeline state machine: Validate → Choice → ExtractText (or a Map over page ranges) →
-Classify, with the project's one retry/catch policy on every task."""
+"""The document pipeline state machine, built from docflow.pipeline.flow (the shape the embedded runner walks
+too: Validate → Choice → ExtractText, or a Map over page ranges → Classify), with the project's one retry/catch
+policy on every task."""
 
 from __future__ import annotations
 
 from aws_cdk import Duration, RemovalPolicy
-from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 
-from docflow.pipeline import policy
+from docflow.pipeline import flow, policy
 from infra_cdk import constants as c
 from infra_cdk.constructs.functions import PipelineFunctions
 
@@ -31,70 +31,83 @@ def apply_policy(task: tasks.LambdaInvoke, catch_target: sfn.IChainable | None) 
     return task
 
 
+def condition(choice: flow.Choice) -> sfn.Condition:
+    """A flow Choice's check, in Step Functions' terms (the embedded runner's are docflow.pipeline.runner.holds)."""
+    path = f"$.{choice.field}"
+    if choice.check is flow.Check.IS_TRUE:
+        return sfn.Condition.boolean_equals(path, True)
+    if choice.check is flow.Check.HAS_FIRST_ITEM:
+        return sfn.Condition.is_present(f"{path}[0]")
+    raise ValueError(f"unknown check {choice.check}")
+
+
 class DocumentPipeline(Construct):
     def __init__(
         self, scope: Construct, construct_id: str, *, functions: PipelineFunctions, removal_policy: RemovalPolicy
     ) -> None:
         super().__init__(scope, construct_id)
 
-        def invoke(state_name: str, fn: lambda_.IFunction, **kwargs: object) -> tasks.LambdaInvoke:
-            return tasks.LambdaInvoke(
-                self,
-                state_name,
-                lambda_function=fn,
-                output_path="$.Payload",
-                # Our retry rules name the Lambda service errors; don't stack CDK's default on top.
-                retry_on_service_exceptions=False,
-                **kwargs,  # type: ignore[arg-type]
-            )
-
-        # Validate and RecordFailure get the execution's id with their input: the owner of the document's work,
-        # so that a retried attempt knows the record its own earlier attempt wrote (docflow.handlers._step).
+        # Validate and RecordFailure (flow.py's owner_input) get the execution's id with their input: the owner
+        # of the document's work, so that a retried attempt knows the record its own earlier attempt wrote
+        # (docflow.handlers._step).
         owned_input = sfn.TaskInput.from_object(
             {"event": sfn.JsonPath.entire_payload, "owner": sfn.JsonPath.execution_id}
         )
-        record_failure = apply_policy(invoke("Record failure", functions["RecordFailure"], payload=owned_input), None)
-        failed = sfn.Fail(self, "Document failed", cause="A step failed; the record holds the error and cause")
-        on_error = record_failure.next(failed)
 
-        validate = apply_policy(invoke("Validate document", functions["Validate"], payload=owned_input), on_error)
-        record_outcome = apply_policy(invoke("Record rejection or duplicate", functions["RecordOutcome"]), on_error)
-        extract = apply_policy(invoke("Extract text", functions["ExtractText"]), on_error)
-        extract_pages = apply_policy(invoke("Extract page range", functions["ExtractPages"]), None)
-        merge = apply_policy(invoke("Merge page ranges", functions["MergeText"]), on_error)
-        classify = apply_policy(invoke("Classify document", functions["Classify"]), on_error)
-        done = sfn.Succeed(self, "Done")
+        def task(spec: flow.Task) -> tasks.LambdaInvoke:
+            return tasks.LambdaInvoke(
+                self,
+                spec.state,
+                lambda_function=functions[spec.step],
+                output_path="$.Payload",
+                # Our retry rules name the Lambda service errors; don't stack CDK's default on top.
+                retry_on_service_exceptions=False,
+                payload=owned_input if spec.owner_input else None,
+            )
 
-        page_map = sfn.Map(
-            self,
-            "Extract page ranges",
-            items_path="$.page_ranges",
-            item_selector={
-                "state.$": "$",
-                "first_page.$": "$$.Map.Item.Value.first_page",
-                "last_page.$": "$$.Map.Item.Value.last_page",
-            },
-            max_concurrency=c.MAP_MAX_CONCURRENCY,
-            result_path="$.parts",
-        )
-        page_map.item_processor(extract_pages)
-        page_map.add_catch(on_error, errors=list(policy.CATCH_ERRORS), result_path=policy.ERROR_RESULT_PATH)
+        # Each of flow.py's states built once, by name; a state's targets (next, choices, catch) are built first,
+        # as it needs them to name (the flow has no loops).
+        built: dict[str, sfn.IChainable] = {}
 
-        classify.next(done)
-        extract.next(classify)
-        page_map.next(merge)
-        merge.next(classify)
-        route_extraction = (
-            sfn.Choice(self, "Long PDF?")
-            .when(sfn.Condition.is_present("$.page_ranges[0]"), page_map)
-            .otherwise(extract)
-        )
-        accepted = (
-            sfn.Choice(self, "Accepted?")
-            .when(sfn.Condition.boolean_equals("$.proceed", True), route_extraction)
-            .otherwise(record_outcome.next(done))
-        )
-        definition = validate.next(accepted)
+        def state(name: str) -> sfn.IChainable:
+            if name not in built:
+                built[name] = build(flow.BY_NAME[name])
+            return built[name]
+
+        def build(spec: flow.State) -> sfn.IChainable:
+            catch_target = state(spec.catch) if isinstance(spec, flow.Task | flow.Map) and spec.catch else None
+            if isinstance(spec, flow.Task):
+                lambda_task = apply_policy(task(spec), catch_target)
+                return lambda_task.next(state(spec.next)) if spec.next else lambda_task
+            if isinstance(spec, flow.Choice):
+                return (
+                    sfn.Choice(self, spec.state)
+                    .when(condition(spec), state(spec.then))
+                    .otherwise(state(spec.otherwise))
+                )
+            if isinstance(spec, flow.Map):
+                map_state = sfn.Map(
+                    self,
+                    spec.state,
+                    items_path=f"$.{spec.items}",
+                    item_selector={
+                        "state.$": "$",
+                        **{f"{field}.$": f"$$.Map.Item.Value.{field}" for field in spec.item_fields},
+                    },
+                    max_concurrency=c.MAP_MAX_CONCURRENCY,
+                    result_path=f"$.{spec.result}",
+                )
+                map_state.item_processor(apply_policy(task(spec.task), None))
+                if catch_target is not None:
+                    map_state.add_catch(
+                        catch_target, errors=list(policy.CATCH_ERRORS), result_path=policy.ERROR_RESULT_PATH
+                    )
+                return map_state.next(state(spec.next))
+            if isinstance(spec, flow.Succeed):
+                return sfn.Succeed(self, spec.state)
+            return sfn.Fail(self, spec.state, cause=spec.cause)
+
+        definition = state(flow.START)
 
         log_group = logs.LogGroup(
             self, "ExecutionLogs", retention=logs.RetentionDays.ONE_MONTH, removal_policy=removal_policy

@@ -1,7 +1,7 @@
 """The embedded orchestrator: the state machine's flow and its retry/catch policy, in-process.
 
-Same steps, same order, same Choice, same Retry and Catch (pipeline/policy.py) as the Step Functions
-definition in infra_cdk, so a document takes the same path on a laptop as on AWS.
+It walks the very flow (pipeline/flow.py) and policy (pipeline/policy.py) the Step Functions definition in
+infra_cdk is built from, so a document takes the same path on a laptop as on AWS.
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import random
 import time
 import uuid
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from docflow import telemetry
 from docflow.context import StepContext
-from docflow.pipeline import policy
+from docflow.pipeline import flow, policy
 from docflow.pipeline.state import DocumentRef, PageRangeTask, PipelineState, StepError
 from docflow.pipeline.steps import (
     classify_step,
@@ -31,6 +31,29 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+def steps() -> dict[str, Callable[[Any, StepContext], Any]]:
+    """Each task's step (flow.Task.step) → the function it runs; the Lambda of the same name wraps the same one.
+    Read when called, so that a test may replace a step on this module."""
+    return {
+        "Validate": validate_step,
+        "RecordOutcome": record_outcome_step,
+        "ExtractText": extract_step,
+        "ExtractPages": extract_pages_step,
+        "MergeText": merge_text_step,
+        "Classify": classify_step,
+        "RecordFailure": record_failure_step,
+    }
+
+
+def holds(check: flow.Check, value: object) -> bool:
+    """A Choice's check on a state field, as Step Functions evaluates it."""
+    if check is flow.Check.IS_TRUE:
+        return value is True
+    if check is flow.Check.HAS_FIRST_ITEM:
+        return isinstance(value, list) and len(value) > 0
+    raise ValueError(f"unknown check {check}")
 
 
 class Runner:
@@ -72,29 +95,42 @@ class Runner:
 
     def run(self, ref: DocumentRef, languages: str | None = None, owner: str | None = None) -> PipelineState:
         """``owner``: the delivery this run is; given again when the same delivery is run again after the
-        process running it died, so that the document's unfinished record is taken for its own work."""
+        process running it died, so that the document's unfinished record is taken for its own work.
+
+        The state carries its owner from the start, so the tasks flow.py marks ``owner_input`` need no more."""
         state = PipelineState(ref=ref, languages=languages, owner=owner or uuid.uuid4().hex)
-        try:
-            state = self._invoke("Validate", validate_step, state)
-            if not state.proceed:
-                return self._invoke("RecordOutcome", record_outcome_step, state)
-            if state.page_ranges:
-                # The Map: each range is its own task with its own retries, as on AWS.
-                parts = [
-                    self._invoke(
-                        "ExtractPages",
-                        extract_pages_step,
-                        PageRangeTask(state=state, first_page=r.first_page, last_page=r.last_page),
-                    )
-                    for r in state.page_ranges
-                ]
-                state = self._invoke("MergeText", merge_text_step, state.model_copy(update={"parts": parts}))
-            else:
-                state = self._invoke("ExtractText", extract_step, state)
-            return self._invoke("Classify", classify_step, state)
-        except Exception as exc:  # the Catch: States.ALL
-            # One line per failed document (its row says the same); the traceback only when debugging.
-            log.error("document %s failed: %s: %s", ref.source, type(exc).__name__, exc)
-            log.debug("document %s failed", ref.source, exc_info=True)
-            failed = state.model_copy(update={"error": StepError(Error=type(exc).__name__, Cause=str(exc))})
-            return self._invoke("RecordFailure", record_failure_step, failed)
+        step_for = steps()
+        name = flow.START
+        while True:
+            node = flow.BY_NAME[name]
+            if isinstance(node, flow.Succeed | flow.Fail):
+                return state
+            if isinstance(node, flow.Choice):
+                name = node.then if holds(node.check, getattr(state, node.field)) else node.otherwise
+                continue
+            try:
+                if isinstance(node, flow.Task):
+                    state = self._invoke(node.step, step_for[node.step], state)
+                else:  # the Map: each item is its own task with its own retries, as on AWS
+                    task = node.task
+                    results = [
+                        self._invoke(
+                            task.step,
+                            step_for[task.step],
+                            PageRangeTask(state=state, **{f: getattr(item, f) for f in node.item_fields}),
+                        )
+                        for item in getattr(state, node.items)
+                    ]
+                    state = state.model_copy(update={node.result: results})
+            except Exception as exc:  # the Catch: States.ALL
+                if node.catch is None:
+                    raise
+                # One line per failed document (its row says the same); the traceback only when debugging.
+                log.error("document %s failed: %s: %s", ref.source, type(exc).__name__, exc)
+                log.debug("document %s failed", ref.source, exc_info=True)
+                state = state.model_copy(update={"error": StepError(Error=type(exc).__name__, Cause=str(exc))})
+                name = node.catch
+                continue
+            if node.next is None:
+                return state
+            name = node.next
