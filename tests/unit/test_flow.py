@@ -5,6 +5,7 @@ state machine is built from: these checks fail when the runner, the Lambdas or f
 from __future__ import annotations
 
 import ast
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -194,3 +195,23 @@ def test_a_failure_in_record_failure_is_not_caught_again(ctx: StepContext, monke
     with pytest.raises(PermanentError, match="RecordFailure broke"):
         _run(ctx, monkeypatch, recorder)
     assert recorder.calls == ["Validate", "ExtractText", "Classify", "RecordFailure"]
+
+
+def test_the_docs_table_of_where_each_step_lives_is_true() -> None:
+    """docs/development.md's "Where each step lives": one row per step of the flow, and each file it names
+    exists; the handler calls the step function the runner runs."""
+    repo = Path(__file__).resolve().parents[2]
+    text = (repo / "docs" / "development.md").read_text()
+    section = text.split("### Where each step lives", 1)[1].split("\n\n", 3)[2]
+    rows = [
+        [cell.strip() for cell in line.strip("|").split("|")] for line in section.splitlines() if line.startswith("| ")
+    ][1:]
+    assert {row[0] for row in rows} == {task.step for task in flow.tasks()}
+    for step, handler, function, domain, _adapters, constructs in rows:
+        paths = re.findall(r"`([^`]+)`", " ".join((handler, domain, constructs)))
+        for path in paths:
+            root = repo / "infra_cdk" if path.startswith("constructs/") else repo / "functions" / "docflow"
+            assert (root / path).exists(), (step, path)
+        handler_source = (repo / "functions" / "docflow" / handler.strip("`")).read_text()
+        name = function.strip("`")
+        assert name in handler_source and runner.steps()[step].__name__ == name, (step, name)
