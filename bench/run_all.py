@@ -6,7 +6,8 @@ Runs, each as its own process (so one's imports and caches do not flatter the ne
 classify_latency, api_throughput (existing), pipeline_share (outside-OCR share; pages/s at 10/100/1,000
 documents), cold_start (every handler), fault_run (1,000 documents, 5 % transient and 1 % permanent
 faults, audited from the record store), big_pdf (a 300-page scan: time, peak RSS; the heaviest text
-layer accepted: peak RSS), aws_cost (paper estimate from the measured step times), then quality (the
+layer accepted: peak RSS), big_raster (the largest accepted image of each kind: peak RSS), aws_cost
+(paper estimate from the measured step times), then quality (the
 classifier end to end per source, through `docflow eval`; * = precision on the documents not sent to
 review), then review_queue (the review page in headless Chromium: first document with 1,000 queued; 50
 real scans cleared by keyboard). Each writes
@@ -137,6 +138,12 @@ def table(r: dict[str, Any]) -> list[tuple[str, str, str]]:
                 f"{heavy['peak_rss_mb']} MB",
                 "<= 512",
             )
+    for name, run in r.get("big_raster", {}).items():
+        add(
+            f"largest accepted raster, {name.replace('_', ' ')}: peak RSS (self + tesseract child), status",
+            f"{run['peak_rss_self_plus_child_mb']} MB, {run['status']}",
+            "<= 512" if name != "baseline_1mpx_png" else "",
+        )
     if cost := r.get("aws_cost"):
         for name in ("single_page_scans", "300_page_pdfs"):
             c = cost[name]
@@ -194,6 +201,10 @@ def main() -> int:
         started = time.perf_counter()
         _capture("big_pdf", "--pages", str(args.pages))
         seconds["big_pdf"] = time.perf_counter() - started
+    if wanted("big_raster"):
+        started = time.perf_counter()
+        _capture("big_raster")
+        seconds["big_raster"] = time.perf_counter() - started
     if wanted("aws_cost") and (RESULTS / "pipeline_share.json").exists():
         seconds["aws_cost"] = _run("aws_cost")
     if wanted("quality"):
@@ -202,7 +213,8 @@ def main() -> int:
         seconds["review_queue"] = _run("review_queue")
 
     names = ("ocr_cer", "throughput", "classify_latency", "api_throughput", "pipeline_share", "cold_start")
-    results = {name: _load(name) for name in (*names, "fault_run", "big_pdf", "aws_cost", "quality", "review_queue")}
+    others = ("fault_run", "big_pdf", "big_raster", "aws_cost", "quality", "review_queue")
+    results = {name: _load(name) for name in (*names, *others)}
     machine = {
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),

@@ -94,6 +94,15 @@ class ValidationLimits(BaseModel):
     # `docflow process`, 2 MB -> 370 MB, 3 MB -> 565 MB, with ~170 MB of imports, model and Tesseract): 2 MiB
     # keeps every accepted page under 512 MiB. A dense printed page draws 5-50 KB.
     max_page_content_bytes: int = Field(default=2 * 1024 * 1024, gt=0)
+    # Memory that decoding one image page takes, estimated from its header (Pillow: 1 byte a pixel for grey,
+    # bilevel and palette, 2 for 16-bit grey, 4 for colour or alpha; WebP ~15, as Pillow's decoder keeps
+    # libwebp's canvases beside its own; a progressive JPEG 2 bytes per DCT coefficient). PNG, TIFF, WebP, BMP
+    # and progressive JPEG pages are decoded whole before they are downscaled for OCR, so this bounds them:
+    # with ~80 MB of imports and the page read at raster.MAX_OCR_PIXELS beside it, 200 MiB keeps `docflow
+    # process` under 512 MiB (measured: a 100 Mpx RGB PNG, 400 MB decoded, peaked at 544 MB). It lets through
+    # grey pages up to max_pixels_per_page and colour ones up to 52 Mpx (an A4 page at 600 dpi is 35 Mpx);
+    # a baseline JPEG is decoded at reduced DCT scale, so max_pixels_per_page alone bounds it.
+    max_decoded_bytes_per_page: int = Field(default=200 * 1024 * 1024, gt=0)
 
 
 class ValidationReport(BaseModel):

@@ -332,15 +332,16 @@ def _pdf_tiny_page() -> bytes:
     return _text_pdf(MEMO, media_box=b"[0 0 1 1]")
 
 
-def _png_zlib_bomb() -> bytes:
-    """A 10000 x 10000 white RGB PNG: 300 MB of pixels in ~300 KB, inside every header limit."""
+def _png_zlib_bomb(colour: int = 2) -> bytes:
+    """A 10000 x 10000 white PNG (colour type 2: RGB, 300 MB of pixels; 0: grey, 100 MB) in ~100-300 KB, at the
+    pixel limit."""
     width = height = 10_000
-    row = b"\x00" + b"\xff" * (width * 3)
+    row = b"\x00" + b"\xff" * (width * (3 if colour == 2 else 1))
     compressor = zlib.compressobj(9)
     idat = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
     return (
         crafted.PNG_SIGNATURE
-        + crafted.png_ihdr(width, height, 8, 2)
+        + crafted.png_ihdr(width, height, 8, colour)
         + crafted.png_chunk(b"IDAT", idat)
         + crafted.png_chunk(b"IEND", b"")
     )
@@ -408,12 +409,21 @@ CASES: tuple[Case, ...] = (
         "png-zlib-bomb-100MP",
         _png_zlib_bomb,
         "blank.png",
+        _R,
+        "TOO_MANY_PIXELS",
+        ("decoded whole", "200.0 MiB"),
+        why="10000x10000 = the 100 Mpx limit, but a colour PNG is decoded whole: 400 MB, above the 200 MiB a page",
+    ),
+    Case(
+        "png-zlib-bomb-100MP-grey",
+        lambda: _png_zlib_bomb(0),
+        "blank-grey.png",
         "NEEDS_REVIEW",
         "NO_TEXT",
         reason_has=("no text",),
         text_source="ocr",
         fronts=frozenset({"cli", "api"}),
-        why="inside every header limit (10000x10000 = the 100 Mpx limit); reduced 2x before OCR, so < 1 GiB",
+        why="inside every limit (100 Mpx, 100 MB decoded); downscaled to 20 Mpx before OCR, so < 512 MiB",
     ),
     Case("tiff-5000-frames", lambda: crafted.tiff_raw(5000), "frames.tiff", _R, "TOO_MANY_PAGES", ("500",)),
     Case("pdf-5000-pages", _many_pages_pdf, "pages.pdf", _R, "TOO_MANY_PAGES", ("5,000", "500")),

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from docflow.domain.extraction import (
+    MAX_OCR_PIXELS,
     DocumentReadError,
     PageRangeError,
     extract_text,
@@ -186,10 +187,10 @@ def test_upscale_decision(height, options, expected):
 
 
 def test_upscale_never_takes_a_wide_frame_past_the_ocr_pixel_cap():
-    # 1000 x 20,000 px (a long strip): 2x would make 80 Mpx; the factor stops at MAX_OCR_PIXELS (36 Mpx).
-    factor = upscale_factor(1000, OcrOptions(), width=20_000)
-    assert factor == pytest.approx((36_000_000 / 20_000_000) ** 0.5)
-    assert upscale_factor(1000, OcrOptions(), width=40_000) == 1.0  # already past the cap: left alone
+    # 1000 x 10,000 px (a long strip): 2x would make 40 Mpx; the factor stops at MAX_OCR_PIXELS (20 Mpx).
+    factor = upscale_factor(1000, OcrOptions(), width=10_000)
+    assert factor == pytest.approx((MAX_OCR_PIXELS / 10_000_000) ** 0.5)
+    assert upscale_factor(1000, OcrOptions(), width=20_000) == 1.0  # already at the cap: left alone
 
 
 def test_upscale_factor_is_a_setting(monkeypatch):

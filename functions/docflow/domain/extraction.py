@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import io
 import logging
-import math
 import time
 from collections.abc import Iterator
-from contextlib import suppress
 from functools import lru_cache
 
-import numpy as np
 import pypdfium2 as pdfium
-from PIL import Image, ImageOps
+from PIL import Image
 
 from docflow.domain.layout import LAYOUT_VERSION, page_layout
 from docflow.domain.ocr import (
@@ -28,11 +25,23 @@ from docflow.domain.ocr import (
     TesserocrEngine,
 )
 from docflow.domain.pdfium_lock import PDFIUM_LOCK
+from docflow.domain.raster import (
+    EXIF_ORIENTATION,
+    MAX_OCR_PIXELS,
+    mmap_large_buffers,
+    ocr_frame,
+    prepare_for_ocr,
+    to_ocr_mode,
+    turned_upright,
+    upscale_factor,
+)
 from docflow.values import ExtractionResult, MediaType, OcrOptions, PageText
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "EXIF_ORIENTATION",
+    "MAX_OCR_PIXELS",
     "MAX_RENDER_PIXELS",
     "DocumentReadError",
     "ExtractionError",
@@ -47,12 +56,14 @@ __all__ = [
     "should_check_orientation",
     "to_ocr_mode",
     "turn_for",
+    "turned_upright",
     "upscale_factor",
 ]
 
-# A PDF page whose render at render_dpi would exceed this is rendered at a lower resolution
-# (a 200-dpi A4/letter page is ~3.7 Mpx; this lets an A0 poster through at ~100 dpi).
-MAX_RENDER_PIXELS = 40_000_000
+# A PDF page whose render at render_dpi would exceed this is rendered at a lower resolution: the same budget
+# as an image frame (raster.MAX_OCR_PIXELS; a 200-dpi A4/letter page is ~3.7 Mpx, an A0 poster is read at
+# ~70 dpi), which keeps the largest page validation accepts (100 Mpx at render_dpi) under 512 MiB.
+MAX_RENDER_PIXELS = MAX_OCR_PIXELS
 
 
 class ExtractionError(ValueError):
@@ -96,6 +107,7 @@ def extract_text(
     Raises PageRangeError, DocumentReadError, and docflow.domain.ocr.OcrError from the engine.
     """
     media_type = MediaType(media_type)
+    mmap_large_buffers()  # page-sized buffers go back to the system when freed (see raster)
     if media_type is MediaType.PDF:
         pages = list(_pdf_pages(data, options, engine, first_page, last_page))
     else:
@@ -131,68 +143,6 @@ def meaningful_chars(text: str) -> int:
 
 def has_text_layer(text: str, min_chars: int) -> bool:
     return meaningful_chars(text) >= max(min_chars, 1)
-
-
-def upscale_factor(height: int, options: OcrOptions, width: int | None = None) -> float:
-    """How much to enlarge an image of this height (and width) before OCR (1.0 = leave it).
-
-    Tesseract reads text best with capital letters ~30 px high (about 300 dpi); ~100-dpi scans such as
-    RVL-CDIP and FUNSD (1000 px for a letter page) gain a lot from a Lanczos upscale. A page lower than
-    ``options.upscale_below_height`` is brought towards ``options.upscale_target_height``, by at most
-    ``options.upscale_factor``, and never past MAX_OCR_PIXELS when the width is given.
-    """
-    if options.upscale_factor <= 1.0 or not 0 < height < options.upscale_below_height:
-        return 1.0
-    factor = min(options.upscale_factor, options.upscale_target_height / height)
-    if width:
-        factor = min(factor, math.sqrt(MAX_OCR_PIXELS / (width * height)))
-    return factor if factor > 1.0 else 1.0
-
-
-def to_ocr_mode(image: Image.Image) -> Image.Image:
-    """An 8-bit "L" or "RGB" image from any PIL mode (the same object when it already is one);
-    transparency is flattened onto white.
-
-    Gray stays gray (1-bit becomes L so it can be resampled); colour stays RGB, since Tesseract picks
-    the best channel when thresholding. 16/32-bit integer and float images are stretched min..max to 0..255.
-    """
-    mode = image.mode
-    if mode in ("L", "RGB"):
-        return image
-    if mode == "1":
-        return image.convert("L")
-    if mode == "P":
-        has_alpha = "transparency" in image.info or (image.palette is not None and image.palette.mode == "RGBA")
-        return _flatten(image.convert("RGBA")) if has_alpha else image.convert("RGB")
-    if mode in ("LA", "La", "PA", "RGBA", "RGBa"):
-        flat = _flatten(image.convert("RGBA"))
-        return flat.convert("L") if mode in ("LA", "La") else flat
-    if mode.startswith("I") or mode == "F":
-        arr = np.asarray(image, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
-        if hi <= lo:
-            scaled = np.full(arr.shape, 255, dtype=np.uint8)
-        else:
-            scaled = np.round((arr - lo) * (255.0 / (hi - lo))).astype(np.uint8)
-        return Image.fromarray(scaled)
-    # CMYK, YCbCr, LAB, HSV, RGBX, ...
-    return image.convert("RGB")
-
-
-def _flatten(rgba: Image.Image) -> Image.Image:
-    background = Image.new("RGB", rgba.size, (255, 255, 255))
-    background.paste(rgba, mask=rgba.getchannel("A"))
-    return background
-
-
-def prepare_for_ocr(image: Image.Image, options: OcrOptions, *, allow_upscale: bool = True) -> Image.Image:
-    """Mode conversion, then the low-resolution upscale (Lanczos) when the options ask for it."""
-    image = to_ocr_mode(image)
-    factor = upscale_factor(image.height, options, image.width) if allow_upscale else 1.0
-    if factor != 1.0:
-        size = (max(1, round(image.width * factor)), max(1, round(image.height * factor)))
-        image = image.resize(size, Image.Resampling.LANCZOS)
-    return image
 
 
 # Counter-clockwise turns, exact (no resampling).
@@ -329,7 +279,9 @@ def _read_pdf_page(pdf: pdfium.PdfDocument, index: int, options: OcrOptions) -> 
                 scale *= (MAX_RENDER_PIXELS / pixels) ** 0.5
             bitmap = page.render(scale=scale)
             try:
-                return None, bitmap.to_pil().copy()
+                image = bitmap.to_pil()
+                # PIL converts a BGR bitmap into pixels of its own; only a same-layout one shares PDFium's buffer.
+                return None, image.copy() if bitmap.mode == image.mode else image
             finally:
                 bitmap.close()
         finally:
@@ -342,42 +294,6 @@ def _clean_layer_text(text: str) -> str:
 
 
 # -- images ---------------------------------------------------------------------------------------------
-
-# A frame above this many pixels is reduced (box filter, integer factor) before OCR, as a PDF page above
-# MAX_RENDER_PIXELS is rendered smaller: a 100 Mpx RGB scan (the validation limit) would otherwise cost ~2 GB
-# in copies and in Tesseract; reduced it stays under 1 GiB, and a 600 dpi A4 page (35 Mpx) is left alone.
-MAX_OCR_PIXELS = 36_000_000
-EXIF_ORIENTATION = 0x0112  # the EXIF tag a camera records how it was held in
-_ORIENT = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
-
-
-def _upright_frame(source: Image.Image, *, single: bool) -> Image.Image:
-    """A copy of the current frame, upright (EXIF orientation, for phone photos), at most MAX_OCR_PIXELS."""
-    pixels = source.width * source.height
-    if pixels <= MAX_OCR_PIXELS:
-        return ImageOps.exif_transpose(source)
-    factor = math.ceil(math.sqrt(pixels / MAX_OCR_PIXELS))
-    orientation = source.getexif().get(EXIF_ORIENTATION, 1)
-    reduced = source.reduce(factor)
-    if single:
-        source.close()  # frees the full-size pixels now rather than when the file is done
-    return turned_upright(reduced, orientation)
-
-
-def turned_upright(image: Image.Image, orientation: int) -> Image.Image:
-    """``image`` turned as an EXIF orientation tag (1-8) says the camera held it: for a copy that lost its tag
-    (a reduced frame, a preview); a frame that still has it takes ImageOps.exif_transpose."""
-    transpose = _ORIENT.get(orientation)
-    return image.transpose(transpose) if transpose is not None else image
-
 
 _PIL_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
@@ -401,8 +317,8 @@ def _image_pages(
             started = time.perf_counter()
             try:
                 source.seek(index)
-                frame = _upright_frame(source, single=frames == 1)
-                image = prepare_for_ocr(frame, options)
+                # Decoded within MAX_OCR_PIXELS, converted, upright; the frame's full-size pixels are let go.
+                image = prepare_for_ocr(ocr_frame(source), options)
             except _PIL_ERRORS as exc:
                 raise DocumentReadError(f"cannot decode frame {index + 1}: {exc}") from exc
             try:
@@ -410,8 +326,6 @@ def _image_pages(
                 layout = layout_of(image, ocr, rotated)
             finally:
                 image.close()
-                with suppress(Exception):
-                    frame.close()
             yield PageText(
                 page=index + 1,
                 text=ocr.text,

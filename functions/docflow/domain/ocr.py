@@ -3,7 +3,8 @@
 `TesserocrEngine` (the default) calls libtesseract in-process through tesserocr, whose wheel bundles the
 library: no binary is needed, which is what Lambda gets. `TesseractEngine` (the fallback) runs the
 `tesseract` binary once per page, feeding the image on stdin and reading TSV on stdout. Both read TSV:
-words, confidences and the layout needed to rebuild the text with its line breaks, in one OCR run.
+words, confidences and the layout needed to rebuild the text with its line breaks, in one OCR run (read by
+docflow.domain.tesseract_output, whose names this module re-exports).
 
 The child process always gets ``OMP_THREAD_LIMIT=1`` through an explicit ``env=`` on the subprocess,
 whatever the caller's environment says and without touching ``os.environ``: Tesseract's own OpenMP
@@ -22,13 +23,13 @@ import subprocess
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
+from docflow.domain.tesseract_output import _TSV_HEADER, OcrPage, Orientation, parse_osd, parse_tsv
 from docflow.values import OcrOptions
 
 __all__ = [
@@ -64,24 +65,6 @@ class OcrLanguageError(OcrError):
 
 class OcrTimeoutError(OcrError):
     """One page took longer than OcrOptions.timeout_seconds; the process was killed."""
-
-
-@dataclass(frozen=True, slots=True)
-class OcrPage:
-    text: str  # lines separated by "\n", paragraphs/blocks by a blank line
-    confidence: float | None  # mean word confidence 0..100 over words with conf >= 0; None: no words
-    words: int
-    # Tesseract's TSV for the page (word boxes, lines, blocks): what docflow.domain.layout reads the page's
-    # layout from. Empty from an engine that has none.
-    tsv: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class Orientation:
-    """Which way up a page is, as Tesseract's orientation and script detection (OSD) sees it."""
-
-    degrees: int  # 0, 90, 180 or 270: turn the page this far counter-clockwise to read it upright
-    confidence: float  # OSD's orientation confidence (under ~2 is a guess; a clear page of text: 5-15)
 
 
 def check_languages(languages: str, available: frozenset[str], where: str = "") -> None:
@@ -232,19 +215,6 @@ def _osd_installed(languages: frozenset[str], where: object) -> bool:
     return False
 
 
-_OSD_DEGREES = re.compile(r"^Orientation in degrees:\s*(\d+)", re.MULTILINE)
-_OSD_CONFIDENCE = re.compile(r"^Orientation confidence:\s*([0-9.]+)", re.MULTILINE)
-
-
-def parse_osd(text: str) -> Orientation | None:
-    """Orientation from ``tesseract --psm 0`` output ("Orientation in degrees: 270" … "Orientation
-    confidence: 11.16"); None when it holds none."""
-    degrees, confidence = _OSD_DEGREES.search(text), _OSD_CONFIDENCE.search(text)
-    if degrees is None or confidence is None:
-        return None
-    return Orientation(int(degrees.group(1)) % 360, float(confidence.group(1)))
-
-
 TESSDATA_DIRS = (
     Path("/usr/share/tesseract-ocr/5/tessdata"),
     Path("/usr/share/tesseract-ocr/4.00/tessdata"),
@@ -326,6 +296,7 @@ class TesserocrEngine(OcrEngine):
                     f"({image.width}x{image.height} px); raise the OCR page timeout or lower the resolution"
                 )
             tsv = api.GetTSVText(0)
+            api.Clear()  # its copy of the page (4 bytes a pixel) is not kept until the next page
         return parse_tsv(_TSV_HEADER + tsv)
 
     def detect_orientation(self, image: Image.Image, options: OcrOptions) -> Orientation | None:
@@ -351,9 +322,6 @@ class TesserocrEngine(OcrEngine):
         return Orientation(int(found["orient_deg"]) % 360, float(found["orient_conf"]))
 
 
-_TSV_HEADER = "level\tpage_num\tblock_num\tpar_num\tline_num\tword_num\tleft\ttop\twidth\theight\tconf\ttext\n"
-
-
 def encode_for_tesseract(image: Image.Image) -> bytes:
     """Uncompressed PNM (PBM/PGM/PPM): cheapest to write, read by leptonica from stdin, and carries no
     DPI metadata (scans often claim a bogus 72 dpi; Tesseract then estimates the resolution itself)."""
@@ -362,40 +330,3 @@ def encode_for_tesseract(image: Image.Image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PPM")
     return buf.getvalue()
-
-
-def parse_tsv(tsv: str) -> OcrPage:
-    """Rebuild text and statistics from Tesseract's TSV.
-
-    Columns: level page_num block_num par_num line_num word_num left top width height conf text.
-    Words of one line are joined by a space, lines by "\\n", paragraphs and blocks by a blank line
-    (the same layout as Tesseract's own text output).
-    """
-    paragraphs: list[list[list[str]]] = []
-    current_par: tuple[int, int, int] | None = None
-    current_line: tuple[int, int, int, int] | None = None
-    confs: list[float] = []
-    words = 0
-    for row in tsv.splitlines()[1:]:
-        cols = row.split("\t", 11)
-        if len(cols) < 12 or cols[0] != "5":
-            continue
-        word = cols[11].strip()
-        if not word:
-            continue
-        page, block, par, line = (int(c) for c in cols[1:5])
-        if (page, block, par) != current_par:
-            current_par = (page, block, par)
-            paragraphs.append([])
-            current_line = None
-        if (page, block, par, line) != current_line:
-            current_line = (page, block, par, line)
-            paragraphs[-1].append([])
-        paragraphs[-1][-1].append(word)
-        words += 1
-        conf = float(cols[10])
-        if conf >= 0:
-            confs.append(conf)
-    text = "\n\n".join("\n".join(" ".join(line) for line in par) for par in paragraphs)
-    confidence = sum(confs) / len(confs) if confs else None
-    return OcrPage(text=text, confidence=confidence, words=words, tsv=tsv)

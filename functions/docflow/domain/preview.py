@@ -74,10 +74,10 @@ def _pdf_page_unlocked(data: bytes, page: int, side: int) -> Image.Image:
 
 
 def _image_frame(data: bytes, media_type: MediaType, page: int, side: int, limits: ValidationLimits) -> Image.Image:
-    # Imported here, as pdfium is for PDFs: the API loads Pillow (and extraction's engines) for a preview only.
+    # Imported here, as pdfium is for PDFs: the API loads Pillow (and the raster helpers) for a preview only.
     from PIL import Image
 
-    from docflow.domain.extraction import EXIF_ORIENTATION, turned_upright
+    from docflow.domain.raster import EXIF_ORIENTATION, turned_upright
 
     errors = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
     try:

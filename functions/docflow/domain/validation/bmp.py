@@ -9,7 +9,7 @@ import struct
 
 from PIL import BmpImagePlugin
 
-from docflow.domain.validation.common import check_pixels, corrupt, u16le, u32le
+from docflow.domain.validation.common import check_decoded, check_pixels, corrupt, pillow_bytes_per_pixel, u16le, u32le
 from docflow.values import ValidationLimits
 
 _BMP_RLE = (1, 2)  # BI_RLE8, BI_RLE4
@@ -31,8 +31,9 @@ def inspect_bmp(data: bytes, limits: ValidationLimits) -> int:
     check_pixels(width, height, limits, "BMP image")
 
     # Pillow validates the rest of the header (bit depth, bit fields, palette, compression) without decoding.
-    with BmpImagePlugin.BmpImageFile(io.BytesIO(data)):
-        pass
+    with BmpImagePlugin.BmpImageFile(io.BytesIO(data)) as image:
+        cost = width * height * pillow_bytes_per_pixel(image.mode)
+        check_decoded(width, height, cost, limits, "BMP image", f"BMP page in mode {image.mode}")
     pixel_offset = u32le(data, 10)
     if compression in _BMP_RLE:
         # RLE data has no fixed length, but its size field is mandatory for these compressions.

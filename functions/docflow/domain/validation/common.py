@@ -41,6 +41,30 @@ def check_pixels(width: int, height: int, limits: ValidationLimits, what: str) -
         )
 
 
+def pillow_bytes_per_pixel(mode: str) -> int:
+    """Bytes a pixel of this Pillow mode takes once decoded (Pillow stores RGB as 4 bytes, LA too)."""
+    if mode in ("1", "L", "P"):
+        return 1
+    return 2 if mode.startswith("I;16") else 4
+
+
+def check_decoded(width: int, height: int, cost: float, limits: ValidationLimits, what: str, kind: str) -> None:
+    """Refuse a page that a decoder must hold whole (``cost`` bytes, estimated from the header) when that is
+    above the memory budget for one page. ``kind``: what the page is, for the reason ("colour PNG image")."""
+    if cost <= limits.max_decoded_bytes_per_page:
+        return
+    pixels = width * height
+    most = int(pixels * limits.max_decoded_bytes_per_page / cost)
+    raise Rejected(
+        RejectionCode.TOO_MANY_PIXELS,
+        f"The {what} is {width}x{height} pixels ({pixels:,} pixels). A {kind} is decoded whole before it is "
+        f"read, which would take {human_bytes(int(cost))} of memory, above the limit of "
+        f"{human_bytes(limits.max_decoded_bytes_per_page)} per page: at most {most:,} pixels of this kind "
+        f"(max {limits.max_pixels_per_page:,} pixels for a greyscale or baseline JPEG page). "
+        "Scan it at a lower resolution, in greyscale, or as a baseline JPEG.",
+    )
+
+
 def too_many_pages(count: str, limits: ValidationLimits) -> Rejected:
     return Rejected(
         RejectionCode.TOO_MANY_PAGES,

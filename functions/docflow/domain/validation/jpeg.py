@@ -9,7 +9,8 @@ import re
 
 from PIL import JpegImagePlugin
 
-from docflow.domain.validation.common import check_pixels, corrupt, short
+from docflow.domain.raster import jpeg_draft_scale
+from docflow.domain.validation.common import check_decoded, check_pixels, corrupt, pillow_bytes_per_pixel, short
 from docflow.values import ValidationLimits
 
 _JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
@@ -35,6 +36,9 @@ def inspect_jpeg(data: bytes, limits: ValidationLimits) -> int:
         progressive, scans = _jpeg_structure(data)
         if scans > _JPEG_MAX_SCANS:
             raise corrupt(f"Corrupt JPEG: {scans} scans, more than any encoder writes ({_JPEG_MAX_SCANS}).")
+        if progressive:
+            cost = _progressive_decode_bytes(image)
+            check_decoded(width, height, cost, limits, "JPEG image", "progressive JPEG page")
         if progressive and width * height > _JPEG_PROGRESSIVE_DECODE_PIXELS:
             return 1
         # DCT scaling still entropy-decodes every byte of the scans, so broken Huffman data is found, with
@@ -49,6 +53,17 @@ def inspect_jpeg(data: bytes, limits: ValidationLimits) -> int:
                 raise corrupt(f"Truncated JPEG: the image data stops early ({short(exc)}).") from exc
             raise corrupt(f"Corrupt JPEG: the image could not be decoded ({short(exc)}).") from exc
     return 1
+
+
+def _progressive_decode_bytes(image: JpegImagePlugin.JpegImageFile) -> float:
+    """Memory a progressive JPEG takes to decode for OCR: every DCT coefficient of every component (2 bytes
+    each, whatever the output scale), and the output at the scale ExtractText decodes it at."""
+    width, height = image.size
+    layers = image.layer or [(0, 1, 1, 0)]
+    h_max, v_max = max(layer[1] for layer in layers), max(layer[2] for layer in layers)
+    samples = sum(layer[1] * layer[2] for layer in layers) / (h_max * v_max)
+    scale = jpeg_draft_scale(width * height)
+    return 2 * width * height * samples + pillow_bytes_per_pixel(image.mode) * width * height / (scale * scale)
 
 
 def _jpeg_structure(data: bytes) -> tuple[bool, int]:

@@ -8,11 +8,14 @@ import struct
 import zlib
 from collections.abc import Iterator
 
-from docflow.domain.validation.common import INFLATE_STEP, check_pixels, corrupt
+from docflow.domain.validation.common import INFLATE_STEP, check_decoded, check_pixels, corrupt
 from docflow.values import ValidationLimits
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # by colour type
+# Bytes a pixel takes in Pillow once decoded, by colour type (16-bit grey: 2; RGB is stored as 4 bytes).
+_PNG_DECODED_BYTES = {0: 1, 2: 4, 3: 1, 4: 4, 6: 4}
+_PNG_KINDS = {0: "greyscale", 2: "colour", 3: "palette", 4: "greyscale-with-alpha", 6: "colour-with-alpha"}
 _PNG_BIT_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
 # Adam7 passes: (x start, y start, x step, y step)
 _ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
@@ -36,6 +39,8 @@ def inspect_png(data: bytes, limits: ValidationLimits) -> int:
             f"Corrupt PNG: invalid header (bit depth {depth}, colour type {colour}, "
             f"compression {compression}, filter {filtering}, interlace {interlace})."
         )
+    per_pixel = 2 if colour == 0 and depth == 16 else _PNG_DECODED_BYTES[colour]
+    check_decoded(width, height, width * height * per_pixel, limits, "PNG image", f"{_PNG_KINDS[colour]} PNG page")
 
     # Inflate the image data without keeping it, and stop once the declared image is complete (or the
     # verification budget is spent): this finds a broken or short zlib stream, which the chunk CRCs cannot,

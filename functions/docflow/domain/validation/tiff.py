@@ -8,7 +8,13 @@ import io
 
 from PIL import TiffImagePlugin
 
-from docflow.domain.validation.common import check_pixels, corrupt, too_many_pages
+from docflow.domain.validation.common import (
+    check_decoded,
+    check_pixels,
+    corrupt,
+    pillow_bytes_per_pixel,
+    too_many_pages,
+)
 from docflow.values import ValidationLimits
 
 _STRIP_OFFSETS, _STRIP_BYTE_COUNTS, _TILE_OFFSETS, _TILE_BYTE_COUNTS = 273, 279, 324, 325
@@ -37,6 +43,9 @@ def inspect_tiff(data: bytes, limits: ValidationLimits) -> int:
             if pages > limits.max_pages:
                 raise too_many_pages(f"more than {limits.max_pages:,}", limits)
             check_pixels(*image.size, limits, f"TIFF page {pages}")
+            width, height = image.size
+            cost = width * height * pillow_bytes_per_pixel(image.mode)
+            check_decoded(width, height, cost, limits, f"TIFF page {pages}", f"TIFF page in mode {image.mode}")
             _check_tiff_extents(image, pages, len(data))
     return pages
 
