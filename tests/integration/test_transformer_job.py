@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -14,6 +15,8 @@ from typer.testing import CliRunner
 from docflow.cli import app
 from docflow.domain.classifier import TextClassifier
 from docflow.settings import Settings
+from docflow_training import checkpoints
+from docflow_training.entry import STATE_FILE, JobPaths, job_config, run_job
 from docflow_training.launch import run_local_job
 from docflow_training.registry import Registry
 from docflow_training.tracking import resolve_tracking
@@ -101,3 +104,54 @@ def test_a_hyperparameter_of_the_other_family_is_refused_in_one_line(tmp_path: P
     )
     assert result.exit_code == 2
     assert "unknown hyperparameters for the transformer family ['c_grid']" in result.output
+
+
+class _SpotInterruption(Exception):
+    pass
+
+
+def test_a_job_stopped_after_an_epoch_resumes_from_its_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """run_job as SageMaker runs it on spot: stopped just after epoch 1's checkpoint, started again with the same
+    DOCFLOW_CHECKPOINT_DIR, it trains only epoch 2, and its MLflow run still has both epochs' curves."""
+    caplog.set_level(logging.INFO, logger="docflow_training")
+    env = {
+        "SM_CHANNEL_TRAIN": str(CORPUS),
+        "SM_MODEL_DIR": str(tmp_path / "model"),
+        "SM_OUTPUT_DATA_DIR": str(tmp_path / "output" / "data"),
+        "DOCFLOW_CHECKPOINT_DIR": str(tmp_path / "checkpoints"),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "MLFLOW_EXPERIMENT_NAME": "resume",
+        "CUDA_VISIBLE_DEVICES": "",
+    }
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    paths = JobPaths.from_env(env)
+    config = job_config(TINY)
+    save = checkpoints.save_checkpoint
+
+    def save_then_stop(*args: Any, **kwargs: Any) -> Path:
+        save(*args, **kwargs)
+        raise _SpotInterruption
+
+    monkeypatch.setattr(checkpoints, "save_checkpoint", save_then_stop)
+    with pytest.raises(_SpotInterruption):
+        run_job(config, paths, env)
+    monkeypatch.setattr(checkpoints, "save_checkpoint", save)
+    epoch_dir = tmp_path / "checkpoints" / "transformer"
+    assert (epoch_dir / checkpoints.CHECKPOINT_FILE).is_file()
+
+    caplog.clear()
+    result = run_job(config, paths, env)
+    assert "resuming from epoch 1 checkpoint" in caplog.text
+    assert "epoch 1:" not in caplog.text and "epoch 2:" in caplog.text  # entry's on_epoch: only epoch 2 trained
+    assert not epoch_dir.exists()  # removed once the job's state says trained
+    assert json.loads((tmp_path / "checkpoints" / STATE_FILE).read_text())["trained"] is True
+    # The run page's curves are whole: epoch 1's row came back from the checkpoint, logged once.
+    metrics = json.loads((tmp_path / "model" / "metrics.json").read_text())
+    assert [row["epoch"] for row in metrics["epochs"]] == [1, 2]
+    registry = Registry(resolve_tracking(env=env))
+    history = registry.client.get_metric_history(result["run_id"], "epoch_train_loss")
+    assert [(point.step, point.value) for point in history] == [
+        (r["epoch"], r["train_loss"]) for r in metrics["epochs"]
+    ]

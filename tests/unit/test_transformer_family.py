@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 from pathlib import Path
@@ -22,6 +23,7 @@ from docflow.domain.classifier import (
 )
 from docflow.domain.drift import load_baseline
 from docflow.domain.encoding import ModelConfig, encode_chunks, pool_chunks
+from docflow_training.checkpoints import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from docflow_training.data import Document, load_corpus, stratified_split
 from docflow_training.families import TransformerConfig
 from docflow_training.transformer import (
@@ -30,10 +32,13 @@ from docflow_training.transformer import (
     document_log_probs,
     document_probabilities,
     export_onnx,
+    fine_tune,
     limit_train_docs,
     load_encoder,
+    load_tokenizer,
     pick_device,
     run_transformer_training,
+    runtime_config,
     training_text,
 )
 
@@ -261,3 +266,95 @@ def test_int8_ships_only_when_it_agrees_enough(tmp_path: Path) -> None:
         assert sizes["shipped"] == sizes["fp32"]
         assert shipped["onnx"]["quantization"].startswith("none")
     assert (tmp_path / "model" / "model.onnx").stat().st_size == sizes["shipped"]
+
+
+# --- epoch checkpoints: an interrupted run resumes ------------------------------------------------------------
+
+
+class _Interrupted(Exception):
+    """A spot interruption, arriving just after an epoch's checkpoint was written."""
+
+
+def test_an_interrupted_run_resumes_from_its_last_epoch_and_ends_as_an_uninterrupted_one(
+    run: Run, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="docflow_training")
+    checkpoint_dir, out_dir = tmp_path / "checkpoints", tmp_path / "classifier"
+    trained: list[int] = []
+
+    def interrupt_after_epoch_1(epoch: int, row: dict[str, float]) -> None:
+        trained.append(epoch)
+        if epoch == 1:
+            raise _Interrupted
+
+    with pytest.raises(_Interrupted):
+        run_transformer_training(CORPUS, out_dir, CONFIG, interrupt_after_epoch_1, checkpoint_dir=checkpoint_dir)
+    assert trained == [1] and not out_dir.exists()
+    assert [p.name for p in checkpoint_dir.iterdir()] == [CHECKPOINT_FILE]  # no partial file left
+    assert torch.load(checkpoint_dir / CHECKPOINT_FILE, weights_only=True)["epoch"] == 1
+
+    caplog.clear()
+    resumed = run_transformer_training(
+        CORPUS, out_dir, CONFIG, lambda epoch, row: trained.append(epoch), checkpoint_dir=checkpoint_dir
+    )
+    assert trained == [1, 2]  # epoch 1 was not trained again
+    assert "resuming from epoch 1 checkpoint" in caplog.text
+    assert "epoch 1/2" not in caplog.text
+    # The same weights as the run that was never interrupted (CPU kernels are deterministic here) ...
+    expected = run.result.model.state_dict()
+    got = resumed.model.state_dict()
+    assert got.keys() == expected.keys()
+    for name, tensor in expected.items():
+        assert torch.allclose(got[name], tensor, rtol=0.0, atol=1e-7), name
+    texts = [*_holdout_texts(run), ORDINARY, LONG]
+    a = document_probabilities(run.result.model, run.result.tokenizer, run.result.runtime_config, texts)
+    b = document_probabilities(resumed.model, resumed.tokenizer, resumed.runtime_config, texts)
+    assert np.allclose(a, b, rtol=0.0, atol=1e-7)
+    # ... so the same shipped model, and every epoch's row: epoch 1's came back from the checkpoint.
+    assert resumed.metrics["model_version"] == run.result.metrics["model_version"]
+    rows = [{k: v for k, v in row.items() if k != "seconds"} for row in resumed.metrics["epochs"]]
+    assert rows == [{k: v for k, v in row.items() if k != "seconds"} for row in run.result.metrics["epochs"]]
+    # The last epoch's checkpoint is left for the caller (a run stopped during export resumes into export).
+    assert torch.load(checkpoint_dir / CHECKPOINT_FILE, weights_only=True)["epoch"] == 2
+
+
+def test_a_checkpoint_of_another_run_is_not_resumed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="docflow_training")
+    train, holdout = stratified_split(load_corpus(CORPUS), CONFIG.holdout_fraction, CONFIG.seed)
+    train, holdout = limit_train_docs(train, 3), holdout[:3]
+    tokenizer = load_tokenizer()
+    config = CONFIG.model_copy(update={"epochs": 1})
+    served = runtime_config(tokenizer, config)
+    trained: list[int] = []
+
+    def fit(config: TransformerConfig) -> None:
+        fine_tune(train, holdout, LABELS, tokenizer, served, config, "cpu", lambda e, r: trained.append(e), tmp_path)
+
+    fit(config)
+    fit(config.model_copy(update={"min_int8_agreement": 0.5}))  # export-only: the same run, nothing to train
+    assert trained == [1] and "resuming from epoch 1 checkpoint" in caplog.text
+    caplog.clear()
+    fit(config.model_copy(update={"learning_rate": 1e-4}))  # another run: trained from the start
+    assert trained == [1, 1]
+    assert "resuming" not in caplog.text
+    assert "written by another run (differs in config)" in caplog.text
+
+
+def test_a_damaged_or_foreign_checkpoint_file_is_ignored(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    path = save_checkpoint(
+        tmp_path, {"labels": ["a", "b"]}, 1, [{"epoch": 1}], model, optimizer, schedule, scaler, "cpu"
+    )
+    (tmp_path / f"{CHECKPOINT_FILE}.partial").write_bytes(b"cut off")
+    loaded = load_checkpoint(tmp_path, {"labels": ["a", "b"]})
+    assert loaded is not None and loaded.epoch == 1 and loaded.history == [{"epoch": 1}]
+    assert not (tmp_path / f"{CHECKPOINT_FILE}.partial").exists()
+    assert load_checkpoint(tmp_path, {"labels": ["a", "c"]}) is None
+    assert "differs in labels" in caplog.text
+    path.write_bytes(b"not a checkpoint")
+    assert load_checkpoint(tmp_path, {"labels": ["a", "b"]}) is None
+    assert "unreadable" in caplog.text
+    assert load_checkpoint(tmp_path / "none", {}) is None

@@ -27,10 +27,13 @@ logistic regression fitted by scikit-learn's Newton-CG on a sparse matrix, nothi
 accelerate. The transformer family fine-tunes on CUDA when torch sees it (mixed precision), else on
 the CPU; the ``device.fit`` param says which.
 
-Checkpoints (spot). There are no epochs to resume: the expensive unit is the whole fit. After it,
-the model directory, held-out set and training manifest go to the checkpoint directory, and after
-the MLflow run its id and version do; a restarted job skips what is done instead of refitting or
-registering a second version.
+Checkpoints (spot). After the fit, the model directory, held-out set and training manifest go to
+the checkpoint directory, and after the MLflow run its id and version do; a restarted job skips what
+is done instead of refitting or registering a second version. The linear family's fit is one unit;
+the transformer family checkpoints each epoch under ``<checkpoints>/transformer`` while it trains
+(``docflow_training.checkpoints``), so a job stopped mid-fit resumes from its last finished epoch
+(the per-epoch rows come back with it: the MLflow run, logged once after the fit, has every epoch),
+and that checkpoint is removed once the job has recorded the model as trained.
 """
 
 from __future__ import annotations
@@ -299,11 +302,12 @@ def run_job(config: JobConfig, paths: JobPaths, env: Mapping[str, str] = os.envi
         work.mkdir(parents=True, exist_ok=True)
         state = _State(work / STATE_FILE)
         model_dir, gate_dir, plots_dir = work / "model", work / "gate", work / "plots"
+        epoch_checkpoints = paths.checkpoints / "transformer" if paths.checkpoints else None
 
         if "trained" not in state.data:
             corpus, n_feedback = assemble_corpus(paths.train, paths.feedback, Path(scratch))
             fit_started = time.perf_counter()
-            result = _fit(config, corpus, model_dir)
+            result = _fit(config, corpus, model_dir, epoch_checkpoints)
             fit_seconds = time.perf_counter() - fit_started
             holdout = load_corpus(paths.validation) if paths.validation else result.holdout_docs
             write_holdout(holdout, gate_dir / HOLDOUT_FILE)
@@ -320,6 +324,8 @@ def run_job(config: JobConfig, paths: JobPaths, env: Mapping[str, str] = os.envi
                 holdout_source="validation channel" if paths.validation else "train_model's held-out split",
                 extra_metrics=extra,
             )
+            if epoch_checkpoints is not None:  # the model is recorded: no refit will need the epochs again
+                shutil.rmtree(epoch_checkpoints, ignore_errors=True)
         else:
             logger.info("checkpoint: model already trained at %s; not refitting", model_dir)
 
@@ -415,8 +421,9 @@ def run_job(config: JobConfig, paths: JobPaths, env: Mapping[str, str] = os.envi
     return result_doc
 
 
-def _fit(config: JobConfig, corpus: Path, model_dir: Path) -> Any:
-    """Train the job's model family; the result has ``train_docs`` and ``holdout_docs`` either way."""
+def _fit(config: JobConfig, corpus: Path, model_dir: Path, epoch_checkpoints: Path | None = None) -> Any:
+    """Train the job's model family; the result has ``train_docs`` and ``holdout_docs`` either way. The
+    transformer family checkpoints its epochs in ``epoch_checkpoints`` and resumes from them."""
     if config.family == "transformer":
         from docflow_training.transformer import run_transformer_training  # torch: only for this family
 
@@ -425,7 +432,12 @@ def _fit(config: JobConfig, corpus: Path, model_dir: Path) -> Any:
             logger.info("epoch %d: %s", epoch, shown)
 
         return run_transformer_training(
-            corpus, model_dir, config.transformer, on_epoch=on_epoch, data_source=config.corpus_uri
+            corpus,
+            model_dir,
+            config.transformer,
+            on_epoch=on_epoch,
+            data_source=config.corpus_uri,
+            checkpoint_dir=epoch_checkpoints,
         )
     return run_training(corpus, model_dir, config.train, data_source=config.corpus_uri)
 

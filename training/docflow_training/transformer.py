@@ -51,6 +51,7 @@ from docflow.domain.classifier import (
 from docflow.domain.drift import build_baseline, write_baseline
 from docflow.domain.encoding import ATTENTION_MASK, INPUT_IDS, PROBABILITIES, ModelConfig, encode_chunks, pad_batch
 from docflow.domain.text import NORMALIZER_VERSION
+from docflow_training import checkpoints
 from docflow_training.data import Document, dataset_digest, load_corpus, stratified_split
 from docflow_training.families import TransformerConfig
 from docflow_training.model_dir import model_dir_target_problem
@@ -335,10 +336,16 @@ def fine_tune(
     config: TransformerConfig,
     device: str,
     on_epoch: EpochCallback | None = None,
+    checkpoint_dir: Path | None = None,
 ) -> tuple[MiniLMClassifier, list[dict[str, float]]]:
     """MiniLM and a fresh head trained on ``train_docs``; returns the model (on the CPU, in eval mode) and one
     row per epoch: mean train loss and held-out scores. The held-out split is only reported each epoch,
-    never used to pick an epoch or a setting, so the final metrics stay an unbiased estimate."""
+    never used to pick an epoch or a setting, so the final metrics stay an unbiased estimate.
+
+    With ``checkpoint_dir``, each finished epoch is checkpointed there (``docflow_training.checkpoints``; the
+    last one is left in place) before ``on_epoch`` hears of it, and a run that finds a checkpoint of the same
+    run goes on from the epoch after it: ``on_epoch`` is called for the epochs it trains, and the history
+    returned holds every epoch's row, the restored ones included."""
     class_index = {label: i for i, label in enumerate(labels)}
     targets = torch.tensor([class_index[doc.label] for doc in train_docs])
     model = MiniLMClassifier(*load_encoder(), len(labels)).to(device)
@@ -350,7 +357,31 @@ def fine_tune(
     # Only float16 needs loss scaling (its exponent range underflows small gradients); bfloat16 does not.
     scaler = torch.amp.GradScaler("cuda", enabled=autocast_dtype(device) == torch.float16)
     history: list[dict[str, float]] = []
-    for epoch in range(1, config.epochs + 1):
+    done = 0  # epochs already trained (by an interrupted run of the same fingerprint)
+    fingerprint: dict[str, Any] = {}
+    if checkpoint_dir is not None:
+        fingerprint = checkpoints.run_fingerprint(
+            config,
+            labels,
+            served,
+            train_docs,
+            holdout_docs,
+            device,
+            str(autocast_dtype(device) or "float32"),
+            _package_version(BASE_MODEL_PACKAGE),
+        )
+        resumed = checkpoints.load_checkpoint(checkpoint_dir, fingerprint)
+        if resumed is not None:
+            checkpoints.restore(resumed, model, optimizer, schedule, scaler, device)
+            done, history = resumed.epoch, resumed.history
+            logger.info(
+                "resuming from epoch %d checkpoint (%s): %d of %d epochs to go",
+                resumed.epoch,
+                checkpoint_dir,
+                config.epochs - resumed.epoch,
+                config.epochs,
+            )
+    for epoch in range(done + 1, config.epochs + 1):
         started = time.perf_counter()
         model.train()
         windows = [encode_chunks(tokenizer, training_text(doc, epoch, config), served) for doc in train_docs]
@@ -404,9 +435,13 @@ def fine_tune(
             row["holdout_macro_f1"],
             row["seconds"],
         )
+        history.append({"epoch": epoch, **row})
+        if checkpoint_dir is not None:
+            checkpoints.save_checkpoint(
+                checkpoint_dir, fingerprint, epoch, history, model, optimizer, schedule, scaler, device
+            )
         if on_epoch is not None:
             on_epoch(epoch, dict(row))
-        history.append({"epoch": epoch, **row})
     return model.cpu().eval(), history
 
 
@@ -476,10 +511,14 @@ def run_transformer_training(
     config: TransformerConfig | None = None,
     on_epoch: EpochCallback | None = None,
     data_source: str | None = None,
+    checkpoint_dir: Path | None = None,
 ) -> TransformerTrainingResult:
     """Fine-tune on ``data_dir`` (a folder per class of .txt files) and write the model directory ``out_dir``
     atomically; returns its metrics with the fitted model in memory. ``on_epoch(epoch, scores)`` is called
-    after each epoch (1-based) with its mean train loss and held-out accuracy and macro-F1."""
+    after each epoch (1-based) with its mean train loss and held-out accuracy and macro-F1. ``checkpoint_dir``:
+    checkpoint each epoch there and resume from a checkpoint of the same run (``fine_tune``); the last
+    epoch's is left behind, so a run stopped during export resumes straight into export, and the caller
+    removes it once the model is safe (``entry.run_job`` does)."""
     config = config or TransformerConfig()
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     problem = model_dir_target_problem(out_dir)
@@ -504,7 +543,9 @@ def run_transformer_training(
         config.epochs,
     )
     with _reproducible(config.seed, device):
-        model, history = fine_tune(train_docs, holdout_docs, labels, tokenizer, served, config, device, on_epoch)
+        model, history = fine_tune(
+            train_docs, holdout_docs, labels, tokenizer, served, config, device, on_epoch, checkpoint_dir
+        )
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
