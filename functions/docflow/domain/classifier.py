@@ -9,6 +9,7 @@ A model directory holds
     metrics.json    the held-out evaluation (read if present; not needed to predict)
     baseline.json   the drift baseline (docflow.domain.drift; optional)
     scan_head.json  the scan head fitted on real labelled scans (docflow.domain.scan_head; optional)
+    partner_*       a combined model's second graph, tokenizer and config (config.json's partner_weight)
 
 Here: the directory loaded and checked (``TextClassifier``, once per process and files:
 ``load_classifier``), its graph run on a document's text, and the review rule applied to what it predicts. How
@@ -39,6 +40,7 @@ from docflow.domain.encoding import (
     encode_texts,
     pad_batch,
     pool_chunks,
+    pool_partner,
 )
 from docflow.domain.model_files import (
     CONFIG_FILE,
@@ -46,6 +48,10 @@ from docflow.domain.model_files import (
     METRICS_FILE,
     MODEL_FILE,
     MODEL_FILES,
+    PARTNER_CONFIG_FILE,
+    PARTNER_FILES,
+    PARTNER_MODEL_FILE,
+    PARTNER_TOKENIZER_FILE,
     REQUIRED_FILES,
     SERVED_FILES,
     TOKENIZER_FILE,
@@ -88,12 +94,81 @@ def _read_json(path: Path) -> Any:
         raise ModelIncompatibleError(f"cannot read {path}: {exc}") from exc
 
 
+class _Graph:
+    """One ONNX graph with its tokenizer and config: text in, probabilities over ``n_labels`` classes out."""
+
+    def __init__(self, model_dir: Path, names: tuple[str, str, str], n_labels: int) -> None:
+        model_file, tokenizer_file, config_file = names
+        self.config = ModelConfig.model_validate(_read_json(model_dir / config_file))
+        if self.config.normalizer_version != NORMALIZER_VERSION:
+            raise ModelIncompatibleError(
+                f"{model_dir} was trained with text normalizer v{self.config.normalizer_version}, "
+                f"this runtime normalizes with v{NORMALIZER_VERSION}: retrain the model (`make model`)."
+            )
+        self.tokenizer = Tokenizer.from_file(str(model_dir / tokenizer_file))
+        # No padding/truncation configured in the file may change what encode_texts produces.
+        self.tokenizer.no_padding()
+        self.tokenizer.no_truncation()
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        path = model_dir / model_file
+        self.session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        inputs = {i.name for i in self.session.get_inputs()}
+        outputs = {o.name: o for o in self.session.get_outputs()}
+        if inputs != {INPUT_IDS, ATTENTION_MASK} or PROBABILITIES not in outputs:
+            raise ModelIncompatibleError(
+                f"{path} has inputs {sorted(inputs)} and outputs {sorted(outputs)}; "
+                f"expected inputs {INPUT_IDS}, {ATTENTION_MASK} and output {PROBABILITIES}"
+            )
+        n_out = outputs[PROBABILITIES].shape[-1]
+        if isinstance(n_out, int) and n_out != n_labels:
+            raise ModelIncompatibleError(f"{path} outputs {n_out} classes but labels.json names {n_labels}")
+        self.n_labels = n_labels
+
+    def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The graph inputs for ``texts``: (input_ids, attention_mask)."""
+        ids = encode_texts(
+            self.tokenizer, texts, self.config.max_length, self.config.max_chars, self.config.char_ngram_range
+        )
+        return pad_batch(ids, self.config.pad_token_id)
+
+    def predict_proba(self, texts: Sequence[str], batch_size: int) -> np.ndarray:
+        if self.config.family == "transformer":
+            return self._predict_proba_chunked(texts)
+        chunks = []
+        for start in range(0, len(texts), batch_size):
+            input_ids, attention_mask = self.encode(texts[start : start + batch_size])
+            (probabilities,) = self.session.run([PROBABILITIES], {INPUT_IDS: input_ids, ATTENTION_MASK: attention_mask})
+            chunks.append(probabilities)
+        if not chunks:
+            return np.zeros((0, self.n_labels), dtype=np.float32)
+        return np.concatenate(chunks).astype(np.float32, copy=False)
+
+    def _predict_proba_chunked(self, texts: Sequence[str]) -> np.ndarray:
+        """A transformer model's probabilities: each document's windows in one graph run, then pooled."""
+        rows = []
+        for text in texts:
+            input_ids, attention_mask = pad_batch(
+                encode_chunks(self.tokenizer, text, self.config), self.config.pad_token_id
+            )
+            (probabilities,) = self.session.run([PROBABILITIES], {INPUT_IDS: input_ids, ATTENTION_MASK: attention_mask})
+            rows.append(pool_chunks(probabilities))
+        if not rows:
+            return np.zeros((0, self.n_labels), dtype=np.float32)
+        return np.stack(rows)
+
+
 class TextClassifier:
     """One loaded model. Thread-safe: ``predict`` may be called from several threads at once.
 
     The ONNX session runs single-threaded (intra- and inter-op 1): parallelism is across documents
     (Lambda instances, or the embedded runner's workers), and a second thread pool per session
-    would only contend with them.
+    would only contend with them. A combined model (config.json's ``partner_weight``) runs its two graphs
+    and pools their probabilities (``pool_partner``).
     """
 
     def __init__(self, model_dir: Path) -> None:
@@ -107,41 +182,23 @@ class TextClassifier:
                 f"`python -m docflow_training --data <corpus dir> --out {model_dir}`."
             )
         self.model_dir = model_dir
-        self.config = ModelConfig.model_validate(_read_json(model_dir / CONFIG_FILE))
-        if self.config.normalizer_version != NORMALIZER_VERSION:
-            raise ModelIncompatibleError(
-                f"{model_dir} was trained with text normalizer v{self.config.normalizer_version}, "
-                f"this runtime normalizes with v{NORMALIZER_VERSION}: retrain the model (`make model`)."
-            )
         labels = _read_json(model_dir / LABELS_FILE)
         if not (isinstance(labels, list) and labels and all(isinstance(x, str) for x in labels)):
             raise ModelIncompatibleError(f"{model_dir / LABELS_FILE} must be a non-empty list of class names")
         self.labels: tuple[str, ...] = tuple(labels)
-        self.tokenizer = Tokenizer.from_file(str(model_dir / TOKENIZER_FILE))
-        # No padding/truncation configured in the file may change what encode_texts produces.
-        self.tokenizer.no_padding()
-        self.tokenizer.no_truncation()
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(
-            str(model_dir / MODEL_FILE), sess_options=options, providers=["CPUExecutionProvider"]
-        )
-        inputs = {i.name for i in self.session.get_inputs()}
-        outputs = {o.name: o for o in self.session.get_outputs()}
-        if inputs != {INPUT_IDS, ATTENTION_MASK} or PROBABILITIES not in outputs:
-            raise ModelIncompatibleError(
-                f"{model_dir / MODEL_FILE} has inputs {sorted(inputs)} and outputs {sorted(outputs)}; "
-                f"expected inputs {INPUT_IDS}, {ATTENTION_MASK} and output {PROBABILITIES}"
-            )
-        n_out = outputs[PROBABILITIES].shape[-1]
-        if isinstance(n_out, int) and n_out != len(self.labels):
-            raise ModelIncompatibleError(
-                f"{model_dir / MODEL_FILE} outputs {n_out} classes but labels.json names {len(self.labels)}"
-            )
+        self.graph = _Graph(model_dir, (MODEL_FILE, TOKENIZER_FILE, CONFIG_FILE), len(self.labels))
+        self.config = self.graph.config
+        self.tokenizer = self.graph.tokenizer
+        self.session = self.graph.session
+        self.partner: _Graph | None = None
+        if self.config.partner_weight is not None:
+            missing = [name for name in PARTNER_FILES if not (model_dir / name).is_file()]
+            if missing:
+                raise ModelNotFoundError(
+                    f"{model_dir} is a combined model (config.json's partner_weight) but lacks {', '.join(missing)}"
+                )
+            names = (PARTNER_MODEL_FILE, PARTNER_TOKENIZER_FILE, PARTNER_CONFIG_FILE)
+            self.partner = _Graph(model_dir, names, len(self.labels))
         try:
             self.scan_head: ScanHead | None = load_scan_head(model_dir, self.labels)
         except ValueError as exc:
@@ -201,39 +258,17 @@ class TextClassifier:
         return None
 
     def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """The graph inputs for ``texts``: (input_ids, attention_mask)."""
-        ids = encode_texts(
-            self.tokenizer, texts, self.config.max_length, self.config.max_chars, self.config.char_ngram_range
-        )
-        return pad_batch(ids, self.config.pad_token_id)
+        """The (first) graph's inputs for ``texts``: (input_ids, attention_mask)."""
+        return self.graph.encode(texts)
 
     def predict_proba(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """float32 [len(texts), n_classes], columns in ``labels`` order."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        if self.config.family == "transformer":
-            return self._predict_proba_chunked(texts)
-        chunks = []
-        for start in range(0, len(texts), batch_size):
-            input_ids, attention_mask = self.encode(texts[start : start + batch_size])
-            (probabilities,) = self.session.run([PROBABILITIES], {INPUT_IDS: input_ids, ATTENTION_MASK: attention_mask})
-            chunks.append(probabilities)
-        if not chunks:
-            return np.zeros((0, len(self.labels)), dtype=np.float32)
-        return np.concatenate(chunks).astype(np.float32, copy=False)
-
-    def _predict_proba_chunked(self, texts: Sequence[str]) -> np.ndarray:
-        """A transformer model's probabilities: each document's windows in one graph run, then pooled."""
-        rows = []
-        for text in texts:
-            input_ids, attention_mask = pad_batch(
-                encode_chunks(self.tokenizer, text, self.config), self.config.pad_token_id
-            )
-            (probabilities,) = self.session.run([PROBABILITIES], {INPUT_IDS: input_ids, ATTENTION_MASK: attention_mask})
-            rows.append(pool_chunks(probabilities))
-        if not rows:
-            return np.zeros((0, len(self.labels)), dtype=np.float32)
-        return np.stack(rows)
+        probabilities = self.graph.predict_proba(texts, batch_size)
+        if self.partner is None or self.config.partner_weight is None:
+            return probabilities
+        return pool_partner(probabilities, self.partner.predict_proba(texts, batch_size), self.config.partner_weight)
 
     def predict(self, text: str, layout: tuple[dict[str, float], str] | None = None) -> Prediction:
         """The class of one document. With ``layout`` (its first page's features and their definition's

@@ -54,6 +54,9 @@ class ModelConfig(BaseModel):
     # each a graph row, and its probabilities are pooled (``pool_chunks``).
     family: Literal["linear", "transformer"] = "linear"
     max_chunks: int = Field(default=1, ge=1)
+    # Set for a combined model: the weight w of the partner model's (partner_*.json/onnx) log-probabilities; the
+    # served ones are p ∝ exp((1-w)·log p_this + w·log p_partner), normalized (``pool_partner``).
+    partner_weight: float | None = Field(default=None, gt=0.0, lt=1.0)
     cls_token_id: int | None = None
     sep_token_id: int | None = None
 
@@ -104,6 +107,16 @@ def pool_chunks(probabilities: np.ndarray) -> np.ndarray:
     mean_log = np.log(np.clip(probabilities.astype(np.float64), 1e-12, 1.0)).mean(axis=0)
     exp = np.exp(mean_log - mean_log.max())
     return (exp / exp.sum()).astype(np.float32)
+
+
+def pool_partner(primary: np.ndarray, partner: np.ndarray, weight: float) -> np.ndarray:
+    """A combined model's probabilities ([docs, n_classes]) from its two graphs': the normalized weighted
+    geometric mean, softmax((1-w)·log p_primary + w·log p_partner)."""
+    log = (1.0 - weight) * np.log(np.clip(primary.astype(np.float64), 1e-9, 1.0)) + weight * np.log(
+        np.clip(partner.astype(np.float64), 1e-9, 1.0)
+    )
+    exp = np.exp(log - log.max(axis=1, keepdims=True))
+    return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 def pad_batch(id_lists: Sequence[Sequence[int]], pad_token_id: int) -> tuple[np.ndarray, np.ndarray]:
