@@ -89,3 +89,54 @@ def test_a_one_class_corpus_trains_only_with_feedback(tmp_path: Path) -> None:
     with pytest.raises(TrainingRefused) as refused:
         plan_training(TrainOptions(data=str(tmp_path / "nowhere")))
     assert str(refused.value) == f"No such corpus folder: {tmp_path / 'nowhere'}"
+
+
+def _scans(root: Path, labels: dict[str, int]) -> Path:
+    """A folder of labelled scans (nothing is read at plan time): ``labels`` class -> how many."""
+    for label, n in labels.items():
+        (root / label).mkdir(parents=True)
+        for i in range(n):
+            (root / label / f"{i}.tif").write_bytes(b"II*\0")
+    return root
+
+
+def test_validation_takes_real_scans_of_the_corpus_classes(corpus: Path, tmp_path: Path) -> None:
+    scans = _scans(tmp_path / "scans", {"memo": 2, "letter": 1, "invoice": 3})
+    plan = plan_training(TrainOptions(data=str(corpus), validation=str(scans)))
+    assert plan.where == "tracked"
+    assert plan.validation is None  # the job's channel is the scans' text, written before the run
+    assert plan.validation_scans is not None
+    found = plan.validation_scans
+    assert (found.folder, found.classes, found.n_scans, found.n_kept) == (scans, ("letter", "memo"), 6, 3)
+    assert found.left_out == {"invoice": 3}
+    # A labels.csv names them as well as class folders do
+    (tmp_path / "flat").mkdir()
+    for name in ("a.png", "b.png"):
+        (tmp_path / "flat" / name).write_bytes(b"\x89PNG")
+    (tmp_path / "flat" / "labels.csv").write_text("path,label\na.png,Memo\nb.png,letter\n")
+    plan = plan_training(TrainOptions(data=str(corpus), validation=str(tmp_path / "flat")))
+    assert plan.validation_scans is not None and plan.validation_scans.classes == ("letter", "memo")
+
+
+def test_a_text_corpus_validation_is_as_before(corpus: Path) -> None:
+    plan = plan_training(TrainOptions(data=str(corpus), validation=str(corpus)))
+    assert (plan.validation, plan.validation_scans) == (str(corpus), None)
+
+
+def test_validation_that_is_neither_corpus_nor_scans_is_refused(corpus: Path, tmp_path: Path) -> None:
+    (tmp_path / "junk" / "memo").mkdir(parents=True)
+    (tmp_path / "junk" / "memo" / "a.docx").write_bytes(b"PK")
+    (tmp_path / "junk" / "notes.md").write_text("x")
+    with pytest.raises(TrainingRefused) as refused:
+        plan_training(TrainOptions(data=str(corpus), validation=str(tmp_path / "junk")))
+    assert str(refused.value) == (
+        f"--validation {tmp_path / 'junk'}: neither a text corpus (<class>/*.txt) nor labelled scans "
+        "(class folders of images or PDFs, or a labels.csv)"
+    )
+    scans = _scans(tmp_path / "scans", {"memo": 2, "invoice": 3})
+    with pytest.raises(TrainingRefused) as refused:
+        plan_training(TrainOptions(data=str(corpus), validation=str(scans)))
+    assert str(refused.value) == (
+        f"--validation {scans}: need scans of at least two of the training data's classes, found ['memo'] "
+        "(the training data has ['letter', 'memo'])"
+    )

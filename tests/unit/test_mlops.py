@@ -401,3 +401,15 @@ def test_by_default_the_gate_will_not_decide_on_a_handful_of_documents() -> None
     decision = compare_on_holdout(2, never, 1, never, docs, None, GatePolicy())
     assert not decision.promoted
     assert "29 held-out documents the champion did not train on (of 29; at least 30 needed)" in decision.summary
+
+
+def test_the_gate_leaves_out_what_the_champion_trained_on_but_never_a_blank_page() -> None:
+    from docflow_training.registry import HeldOutDoc, compare_on_holdout, text_sha256
+
+    docs = [HeldOutDoc(f"{i}.txt", "memo", text_sha256(f"memo {i}"), f"memo {i}") for i in range(3)]
+    docs += [HeldOutDoc("blank.txt", "memo", text_sha256(" \n"), " \n")]
+    trained_on = {text_sha256("memo 0"), text_sha256(" \n")}
+    never = lambda: pytest.fail("a model was scored")  # noqa: E731
+    decision = compare_on_holdout(2, never, 1, never, docs, trained_on, GatePolicy())
+    assert decision.n_excluded == 1  # "memo 0"; the blank page stays
+    assert "3 held-out documents the champion did not train on (of 4;" in decision.summary

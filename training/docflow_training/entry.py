@@ -5,6 +5,7 @@ Contract (defaults are the container's ``/opt/ml`` paths)::
 
     SM_CHANNEL_TRAIN        the corpus: a folder per class of .txt files   /opt/ml/input/data/train
     SM_CHANNEL_VALIDATION   optional labelled folder: the held-out set      /opt/ml/input/data/validation
+                            (its holdout_source.json, if any, says where it came from, e.g. real scans)
     SM_CHANNEL_FEEDBACK     optional users' labels, a folder per class      /opt/ml/input/data/feedback
     SM_MODEL_DIR            the model directory (SageMaker tars it)         /opt/ml/model
     SM_OUTPUT_DATA_DIR      result.json, confusion_matrix.png, the gate's  /opt/ml/output/data
@@ -84,6 +85,8 @@ logger = logging.getLogger("docflow_training.entry")
 OPT_ML = Path("/opt/ml")
 RESULT_FILE = "result.json"
 STATE_FILE = "state.json"
+# In a validation channel, beside its class folders: {"holdout_source": "<where its documents came from>", …}
+HOLDOUT_SOURCE_FILE = "holdout_source.json"
 
 
 class JobConfig(BaseModel):
@@ -277,6 +280,16 @@ def assemble_corpus(train: Path, feedback: Path | None, work: Path) -> tuple[Pat
     return merged, len(feedback_files)
 
 
+def validation_source(channel: Path) -> str:
+    """Where the validation channel's documents came from, for the record: what its HOLDOUT_SOURCE_FILE says
+    (`docflow train` writes one in a channel it made from real scans), else "validation channel"."""
+    try:
+        described = json.loads((channel / HOLDOUT_SOURCE_FILE).read_text(encoding="utf-8")).get("holdout_source")
+    except (OSError, ValueError, AttributeError):
+        return "validation channel"
+    return described.strip()[:1000] if isinstance(described, str) and described.strip() else "validation channel"
+
+
 class _State:
     """Progress in the checkpoint directory, so a restarted (spot) job resumes instead of redoing."""
 
@@ -321,7 +334,9 @@ def run_job(config: JobConfig, paths: JobPaths, env: Mapping[str, str] = os.envi
                 trained=True,
                 n_feedback=n_feedback,
                 n_holdout=len(holdout),
-                holdout_source="validation channel" if paths.validation else "train_model's held-out split",
+                holdout_source=validation_source(paths.validation)
+                if paths.validation
+                else "train_model's held-out split",
                 extra_metrics=extra,
             )
             if epoch_checkpoints is not None:  # the model is recorded: no refit will need the epochs again

@@ -255,7 +255,9 @@ def compare_on_holdout(
     if champion_trained_on is None:
         logger.warning("champion v%d has no training manifest: nothing excluded", champion_version)
     seen = champion_trained_on or set()
-    shared = [doc for doc in holdout if doc.sha256 not in seen]
+    # A page with no text tells nothing of what the champion memorised (every blank page has the same hash,
+    # and training corpora have some): it is never left out, so the gate counts what a blank scan becomes.
+    shared = [doc for doc in holdout if doc.sha256 not in seen or not doc.text.strip()]
     n_excluded = len(holdout) - len(shared)
     if len(shared) < policy.min_eval_docs:
         return GateDecision(

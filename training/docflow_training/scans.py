@@ -16,12 +16,13 @@ import multiprocessing
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from importlib import metadata
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -96,6 +97,15 @@ def _read_one(file: str, options_json: str) -> tuple[str, str, dict[str, float] 
     return hashlib.sha256(data).hexdigest(), result.text, first[0] if first else None, first[1] if first else None
 
 
+def labelled_scan_files(folder: Path) -> list[tuple[Path, str]]:
+    """(file, canonical label) of every scan or PDF under ``folder``, nothing read: its own labels.csv
+    (path,label), as in shared/data/rvl_dev, else its class folders; other files are passed over. Empty
+    when the folder holds none; EvalInputError when it is not a labelled folder at all."""
+    folder = Path(folder)
+    listing = folder / LABELS_CSV if (folder / LABELS_CSV).is_file() else folder
+    return [(file, label) for file, label in load_labelled(listing) if file.suffix.lower() in SUFFIX_TYPES]
+
+
 def read_scans(
     folder: Path,
     options: OcrOptions | None = None,
@@ -103,16 +113,18 @@ def read_scans(
     workers: int | None = None,
     cache_dir: Path | None = None,
     progress: Callable[[int, int], None] | None = None,
+    labels: Collection[str] | None = None,
 ) -> list[Scan]:
-    """Every labelled scan under ``folder``, read by the pipeline's ExtractText. A scan that cannot be read
-    is named in the log and left out (as the pipeline would send it to review or reject it); a worker that
-    dies (out of memory, a crash in Tesseract) stops the whole read with ScanReadError, as a head fitted on
-    whatever happened to be read before would be fitted on the wrong scans."""
+    """Every labelled scan under ``folder``, read by the pipeline's ExtractText (``labels``: only the scans of
+    these canonical classes). A scan that cannot be read is named in the log and left out (as the pipeline
+    would send it to review or reject it); a worker that dies (out of memory, a crash in Tesseract) stops the
+    whole read with ScanReadError, as a head fitted on whatever happened to be read before would be fitted on
+    the wrong scans."""
     options = options or OcrOptions()
     folder = Path(folder)
-    # A folder's own labels.csv (path,label) names its scans, as in shared/data/rvl_dev; else its class folders.
-    listing = folder / LABELS_CSV if (folder / LABELS_CSV).is_file() else folder
-    items = [(file, label) for file, label in load_labelled(listing) if file.suffix.lower() in SUFFIX_TYPES]
+    items = labelled_scan_files(folder)
+    if labels is not None:
+        items = [(file, label) for file, label in items if label in labels]
     scans: list[Scan | None] = [None] * len(items)
     todo: list[int] = []
     for index, (file, label) in enumerate(items):
@@ -204,4 +216,75 @@ def fingerprint(scans: Sequence[Scan]) -> dict[str, object]:
     return {"scans": len(scans), "sha256": digest}
 
 
-__all__ = ["Scan", "fingerprint", "layout_matrix", "read_scans", "scan_set"]
+class ScanCorpusError(ValueError):
+    """The scans cannot make a held-out text corpus (fewer than two of the training data's classes)."""
+
+
+@dataclass(frozen=True)
+class ScanCorpus:
+    """What ``write_scan_corpus`` wrote: documents per class, and the scans it left out per class."""
+
+    folder: Path
+    classes: dict[str, int]
+    left_out: dict[str, int]  # scans of classes the training data does not have
+    empty: int  # scans read as no text at all, written as empty documents
+
+    @property
+    def n_documents(self) -> int:
+        return sum(self.classes.values())
+
+
+def write_scan_corpus(scans: Sequence[Scan], classes: Collection[str], folder: Path) -> ScanCorpus:
+    """The scans of ``classes`` (canonical names: the training data's) as a text corpus in ``folder``, one
+    ``<class>/<file stem>.txt`` per scan (a stem met again in its class gets the scan's sha256 prefix), for
+    a job's validation channel. A scan read as no text is kept as an empty document: a blank or unreadable
+    page is a real outcome the gate must count. Scans of other classes are left out and counted; fewer than
+    two classes left: ScanCorpusError, and nothing is written."""
+    known = [scan for scan in scans if scan.label in classes]
+    left_out = Counter(scan.label for scan in scans if scan.label not in classes)
+    kept = Counter(scan.label for scan in known)
+    if len(kept) < 2:
+        raise ScanCorpusError(
+            f"need scans of at least two of the training data's classes, found {sorted(kept) or 'none'}"
+            + (f" (left out, classes it lacks: {_counts(left_out)})" if left_out else "")
+        )
+    taken: set[Path] = set()
+    for scan in sorted(known, key=lambda s: s.path):
+        stem = PurePosixPath(scan.path).stem or "scan"
+        target = folder / scan.label / f"{stem}.txt"
+        if target in taken:
+            target = target.with_name(f"{stem}-{scan.sha256[:12]}.txt")
+        taken.add(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(scan.text, encoding="utf-8")
+    empty = sum(1 for scan in known if not scan.text.strip())
+    return ScanCorpus(
+        folder=folder, classes=dict(sorted(kept.items())), left_out=dict(sorted(left_out.items())), empty=empty
+    )
+
+
+def _counts(counts: Mapping[str, int]) -> str:
+    return ", ".join(f"{label} {n}" for label, n in sorted(counts.items()))
+
+
+def reader_description(options: OcrOptions | None = None) -> str:
+    """How the scans were read, in a few words for a record: the OCR engine and the options that differ
+    from the defaults."""
+    options = options or OcrOptions()
+    changed = options.model_dump(exclude_defaults=True)
+    given = ", ".join(f"{name}={value}" for name, value in sorted(changed.items()))
+    return f"ExtractText, {_reader_version().replace('|', ', ')}, OCR options {given or 'default'}"
+
+
+__all__ = [
+    "Scan",
+    "ScanCorpus",
+    "ScanCorpusError",
+    "fingerprint",
+    "labelled_scan_files",
+    "layout_matrix",
+    "read_scans",
+    "reader_description",
+    "scan_set",
+    "write_scan_corpus",
+]

@@ -16,8 +16,9 @@ import importlib
 import json
 import logging
 import sys
+import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -58,6 +59,18 @@ class TrainOptions:
 
 
 @dataclass(frozen=True)
+class ValidationScans:
+    """--validation given as real labelled scans, as plan_training found them (nothing read yet): the scans of
+    the training data's classes become the job's validation channel once read (``prepare_validation``)."""
+
+    folder: Path
+    classes: tuple[str, ...]  # the training data's classes (canonical) that have scans here
+    n_scans: int  # every scan and PDF under the folder
+    n_kept: int  # those of ``classes``
+    left_out: dict[str, int]  # scans of classes the training data lacks, by class
+
+
+@dataclass(frozen=True)
 class TrainingPlan:
     """What `docflow train` runs.
 
@@ -65,13 +78,15 @@ class TrainingPlan:
     model folder ``out``, with a scan head when ``scans``) or "tracked" (the training job as a local process:
     MLflow run, registry version, promotion gate, publish if promoted; also written to ``out`` when given).
     ``job`` is the job's config read from ``hyperparameters``: its ``family`` is the one trained (--family,
-    unless --hp family=… says otherwise)."""
+    unless --hp family=… says otherwise). ``validation_scans``: --validation is a folder of real scans, to be read
+    into a text corpus that becomes ``validation`` (``prepare_validation``); until then ``validation`` is None."""
 
     where: Literal["sagemaker", "local", "tracked"]
     data: str
     hyperparameters: dict[str, object]
     job: JobConfig
     validation: str | None = None
+    validation_scans: ValidationScans | None = None
     feedback: bool = True
     out: Path | None = None
     scans: Path | None = None
@@ -82,18 +97,25 @@ class TrainingPlan:
 def plan_training(options: TrainOptions) -> TrainingPlan:
     """What to run for ``options``, or TrainingRefused: a bad family or hyperparameter, a missing or unusable
     corpus, an --out that would replace other files, --scans on a tracked run — each found here in one line,
-    not after minutes of training. With --sagemaker the corpus and --out are the job's to check (s3://…)."""
+    not after minutes of training. With --sagemaker the corpus and --out are the job's to check (s3://…),
+    except a local --validation folder of real scans, matched here against the corpus's classes.
+
+    --validation is a text corpus (``<class>/*.txt``) or a folder of real labelled scans (class folders of
+    images and PDFs, or a labels.csv: what ``read_scans`` reads); scans are only listed here (``ValidationScans``),
+    read later by ``prepare_validation``."""
     from docflow_training.data import CorpusError, corpus_classes
     from docflow_training.model_dir import model_dir_target_problem
 
     if options.family not in FAMILIES:
         raise TrainingRefused(f"--family {options.family!r}: choose linear or transformer")
     hyperparameters, job = _hyperparameters(options.hp, options.seed, options.family)
+    scans = _validation_scans(options)
     run: dict[str, Any] = {
         "data": options.data,
         "hyperparameters": hyperparameters,
         "job": job,
-        "validation": options.validation,
+        "validation": None if scans else options.validation,
+        "validation_scans": scans,
         "feedback": options.feedback,
     }
     if options.sagemaker:
@@ -104,7 +126,7 @@ def plan_training(options: TrainOptions) -> TrainingPlan:
     for what, folder in (("corpus", options.data), ("validation", options.validation)):
         if folder and not Path(folder).is_dir():
             raise TrainingRefused(f"No such {what} folder: {folder}")
-    for option, folder in (("--data", options.data), ("--validation", options.validation)):
+    for option, folder in (("--data", options.data), ("--validation", None if scans else options.validation)):
         if not folder:
             continue
         try:
@@ -125,6 +147,125 @@ def plan_training(options: TrainOptions) -> TrainingPlan:
     if not options.track:
         return TrainingPlan("local", **run, out=out or DEFAULT_MODEL_DIR, scans=options.scans)
     return TrainingPlan("tracked", **run, out=out)
+
+
+def _validation_scans(options: TrainOptions) -> ValidationScans | None:
+    """--validation as real labelled scans, listed and matched against the training corpus's classes; None
+    when it is no local folder or a text corpus (as before: checked by plan_training, or by the job for
+    --sagemaker); TrainingRefused when it is neither a corpus nor scans, or has scans of fewer than two of the
+    training data's classes."""
+    from docflow.evaluation import EvalInputError
+    from docflow_training.data import CorpusError, corpus_classes
+    from docflow_training.scans import LABELS_CSV, labelled_scan_files
+
+    given = options.validation
+    if not given or given.startswith("s3://") or not Path(given).is_dir():
+        return None
+    folder = Path(given)
+    try:
+        corpus_classes(folder)
+        return None  # a text corpus: as before
+    except CorpusError:
+        pass
+    neither = (
+        f"--validation {given}: neither a text corpus (<class>/*.txt) nor labelled scans "
+        f"(class folders of images or PDFs, or a {LABELS_CSV})"
+    )
+    has_classes = (folder / LABELS_CSV).is_file() or any(
+        p.is_dir() and not p.name.startswith(".") for p in folder.iterdir()
+    )
+    try:
+        files = labelled_scan_files(folder) if has_classes else []
+    except EvalInputError as exc:
+        raise TrainingRefused(f"{neither}: {exc}") from None
+    if not files:
+        raise TrainingRefused(neither)
+    known = _training_classes(options.data)
+    labels = [label for _, label in files]
+    kept = sorted({label for label in labels if label in known})
+    left_out = {label: labels.count(label) for label in sorted(set(labels) - known)}
+    if len(kept) < 2:
+        raise TrainingRefused(
+            f"--validation {given}: need scans of at least two of the training data's classes, found "
+            f"{kept or 'none'} (the training data has {sorted(known)})"
+        )
+    return ValidationScans(folder, tuple(kept), len(files), len(labels) - sum(left_out.values()), left_out)
+
+
+def _training_classes(data: str) -> set[str]:
+    """The canonical classes of the training corpus ``data``: its class folders (local, or listed in S3)."""
+    from docflow_training.data import CorpusError, canonical_label, corpus_classes
+
+    if not data.startswith("s3://"):
+        try:
+            return set(corpus_classes(Path(data)))
+        except CorpusError as exc:
+            raise TrainingRefused(f"--data {data}: {exc}") from None
+    # Imported here: boto3 only for an S3 corpus matched against --validation scans
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, _, prefix = data.removeprefix("s3://").partition("/")
+    prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+    try:
+        pages = (
+            boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/")
+        )
+        folders = [p["Prefix"][len(prefix) :].strip("/") for page in pages for p in page.get("CommonPrefixes", [])]
+    except (BotoCoreError, ClientError) as exc:
+        raise TrainingRefused(f"--data {data}: its class folders could not be listed: {exc}") from None
+    return {canonical_label(name) for name in folders if name and not name.startswith(".")}
+
+
+def prepare_validation(plan: TrainingPlan, settings: Settings, into: Path, workers: int | None = None) -> TrainingPlan:
+    """``plan`` with its --validation scans turned into its validation channel: the scans of the training data's
+    classes read by the pipeline's ExtractText (progress on stderr; cached in DOCFLOW_HOME/cache/scans, so read
+    once), written as a text corpus in ``into`` (``<class>/<file stem>.txt``; a scan with no text is an empty
+    document) with a holdout_source.json that the job records as the held-out set's source. The scans of
+    classes the training data lacks are left out, in one line on stderr. A plan with no scans comes back as
+    it is; TrainingRefused when fewer than two classes are left once read."""
+    from docflow_training.entry import HOLDOUT_SOURCE_FILE
+    from docflow_training.scans import ScanCorpusError, reader_description, write_scan_corpus
+
+    scans = plan.validation_scans
+    if scans is None:
+        return plan
+    if scans.left_out:
+        shown = ", ".join(f"{label} {n}" for label, n in scans.left_out.items())
+        err.print(
+            f"--validation: {sum(scans.left_out.values())} of {scans.n_scans} scans left out, of "
+            f"{len(scans.left_out)} classes the training data lacks ({shown})",
+            markup=False,
+            soft_wrap=True,
+        )
+    read = _read_scans(scans.folder, settings, workers, option="--validation", labels=scans.classes)
+    try:
+        corpus = write_scan_corpus(read, scans.classes, into)
+    except ScanCorpusError as exc:
+        raise TrainingRefused(f"--validation {scans.folder}: {exc}") from None
+    unread = scans.n_kept - corpus.n_documents
+    source = (
+        f"real scans ({corpus.n_documents} of {scans.n_scans} in {scans.folder}, the training data's classes; "
+        f"OCR'd by {reader_description(settings.ocr)})"
+    )
+    record = {
+        "holdout_source": source,
+        "scans": str(scans.folder.resolve()),
+        "n_scans": scans.n_scans,
+        "classes": corpus.classes,
+        "left_out": scans.left_out,
+        "unreadable": unread,
+        "empty": corpus.empty,
+    }
+    (into / HOLDOUT_SOURCE_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    err.print(
+        f"--validation: gating on {corpus.n_documents} real scans in {len(corpus.classes)} classes"
+        + (f" ({corpus.empty} with no text, kept)" if corpus.empty else "")
+        + (f"; {unread} could not be read" if unread else ""),
+        markup=False,
+        soft_wrap=True,
+    )
+    return replace(plan, validation=str(into), validation_scans=None)
 
 
 def _hyperparameters(pairs: Sequence[str], seed: int, family: str) -> tuple[dict[str, object], JobConfig]:
@@ -159,7 +300,11 @@ def train(
     ] = None,
     seed: Annotated[int, typer.Option(help="Random seed (training is deterministic for a seed).")] = 0,
     validation: Annotated[
-        str | None, typer.Option(help="Labelled folder to evaluate and gate on (default: a held-out split of --data).")
+        str | None,
+        typer.Option(
+            help="Labelled folder to evaluate and gate on (default: a held-out split of --data): a text corpus "
+            "like --data, or real scans (class folders or a labels.csv; read here, of --data's classes only)."
+        ),
     ] = None,
     hp: Annotated[
         list[str] | None,
@@ -187,7 +332,9 @@ def train(
             "layout-aware scores and out-of-scope detection, with cross-validated figures. With --no-track."
         ),
     ] = None,
-    workers: Annotated[int | None, typer.Option(min=1, help="Processes reading --scans (default: all cores).")] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Processes reading --scans or --validation scans (default: all cores).")
+    ] = None,
     family: Annotated[
         str,
         typer.Option(
@@ -226,18 +373,27 @@ def train(
     except TrainingRefused as exc:
         raise fail(str(exc)) from None
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    if plan.where == "sagemaker":
-        _run_sagemaker(plan, settings)
-    elif plan.where == "local":
-        _run_local(plan, settings, workers)
-    else:
-        _run_tracked(plan, settings)
+    # --validation scans: read into a text corpus that lives as long as the run (a local fit has no gate: unread)
+    with tempfile.TemporaryDirectory(prefix="docflow-validation-") as converted:
+        if plan.where != "local":
+            try:
+                plan = prepare_validation(plan, settings, Path(converted), workers)
+            except TrainingRefused as exc:
+                raise fail(str(exc)) from None
+        if plan.where == "sagemaker":
+            _run_sagemaker(plan, settings)
+        elif plan.where == "local":
+            _run_local(plan, settings, workers)
+        else:
+            _run_tracked(plan, settings)
 
 
 def _run_sagemaker(plan: TrainingPlan, settings: Settings) -> None:
     from botocore.exceptions import BotoCoreError, ClientError
 
     from docflow_training.launch import SageMakerJobConfig, launch_sagemaker
+
+    assert plan.validation_scans is None, "prepare_validation first: the scans are not the job's channel yet"
 
     try:
         launch = launch_sagemaker(
@@ -295,6 +451,8 @@ def _run_tracked(plan: TrainingPlan, settings: Settings) -> None:
     from docflow_training.launch import JobFailedError, run_local_job
     from docflow_training.tracking import redact_secrets, redact_uri
 
+    assert plan.validation_scans is None, "prepare_validation first: the scans are not the job's channel yet"
+
     # The tracking store answers before minutes of training are spent, or this stops here in one line
     tracking = registry_for(settings).tracking
 
@@ -344,9 +502,17 @@ def _print_epoch(epoch: int, scores: dict[str, float]) -> None:
     err.print(f"epoch {epoch}: " + ", ".join(f"{name} {value:.4f}" for name, value in scores.items()), markup=False)
 
 
-def _read_scans(folder: Path, settings: Settings, workers: int | None) -> list[Any]:
-    """The labelled scans under ``folder``, read by the pipeline's ExtractText, with a progress bar; cached in
-    DOCFLOW_HOME/cache/scans so that fitting again does not read them again."""
+def _read_scans(
+    folder: Path,
+    settings: Settings,
+    workers: int | None,
+    *,
+    option: str = "--scans",
+    labels: Sequence[str] | None = None,
+) -> list[Any]:
+    """The labelled scans under ``folder`` (``labels``: of these classes only), read by the pipeline's
+    ExtractText, with a progress bar; cached in DOCFLOW_HOME/cache/scans so that fitting again does not read
+    them again."""
     from docflow.evaluation import EvalInputError
     from docflow_training.scans import ScanReadError, read_scans
 
@@ -361,7 +527,8 @@ def _read_scans(folder: Path, settings: Settings, workers: int | None) -> list[A
                 workers=workers,
                 cache_dir=settings.home / "cache" / "scans",
                 progress=lambda done, total: bar.update(task, completed=done, total=total),
+                labels=labels,
             )
         except (EvalInputError, ScanReadError) as exc:
-            raise fail(f"--scans: {exc}") from None
+            raise fail(f"{option}: {exc}") from None
     return read
