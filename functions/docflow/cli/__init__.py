@@ -2,9 +2,9 @@
 
 This module is the Typer app and its command list (the console script is ``docflow.cli:main``; ``python -m
 docflow.cli`` runs __main__.py). The commands live beside it: process.py (process, eval, serve, samples),
-drift.py, train.py (the command, and ``plan_training``, which decides what it runs) and model.py (the
-`docflow model …` group); common.py holds what they share (``fail``, ``load_settings``, the progress bar, the
-MLflow tracking store's errors).
+drift.py, train.py (the command, and ``plan_training``, which decides what it runs), model.py (the
+`docflow model …` group) and combine.py (`docflow model combine`, mounted on that group here); common.py holds
+what they share (``fail``, ``load_settings``, the progress bar, the MLflow tracking store's errors).
 
 Lazy imports: none here. The command modules import their heavy dependencies (the pipeline, MLflow,
 scikit-learn, torch, boto3) inside the commands, so that `docflow --help` starts without them; each says so
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import typer
 
-from docflow.cli import drift, process, train
+from docflow.cli import combine, drift, process, train
 from docflow.cli.model import model_app
 
 app = typer.Typer(
@@ -25,6 +25,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_show_locals=False,  # an unexpected error's traceback must not print settings or secrets
 )
+model_app.command("combine")(combine.combine)
 app.add_typer(model_app, name="model")
 app.command()(process.process)
 app.command()(train.train)
