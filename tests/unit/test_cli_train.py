@@ -63,10 +63,48 @@ def test_hp_family_wins_over_the_family_option(corpus: Path) -> None:
 def test_an_unknown_family_or_a_bare_hp_is_refused(corpus: Path) -> None:
     with pytest.raises(TrainingRefused) as refused:
         plan_training(TrainOptions(data=str(corpus), family="cnn"))
-    assert str(refused.value) == "--family 'cnn': choose linear or transformer"
+    assert str(refused.value) == "--family 'cnn': choose linear, transformer or combined"
     with pytest.raises(TrainingRefused) as refused:
         plan_training(TrainOptions(data=str(corpus), hp=("c_grid",)))
     assert str(refused.value) == "--hp takes NAME=VALUE"
+
+
+def test_the_cli_knows_the_jobs_families() -> None:
+    from docflow.cli.train import FAMILIES
+    from docflow_training.families import FAMILIES as JOB_FAMILIES
+
+    assert FAMILIES == JOB_FAMILIES
+
+
+def test_family_combined_is_a_tracked_job(corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    plan = plan_training(
+        TrainOptions(data=str(corpus), family="combined", hp=("epochs=1", "transformer.max_length=32"), seed=3)
+    )
+    assert plan.where == "tracked" and plan.job.family == "combined"
+    assert plan.hyperparameters == {"family": "combined", "seed": 3, "epochs": 1, "transformer.max_length": 32}
+    assert (plan.job.train.seed, plan.job.transformer.seed, plan.job.transformer.max_length) == (3, 3, 32)
+    assert plan_training(TrainOptions(data="s3://b/c", family="combined", sagemaker=True)).where == "sagemaker"
+    with pytest.raises(TrainingRefused, match=r"^--family combined runs as a tracked job .*docflow model combine"):
+        plan_training(TrainOptions(data=str(corpus), family="combined", track=False))
+    with pytest.raises(TrainingRefused, match=r"^--family combined runs as a tracked job"):
+        plan_training(TrainOptions(data=str(corpus), track=False, hp=("family=combined",)))
+    with pytest.raises(TrainingRefused, match=r"^Invalid hyperparameters: max_length is .*transformer.max_length"):
+        plan_training(TrainOptions(data=str(corpus), family="combined", hp=("max_length=32",)))
+
+
+def test_partner_dir_is_a_local_folder_passed_on_whole(
+    corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "transformer").mkdir()
+    monkeypatch.chdir(tmp_path)
+    plan = plan_training(TrainOptions(data=str(corpus), family="combined", hp=("partner_dir=transformer",)))
+    # The job runs in a folder of its own: the partner's path goes to it absolute.
+    assert plan.hyperparameters["partner_dir"] == str(tmp_path / "transformer")
+    assert plan.job.combined.partner_dir == str(tmp_path / "transformer")
+    with pytest.raises(TrainingRefused, match=r"^--hp partner_dir=elsewhere: no such model folder"):
+        plan_training(TrainOptions(data=str(corpus), family="combined", hp=("partner_dir=elsewhere",)))
+    with pytest.raises(TrainingRefused, match=r"^--hp partner_dir=transformer: a SageMaker job cannot read"):
+        plan_training(TrainOptions(data="s3://b/c", family="combined", sagemaker=True, hp=("partner_dir=transformer",)))
 
 
 def test_sagemaker_leaves_the_corpus_to_the_job(tmp_path: Path) -> None:

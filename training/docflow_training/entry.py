@@ -12,21 +12,30 @@ Contract (defaults are the container's ``/opt/ml`` paths)::
                             holdout.jsonl and train_manifest.json
     checkpoints             DOCFLOW_CHECKPOINT_DIR, else /opt/ml/checkpoints if it exists (spot)
     MLFLOW_TRACKING_URI     where the run and the registry are (a managed MLflow server's ARN on AWS)
-    hyperparameters         ``--name value`` pairs: ``family`` (linear, the default, or transformer), then
-                            any field of that family's config (linear: TrainConfig's seed, c_grid,
-                            vocab_size, …; transformer: families.TransformerConfig's epochs,
-                            max_train_docs, batch_size, …), the gate's (min_macro_f1_gain,
-                            max_recall_drop, min_eval_docs), and the job's (register_version,
-                            registered_model, publish_to, corpus_uri, run_name)
+    hyperparameters         ``--name value`` pairs: ``family`` (linear, the default, transformer or
+                            combined), then any field of that family's config (linear: TrainConfig's
+                            seed, c_grid, vocab_size, …; transformer: families.TransformerConfig's
+                            epochs, max_train_docs, batch_size, …; combined: both, see
+                            ``job_config``, and families.CombinedConfig's partner_weight, partner_dir),
+                            the gate's (min_macro_f1_gain, max_recall_drop, min_eval_docs), and the
+                            job's (register_version, registered_model, publish_to, corpus_uri, run_name)
 
 Steps: assemble the corpus (train channel + feedback) → train_model → MLflow run (registered as a
 new version) → promotion gate against the champion → if promoted and ``publish_to`` is set, publish.
+
+The combined family trains the linear model and the transformer on the same corpus with the same seed and
+held-out fraction (so the same held-out split, checked) and ships ``combine.combine_model_dirs`` of the two as
+the job's model, scored on that split: the rest of the job treats it as any challenger. Its metrics.json is the
+combination's, with the linear model's cross-validation, the transformer's epochs and both members' scores
+added, so the MLflow run shows the combination's held-out scores, the transformer's curves and its members'.
+``partner_dir`` combines a transformer trained earlier on the same corpus and split instead of training one
+(local runs only: on SageMaker the folder is not in the container).
 
 Device. The job looks for CUDA (``nvidia-smi``, ``SM_NUM_GPUS``) and records what it found as the
 ``device`` param. The linear family trains on the CPU either way: TF-IDF features into a multinomial
 logistic regression fitted by scikit-learn's Newton-CG on a sparse matrix, nothing for CUDA to
 accelerate. The transformer family fine-tunes on CUDA when torch sees it (mixed precision), else on
-the CPU; the ``device.fit`` param says which.
+the CPU; the ``device.fit`` param says which (the combined family: where its transformer was fine-tuned).
 
 Checkpoints (spot). After the fit, the model directory, held-out set and training manifest go to
 the checkpoint directory, and after the MLflow run its id and version do; a restarted job skips what
@@ -34,7 +43,8 @@ is done instead of refitting or registering a second version. The linear family'
 the transformer family checkpoints each epoch under ``<checkpoints>/transformer`` while it trains
 (``docflow_training.checkpoints``), so a job stopped mid-fit resumes from its last finished epoch
 (the per-epoch rows come back with it: the MLflow run, logged once after the fit, has every epoch),
-and that checkpoint is removed once the job has recorded the model as trained.
+and that checkpoint is removed once the job has recorded the model as trained. The combined family's
+transformer checkpoints its epochs there too; its linear model, one unit, is fitted again on a restart.
 """
 
 from __future__ import annotations
@@ -57,9 +67,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from docflow.domain.model_files import MODEL_FILES
-from docflow_training.data import canonical_label, load_corpus
-from docflow_training.families import FAMILIES, Family, TransformerConfig
+from docflow.domain.model_files import CONFIG_FILE, METRICS_FILE, MODEL_FILES, PARTNER_CONFIG_FILE
+from docflow_training.data import Document, canonical_label, dataset_digest, load_corpus
+from docflow_training.families import FAMILIES, CombinedConfig, Family, TransformerConfig
 from docflow_training.registry import (
     GatePolicy,
     Registry,
@@ -78,7 +88,7 @@ from docflow_training.tracking import (
     redact_uri,
     resolve_tracking,
 )
-from docflow_training.train import TrainConfig, run_training
+from docflow_training.train import TrainConfig, TrainingResult, run_training
 
 logger = logging.getLogger("docflow_training.entry")
 
@@ -97,6 +107,7 @@ class JobConfig(BaseModel):
     family: Family = "linear"
     train: TrainConfig = Field(default_factory=TrainConfig)
     transformer: TransformerConfig = Field(default_factory=TransformerConfig)
+    combined: CombinedConfig = Field(default_factory=CombinedConfig)
     gate: GatePolicy = Field(default_factory=GatePolicy)
     register_version: bool = True  # False: a tracked run only, no registry version, no gate
     registered_model: str = REGISTERED_MODEL
@@ -106,6 +117,28 @@ class JobConfig(BaseModel):
 
 
 _JOB_FIELDS = {"register_version", "registered_model", "publish_to", "corpus_uri", "run_name"}
+
+# The combined family: its members' configs by the prefix that names one member's field (``transformer.epochs``).
+_MEMBERS: dict[str, type[BaseModel]] = {"linear": TrainConfig, "transformer": TransformerConfig}
+# Fields both members' configs have with the same meaning: a plain name sets both.
+_SHARED_FIELDS = frozenset(
+    {
+        "seed",
+        "holdout_fraction",
+        "max_chars",
+        "model_name",
+        "eval_batch_size",
+        "review_target_precision",
+        "review_confidence",
+    }
+)
+# ... of which these are never set per member: the members must hold out the same documents.
+_SPLIT_FIELDS = frozenset({"seed", "holdout_fraction"})
+# Fields both have with another meaning in each: a plain name is refused; ``linear.NAME`` / ``transformer.NAME``.
+_AMBIGUOUS_FIELDS = {
+    "max_length": "the linear model's tokens kept per document and the transformer's tokens per window",
+    "version": "each member's version, and the combined model's version is a hash of both and the weight",
+}
 
 
 def parse_hyperparameters(argv: Sequence[str]) -> dict[str, Any]:
@@ -158,6 +191,8 @@ def job_config(hyperparameters: Mapping[str, Any]) -> JobConfig:
     family = str(hyperparameters.get("family", "linear"))
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")
+    if family == "combined":
+        return _combined_job_config(hyperparameters)
     model_type: type[BaseModel] = TransformerConfig if family == "transformer" else TrainConfig
     model_fields: dict[str, Any] = {}
     gate: dict[str, Any] = {}
@@ -185,6 +220,91 @@ def job_config(hyperparameters: Mapping[str, Any]) -> JobConfig:
         else {"train": TrainConfig(**model_fields)}
     )
     return JobConfig(family=family, gate=GatePolicy(**gate), **models, **job)
+
+
+def _combined_job_config(hyperparameters: Mapping[str, Any]) -> JobConfig:
+    """The combined family's config: a field of one member's config sets that member's, a field both have
+    with one meaning (``_SHARED_FIELDS``: seed, holdout_fraction, max_chars, …) sets both, and one both have
+    with two meanings (``_AMBIGUOUS_FIELDS``: max_length, version) is refused unless named for one member
+    (``linear.max_length``, ``transformer.max_length``; a member's name wins over the plain one). seed and
+    holdout_fraction are never per member (one held-out split). With ``partner_dir`` no transformer is
+    trained: a hyperparameter only the transformer has is refused, not ignored."""
+    members: dict[str, dict[str, Any]] = {"linear": {}, "transformer": {}}
+    named: dict[str, dict[str, Any]] = {"linear": {}, "transformer": {}}  # linear.NAME / transformer.NAME
+    combined: dict[str, Any] = {}
+    gate: dict[str, Any] = {}
+    job: dict[str, Any] = {}
+    unknown: list[str] = []
+    problems: list[str] = []
+    transformer_only: list[str] = []
+    for name, value in hyperparameters.items():
+        member, dot, field = name.partition(".")
+        if name == "family":
+            continue
+        if dot and member in _MEMBERS:
+            model = _MEMBERS[member]
+            if field not in model.model_fields:
+                unknown.append(name)
+            elif field in _SPLIT_FIELDS:
+                problems.append(f"{name}: both members hold out the same documents; give {field} for both")
+            else:
+                named[member][field] = _coerce(model, field, value)
+                if member == "transformer" and field not in _SHARED_FIELDS:
+                    transformer_only.append(name)
+        elif name in _AMBIGUOUS_FIELDS:
+            problems.append(
+                f"{name} is {_AMBIGUOUS_FIELDS[name]}: give linear.{name} or transformer.{name} for the combined family"
+            )
+        elif name in TrainConfig.model_fields or name in TransformerConfig.model_fields:
+            for member, model in _MEMBERS.items():
+                if name in model.model_fields:
+                    members[member][name] = _coerce(model, name, value)
+            if name not in TrainConfig.model_fields:
+                transformer_only.append(name)
+        elif name in CombinedConfig.model_fields:
+            combined[name] = value
+        elif name in GatePolicy.model_fields:
+            gate[name] = value
+        elif name in _JOB_FIELDS:
+            job[name] = value
+        else:
+            unknown.append(name)
+    if unknown:
+        known = sorted(
+            {*TrainConfig.model_fields, *TransformerConfig.model_fields, *CombinedConfig.model_fields}
+            | {*GatePolicy.model_fields, *_JOB_FIELDS, "family"}
+        )
+        raise ValueError(
+            f"unknown hyperparameters for the combined family {sorted(unknown)}; known: {', '.join(known)} "
+            "(and linear.NAME or transformer.NAME for one member's field)"
+        )
+    if combined.get("partner_dir") and transformer_only:
+        problems.append(
+            f"partner_dir combines a transformer trained earlier, so the transformer's {sorted(transformer_only)} "
+            "do not apply: leave them out, or partner_dir"
+        )
+    if problems:
+        raise ValueError("; ".join(problems))
+    return JobConfig(
+        family="combined",
+        train=TrainConfig(**{**members["linear"], **named["linear"]}),
+        transformer=TransformerConfig(**{**members["transformer"], **named["transformer"]}),
+        combined=CombinedConfig(**combined),
+        gate=GatePolicy(**gate),
+        **job,
+    )
+
+
+def check_job_environment(config: JobConfig, env: Mapping[str, str] = os.environ) -> None:
+    """ValueError for a config this job cannot run where it runs: ``partner_dir`` on SageMaker (a folder on
+    the machine that launched the job is not in the training container)."""
+    on_sagemaker = bool(env.get("TRAINING_JOB_NAME") or env.get("SM_TRAINING_ENV"))
+    if config.family == "combined" and config.combined.partner_dir and on_sagemaker:
+        raise ValueError(
+            f"partner_dir={config.combined.partner_dir}: a SageMaker job cannot read a model folder of the "
+            "machine that launched it; on SageMaker the combined family trains its transformer (leave partner_dir "
+            "out), or combine a finished transformer locally (docflow model combine)"
+        )
 
 
 @dataclass(frozen=True)
@@ -306,8 +426,9 @@ class _State:
 
 def run_job(config: JobConfig, paths: JobPaths, env: Mapping[str, str] = os.environ) -> dict[str, Any]:
     started = time.perf_counter()
+    check_job_environment(config, env)
     device = detect_device(env)
-    logger.info("device: %s (%s); fitting on cpu", device.kind, device.detected_by)
+    logger.info("device: %s (%s)", device.kind, device.detected_by)
     if not paths.train.is_dir():
         raise FileNotFoundError(f"train channel not found: {paths.train}")
     with tempfile.TemporaryDirectory(prefix="docflow-entry-") as scratch:
@@ -326,6 +447,10 @@ def run_job(config: JobConfig, paths: JobPaths, env: Mapping[str, str] = os.envi
             write_holdout(holdout, gate_dir / HOLDOUT_FILE)
             write_train_manifest(result.train_docs, gate_dir / TRAIN_MANIFEST_FILE)
             extra: dict[str, float] = {"job_fit_seconds": round(fit_seconds, 3)}
+            if config.family == "combined":  # each member's scores on the held-out split, beside the combination's
+                roles = {"primary": "linear", "partner": "transformer"}
+                for role, scores_of in (result.metrics.get("members_on_holdout") or {}).items():
+                    extra.update({f"{roles[role]}_holdout_{k}": float(v) for k, v in scores_of.items()})
             if paths.validation:
                 scores = score_model(model_dir, read_holdout(gate_dir / HOLDOUT_FILE))
                 extra.update(validation_accuracy=scores.accuracy, validation_macro_f1=scores.macro_f1)
@@ -350,12 +475,9 @@ def run_job(config: JobConfig, paths: JobPaths, env: Mapping[str, str] = os.envi
 
         tracking = resolve_tracking(env=env)
         if "run_id" not in state.data:
-            family_params = config.transformer if config.family == "transformer" else config.train
             params = {
                 "family": config.family,
-                **flat_params(
-                    f"{config.family if config.family != 'linear' else 'train'}.", family_params.model_dump(mode="json")
-                ),
+                **_family_params(config, model_dir),
                 **flat_params("gate.", config.gate.model_dump(mode="json")),
                 "device": device.kind,
                 "device.count": str(device.count),
@@ -436,25 +558,159 @@ def run_job(config: JobConfig, paths: JobPaths, env: Mapping[str, str] = os.envi
     return result_doc
 
 
-def _fit(config: JobConfig, corpus: Path, model_dir: Path, epoch_checkpoints: Path | None = None) -> Any:
-    """Train the job's model family; the result has ``train_docs`` and ``holdout_docs`` either way. The
-    transformer family checkpoints its epochs in ``epoch_checkpoints`` and resumes from them."""
+def _family_params(config: JobConfig, model_dir: Path) -> dict[str, str]:
+    """The MLflow params of the family's config: ``train.*`` (linear), ``transformer.*``, and for the combined
+    family both (the transformer's as its partner_config.json says it was trained, also with partner_dir) and
+    ``combined.*`` (partner_weight, partner_dir)."""
     if config.family == "transformer":
-        from docflow_training.transformer import run_transformer_training  # torch: only for this family
+        return flat_params("transformer.", config.transformer.model_dump(mode="json"))
+    linear = flat_params("train.", config.train.model_dump(mode="json"))
+    if config.family != "combined":
+        return linear
+    partner = json.loads((model_dir / PARTNER_CONFIG_FILE).read_text(encoding="utf-8"))
+    transformer = partner.get("train_config") or config.transformer.model_dump(mode="json")
+    return {
+        **linear,
+        **flat_params("transformer.", transformer),
+        **flat_params("combined.", config.combined.model_dump(mode="json")),
+    }
 
-        def on_epoch(epoch: int, scores: dict[str, float]) -> None:
-            shown = ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
-            logger.info("epoch %d: %s", epoch, shown)
 
-        return run_transformer_training(
-            corpus,
-            model_dir,
-            config.transformer,
-            on_epoch=on_epoch,
-            data_source=config.corpus_uri,
-            checkpoint_dir=epoch_checkpoints,
-        )
+@dataclass
+class CombinedTrainingResult:
+    """The combined family's fit: the combined model directory and its metrics, with the linear model's
+    training and held-out documents (the transformer's held-out split is the same; it may train on fewer)."""
+
+    model_dir: Path
+    metrics: dict[str, Any]
+    train_docs: list[Document]
+    holdout_docs: list[Document]
+
+
+def _fit(config: JobConfig, corpus: Path, model_dir: Path, epoch_checkpoints: Path | None = None) -> Any:
+    """Train the job's model family; the result has ``train_docs``, ``holdout_docs`` and ``metrics`` whatever
+    the family. The transformer (alone or in the combined family) checkpoints its epochs in
+    ``epoch_checkpoints`` and resumes from them."""
+    if config.family == "transformer":
+        return _fit_transformer(config, corpus, model_dir, epoch_checkpoints)
+    if config.family == "combined":
+        return _fit_combined(config, corpus, model_dir, epoch_checkpoints)
     return run_training(corpus, model_dir, config.train, data_source=config.corpus_uri)
+
+
+def _fit_transformer(config: JobConfig, corpus: Path, model_dir: Path, epoch_checkpoints: Path | None) -> Any:
+    from docflow_training.transformer import run_transformer_training  # torch: only where a transformer trains
+
+    def on_epoch(epoch: int, scores: dict[str, float]) -> None:
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
+        logger.info("epoch %d: %s", epoch, shown)
+
+    return run_transformer_training(
+        corpus,
+        model_dir,
+        config.transformer,
+        on_epoch=on_epoch,
+        data_source=config.corpus_uri,
+        checkpoint_dir=epoch_checkpoints,
+    )
+
+
+def check_partner(partner_dir: Path, corpus: Path, train: TrainConfig) -> dict[str, Any]:
+    """The metrics.json of ``partner_dir`` (empty when it has none) once it is known to combine with a linear
+    model trained on ``corpus`` with ``train``: a single transformer model trained on this corpus (same content)
+    with the same seed and held-out fraction, so that its held-out split is the linear model's; else
+    ``combine.CombineError`` in one line, before the linear model is trained."""
+    from docflow_training.combine import CombineError, load_member  # the ML runtime: only the combined family
+
+    partner = load_member(partner_dir, "partner_dir")
+    if partner.config.family != "transformer":
+        raise CombineError(f"partner_dir {partner_dir} is a {partner.config.family} model, not a transformer")
+    raw = json.loads((partner_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+    data, trained = raw.get("training_data") or {}, raw.get("train_config") or {}
+    digest = dataset_digest(corpus)
+    if data.get("sha256") != digest.sha256:
+        raise CombineError(
+            f"partner_dir {partner_dir} was trained on other documents (sha256 {str(data.get('sha256'))[:12]}, "
+            f"{data.get('n_documents')} documents) than this job's corpus ({digest.sha256[:12]}, "
+            f"{digest.n_documents} documents, users' labels included): it may have trained on the documents the "
+            "combination is judged on; train it on this corpus (--no-feedback: without users' labels), or leave "
+            "partner_dir out"
+        )
+    if (trained.get("seed"), trained.get("holdout_fraction")) != (train.seed, train.holdout_fraction):
+        raise CombineError(
+            f"partner_dir {partner_dir} held out another split (seed {trained.get('seed')}, holdout_fraction "
+            f"{trained.get('holdout_fraction')}) than this job's (seed {train.seed}, holdout_fraction "
+            f"{train.holdout_fraction}): give the job the partner's seed and holdout_fraction"
+        )
+    metrics_file = partner_dir / METRICS_FILE
+    partner_metrics: dict[str, Any] = (
+        json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.is_file() else {}
+    )
+    return partner_metrics
+
+
+def _member_summary(metrics: Mapping[str, Any], source: str) -> dict[str, Any]:
+    keys = ("model_version", "architecture", "accuracy", "macro_f1", "n_train", "n_holdout", "training_seconds")
+    return {"source": source, **{k: metrics.get(k) for k in keys if k in metrics}}
+
+
+def _fit_combined(
+    config: JobConfig, corpus: Path, model_dir: Path, epoch_checkpoints: Path | None
+) -> CombinedTrainingResult:
+    """The linear model and the transformer (or ``partner_dir``'s) trained on ``corpus`` with one seed and
+    held-out fraction, combined into ``model_dir`` (``combine_model_dirs``, the transformer the partner with
+    ``partner_weight``) and scored on their shared held-out split; metrics.json is the combination's, with what
+    the run page shows of the members added: the linear model's cross-validation (``model_selection``), the
+    transformer's ``epochs`` and ``device``, and ``members`` (each one's own held-out scores and time)."""
+    from docflow_training.combine import combine_model_dirs  # the ML runtime: only the combined family
+
+    started = time.perf_counter()
+    partner_dir = Path(config.combined.partner_dir).resolve() if config.combined.partner_dir else None
+    # A partner that cannot be combined is refused before minutes of training, not after.
+    partner_metrics = check_partner(partner_dir, corpus, config.train) if partner_dir else None
+    with tempfile.TemporaryDirectory(prefix="docflow-members-") as members:
+        linear: TrainingResult = run_training(
+            corpus, Path(members) / "linear", config.train, data_source=config.corpus_uri
+        )
+        if partner_dir is None:
+            transformer = _fit_transformer(config, corpus, Path(members) / "transformer", epoch_checkpoints)
+            held_out = [doc.path for doc in linear.holdout_docs]
+            if [doc.path for doc in transformer.holdout_docs] != held_out:
+                raise RuntimeError(
+                    "the linear model and the transformer held out different documents with seed "
+                    f"{config.train.seed} and holdout_fraction {config.train.holdout_fraction}: they cannot be judged "
+                    "as one model"
+                )
+            transformer_dir, transformer_metrics = transformer.model_dir, transformer.metrics
+            transformer_source = "trained by this job"
+        else:
+            assert partner_metrics is not None
+            transformer_dir, transformer_metrics = partner_dir, partner_metrics
+            transformer_source = f"partner_dir {partner_dir}"
+            logger.info("combining the transformer in %s (partner_dir): not training one", partner_dir)
+        # The corpus, not the documents: combine reproduces the members' split from their configs and refuses
+        # members that split it differently (a second check of the one above).
+        metrics = combine_model_dirs(
+            linear.model_dir, transformer_dir, config.combined.partner_weight, model_dir, holdout=corpus
+        )
+    metrics.update(
+        {
+            **{k: linear.metrics[k] for k in ("n_train", "train_support", "holdout_fraction", "seed", "dataset")},
+            "model_selection": linear.metrics.get("model_selection"),  # the linear model's C by cross-validation
+            "epochs": transformer_metrics.get("epochs") or [],  # the transformer's curves on the run page
+            # Where this job fine-tuned the transformer (a partner_dir's was fine-tuned elsewhere: cpu, linear only)
+            "device": transformer_metrics.get("device", "cpu") if partner_dir is None else "cpu",
+            "members": {
+                "linear": _member_summary(linear.metrics, "trained by this job"),
+                "transformer": _member_summary(transformer_metrics, transformer_source),
+            },
+            "training_seconds": round(time.perf_counter() - started, 2),
+        }
+    )
+    staged = model_dir / f".{METRICS_FILE}.tmp"
+    staged.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    os.replace(staged, model_dir / METRICS_FILE)
+    return CombinedTrainingResult(model_dir, metrics, list(linear.train_docs), list(linear.holdout_docs))
 
 
 def _write_failure(paths: JobPaths | None, message: str) -> None:
@@ -474,6 +730,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     try:
         paths = JobPaths.from_env(env)
         config = job_config(parse_hyperparameters(sys.argv[1:] if argv is None else argv))
+        check_job_environment(config, env)
     except (ValueError, ValidationError) as exc:
         _write_failure(paths, f"bad job configuration: {exc}")
         print(f"error: {exc}", file=sys.stderr)

@@ -1,4 +1,7 @@
-"""The model families a training job can fit, and the transformer family's typed config.
+"""The model families a training job can fit, and the typed configs of the transformer and combined families.
+
+``combined``: the job trains the linear model and the transformer on one corpus (one seed: one held-out split)
+and ships them as one combined model directory (``docflow_training.combine``), pooled with ``partner_weight``.
 
 Kept apart from ``docflow_training.transformer`` (which imports torch): the job's config (``entry.JobConfig``)
 validates a transformer run's hyperparameters without loading PyTorch, and a linear run never loads it.
@@ -10,8 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Family = Literal["linear", "transformer"]
-FAMILIES: tuple[str, ...] = ("linear", "transformer")
+Family = Literal["linear", "transformer", "combined"]
+FAMILIES: tuple[str, ...] = ("linear", "transformer", "combined")
 
 
 class TransformerConfig(BaseModel):
@@ -49,3 +52,15 @@ class TransformerConfig(BaseModel):
     # The review threshold, calibrated as the linear family's (train.TrainConfig says why these values).
     review_target_precision: float = Field(default=0.95, gt=0.0, lt=1.0)
     review_confidence: float = Field(default=0.9, ge=0.5, lt=1.0)
+
+
+class CombinedConfig(BaseModel):
+    """The combined family's own settings; the members' are the linear and transformer configs."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # The transformer's weight in the pooled log-probabilities (combine.DEFAULT_WEIGHT; 0 or 1: one model alone).
+    partner_weight: float = Field(default=0.5, gt=0.0, lt=1.0)
+    # A finished transformer model directory to combine instead of training one (a local run reusing a
+    # transformer trained earlier on the same corpus with the same seed and held-out fraction).
+    partner_dir: str | None = None

@@ -32,7 +32,7 @@ from docflow.settings import DEFAULT_MODEL_DIR, Settings
 if TYPE_CHECKING:
     from docflow_training.entry import JobConfig
 
-FAMILIES = ("linear", "transformer")
+FAMILIES = ("linear", "transformer", "combined")  # docflow_training.families.FAMILIES (not imported: heavy)
 
 
 class TrainingRefused(ValueError):
@@ -107,8 +107,10 @@ def plan_training(options: TrainOptions) -> TrainingPlan:
     from docflow_training.model_dir import model_dir_target_problem
 
     if options.family not in FAMILIES:
-        raise TrainingRefused(f"--family {options.family!r}: choose linear or transformer")
+        raise TrainingRefused(f"--family {options.family!r}: choose linear, transformer or combined")
     hyperparameters, job = _hyperparameters(options.hp, options.seed, options.family)
+    if job.family == "combined":
+        hyperparameters, job = _combined_plan(options, hyperparameters, job)
     scans = _validation_scans(options)
     run: dict[str, Any] = {
         "data": options.data,
@@ -147,6 +149,34 @@ def plan_training(options: TrainOptions) -> TrainingPlan:
     if not options.track:
         return TrainingPlan("local", **run, out=out or DEFAULT_MODEL_DIR, scans=options.scans)
     return TrainingPlan("tracked", **run, out=out)
+
+
+def _combined_plan(
+    options: TrainOptions, hyperparameters: dict[str, object], job: JobConfig
+) -> tuple[dict[str, object], JobConfig]:
+    """The combined family is a tracked job (its model is judged by the gate like any challenger): --no-track
+    is refused, as is partner_dir with --sagemaker (a local folder the job's container cannot read); a local
+    partner_dir must exist and is passed on as an absolute path (the job runs in a folder of its own)."""
+    if not options.track:
+        raise TrainingRefused(
+            "--family combined runs as a tracked job (MLflow run, registry version, gate); for a model folder "
+            "only, train each family with --no-track and join them with `docflow model combine`"
+        )
+    partner_dir = job.combined.partner_dir
+    if partner_dir is None:
+        return hyperparameters, job
+    if options.sagemaker:
+        raise TrainingRefused(
+            f"--hp partner_dir={partner_dir}: a SageMaker job cannot read a local model folder; on SageMaker the "
+            "combined family trains its transformer (leave partner_dir out)"
+        )
+    folder = Path(partner_dir).expanduser().resolve()
+    if not folder.is_dir():
+        raise TrainingRefused(f"--hp partner_dir={partner_dir}: no such model folder")
+    hyperparameters = {**hyperparameters, "partner_dir": str(folder)}
+    return hyperparameters, job.model_copy(
+        update={"combined": job.combined.model_copy(update={"partner_dir": str(folder)})}
+    )
 
 
 def _validation_scans(options: TrainOptions) -> ValidationScans | None:
@@ -308,7 +338,11 @@ def train(
     ] = None,
     hp: Annotated[
         list[str] | None,
-        typer.Option("--hp", help="Hyperparameter NAME=VALUE (a TrainConfig or gate field, e.g. c_grid=10,30)."),
+        typer.Option(
+            "--hp",
+            help="Hyperparameter NAME=VALUE (a field of the family's config or the gate's, e.g. c_grid=10,30; "
+            "combined: transformer.max_length=64 for one member's).",
+        ),
     ] = None,
     feedback: Annotated[bool, typer.Option("--feedback/--no-feedback", help="Add the labels users sent back.")] = True,
     track: Annotated[
@@ -338,8 +372,10 @@ def train(
     family: Annotated[
         str,
         typer.Option(
-            help="Model family: linear (TF-IDF + logistic regression, minutes on a CPU) or transformer "
-            "(all-MiniLM-L6-v2 fine-tuned with PyTorch: CUDA when present; ~25 min an epoch on 2 CPU cores)."
+            help="Model family: linear (TF-IDF + logistic regression, minutes on a CPU), transformer "
+            "(all-MiniLM-L6-v2 fine-tuned with PyTorch: CUDA when present; ~25 min an epoch on 2 CPU cores), or "
+            "combined (both on one split, served as one model; --hp partner_weight=0.5, partner_dir=DIR to reuse "
+            "a transformer; tracked runs only)."
         ),
     ] = "linear",
 ) -> None:
