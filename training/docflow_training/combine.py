@@ -50,14 +50,12 @@ from docflow.domain.model_files import (
 )
 from docflow_training.data import CorpusError, Document, dataset_digest, load_corpus, stratified_split
 from docflow_training.model_dir import model_dir_target_problem
-from docflow_training.noise import HEAVY, ocr_noise
 from docflow_training.scans import Scan
 from docflow_training.train import (
     _evaluate,
     _replace_dir,
     _write_json,
-    review_threshold_for,
-    served_review_threshold,
+    calibrate_review,
     write_scan_head,
 )
 
@@ -394,23 +392,14 @@ def _evaluate_holdout(
             f"the combined directory serves probabilities {parity:.2e} away from pooling its members' "
             f"(tolerance {POOLING_PARITY_TOLERANCE})"
         )
-    # The same OCR-noise channel and keys as training's held-out split (noise.HEAVY, seeded by the document).
-    noised_texts = [ocr_noise(doc.text, HEAVY, f"holdout:{doc.path}") for doc in held.docs]
-    noised_probabilities = served.predict_proba(noised_texts)
-    noised = _evaluate(y_true, noised_probabilities, labels)
-    noised["review_threshold"] = review_threshold_for(y_true, noised_probabilities, labels, **calibration)
-    review = served_review_threshold(
-        review_threshold_for(y_true, probabilities, labels, **calibration), noised["review_threshold"]
+    noised, review = calibrate_review(
+        held.docs,
+        probabilities,
+        served.predict_proba,
+        labels,
+        calibration["target_precision"],
+        calibration["confidence"],
     )
-    if not review["reached"]:
-        logger.warning(
-            "no review threshold holds %.0f%% precision at %.0f%% confidence on the %d held-out documents: "
-            "serving %.2f, so most documents will go to review",
-            100 * calibration["target_precision"],
-            100 * calibration["confidence"],
-            len(texts),
-            review["threshold"],
-        )
     metrics.update(
         {
             **_evaluate(y_true, probabilities, labels),

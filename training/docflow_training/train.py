@@ -9,6 +9,7 @@ describes the artifact that ships rather than the sklearn object it was built fr
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -17,7 +18,7 @@ import shutil
 import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -347,6 +348,40 @@ def served_review_threshold(holdout: dict[str, Any], holdout_ocr_noise: dict[str
     }
 
 
+def calibrate_review(
+    holdout_docs: Sequence[Document],
+    probabilities: np.ndarray,
+    predict_proba: Callable[[list[str]], np.ndarray],
+    labels: Sequence[str],
+    target_precision: float,
+    confidence: float,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A served model's review threshold, calibrated as every family calibrates it: on the held-out split as is
+    (``probabilities``) and through the OCR-noise channel (the text-only proxy for production scans; same
+    channel and keys for every family, so their figures compare). Returns the noised split's scores (its
+    ``review_threshold`` calibration included) and the served calibration (``served_review_threshold``)."""
+    noised_texts = [ocr_noise(doc.text, HEAVY, f"holdout:{doc.path}") for doc in holdout_docs]
+    noised_probabilities = predict_proba(noised_texts)
+    y_true = [doc.label for doc in holdout_docs]
+    noised = _evaluate(y_true, noised_probabilities, list(labels))
+    calibration = {"target_precision": target_precision, "confidence": confidence}
+    noised["review_threshold"] = review_threshold_for(y_true, noised_probabilities, labels, **calibration)
+    review = served_review_threshold(
+        review_threshold_for(y_true, probabilities, labels, **calibration), noised["review_threshold"]
+    )
+    if not review["reached"]:
+        logger.warning(
+            "no review threshold holds %.0f%% precision at %.0f%% confidence on the %d held-out documents: "
+            "serving %.2f, so most documents will go to review. Label more documents, or lower "
+            "review_target_precision / review_confidence",
+            100 * target_precision,
+            100 * confidence,
+            len(holdout_docs),
+            review["threshold"],
+        )
+    return noised, review
+
+
 def _replace_dir(staging: Path, target: Path) -> None:
     """Move ``staging`` to ``target``, replacing any previous model directory there.
 
@@ -455,29 +490,15 @@ def run_training(
             raise RuntimeError(
                 f"exported graph disagrees with sklearn by {parity:.2e} (tolerance {ONNX_PARITY_TOLERANCE})"
             )
-        # The same split through the OCR-noise channel: the text-only proxy for production scans.
-        noised_texts = [ocr_noise(doc.text, HEAVY, f"holdout:{doc.path}") for doc in holdout_docs]
-        noised_probabilities = served.predict_proba(noised_texts, batch_size=config.eval_batch_size)
         holdout_labels = [doc.label for doc in holdout_docs]
-        noised = _evaluate(holdout_labels, noised_probabilities, fitted.labels)
-        calibration = {"target_precision": config.review_target_precision, "confidence": config.review_confidence}
-        noised["review_threshold"] = review_threshold_for(
-            holdout_labels, noised_probabilities, fitted.labels, **calibration
+        noised, review = calibrate_review(
+            holdout_docs,
+            onnx_probabilities,
+            functools.partial(served.predict_proba, batch_size=config.eval_batch_size),
+            fitted.labels,
+            config.review_target_precision,
+            config.review_confidence,
         )
-        review = served_review_threshold(
-            review_threshold_for(holdout_labels, onnx_probabilities, fitted.labels, **calibration),
-            noised["review_threshold"],
-        )
-        if not review["reached"]:
-            logger.warning(
-                "no review threshold holds %.0f%% precision at %.0f%% confidence on the %d held-out documents: "
-                "serving %.2f, so most documents will go to review. Label more documents, or lower "
-                "review_target_precision / review_confidence",
-                100 * config.review_target_precision,
-                100 * config.review_confidence,
-                len(holdout_docs),
-                review["threshold"],
-            )
         # The served threshold travels with the model, so a promoted champion brings its own calibration.
         model_config["review_threshold"] = review["threshold"]
         _write_json(staging / CONFIG_FILE, model_config)

@@ -61,8 +61,7 @@ from docflow_training.train import (
     _evaluate,
     _replace_dir,
     _write_json,
-    review_threshold_for,
-    served_review_threshold,
+    calibrate_review,
 )
 
 logger = logging.getLogger(__name__)
@@ -653,25 +652,15 @@ def _write_model_dir(
     # From here on, the shipped graph (int8, or fp32 when int8 fell short) through the runtime that will serve it.
     int8 = TextClassifier(staging)
     probabilities = int8.predict_proba(holdout_texts)
-    # The same OCR-noised held-out split as the linear family's (same seeds): the text-only proxy for scans.
-    noised_texts = [ocr_noise(doc.text, HEAVY, f"holdout:{doc.path}") for doc in holdout_docs]
-    noised_probabilities = int8.predict_proba(noised_texts)
-    del int8  # release the session's file handle before the directory moves
-    noised = _evaluate(holdout_labels, noised_probabilities, labels)
-    calibration = {"target_precision": config.review_target_precision, "confidence": config.review_confidence}
-    noised["review_threshold"] = review_threshold_for(holdout_labels, noised_probabilities, labels, **calibration)
-    review = served_review_threshold(
-        review_threshold_for(holdout_labels, probabilities, labels, **calibration), noised["review_threshold"]
+    noised, review = calibrate_review(
+        holdout_docs,
+        probabilities,
+        int8.predict_proba,
+        labels,
+        config.review_target_precision,
+        config.review_confidence,
     )
-    if not review["reached"]:
-        logger.warning(
-            "no review threshold holds %.0f%% precision at %.0f%% confidence on the %d held-out documents: "
-            "serving %.2f, so most documents will go to review",
-            100 * config.review_target_precision,
-            100 * config.review_confidence,
-            len(holdout_docs),
-            review["threshold"],
-        )
+    del int8  # release the session's file handle before the directory moves
     # The served threshold travels with the model, so a promoted champion brings its own calibration.
     model_config["review_threshold"] = review["threshold"]
     write_baseline(
