@@ -194,3 +194,19 @@ def test_the_combined_jobs_transformer_resumes_from_its_epoch_checkpoint(
     registry = Registry(resolve_tracking(env=env))
     history = registry.client.get_metric_history(result["run_id"], "epoch_train_loss")
     assert [point.step for point in history] == [1, 2]
+
+
+def test_a_partner_that_does_not_fit_ends_the_job_in_one_line(
+    partner: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from docflow_training.entry import main
+
+    env = _env(tmp_path)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    code = main(["--family", "combined", "--seed", "4", "--holdout_fraction", "0.25", "--partner_dir", str(partner)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "error: " in err and "held out another split" in err and "Traceback" not in err
+    failure = (tmp_path / "output" / "failure").read_text()
+    assert failure.startswith("bad job configuration: ") and "held out another split" in failure

@@ -34,6 +34,7 @@ from docflow.domain.model_files import (
 from docflow_training import train
 from docflow_training.combine import CombineError, combine_model_dirs, combined_version
 from docflow_training.data import load_corpus, stratified_split
+from docflow_training.registry import text_sha256
 from docflow_training.scan_head import ScanHeadConfig, fit_scan_head
 from docflow_training.scans import Scan, scan_set
 from docflow_training.train import TrainConfig, train_model
@@ -122,6 +123,7 @@ def test_the_combined_directory_holds_both_members_and_its_own_config(
     partner = json.loads((partner_model / CONFIG_FILE).read_text())
     config = json.loads((combined / CONFIG_FILE).read_text())
     assert config["partner_weight"] == 0.3
+    assert config["architecture"] == f"combined: {primary['architecture']} + {partner['architecture']}"
     assert config["version"] == combined_version(primary["version"], partner["version"], 0.3)
     assert config["version"] not in (primary["version"], partner["version"])
     assert config["created_at"] and config["name"] == primary["name"]
@@ -212,12 +214,31 @@ def test_a_corpus_split_differently_by_the_members_is_refused_and_an_unseen_one_
     train_model(CORPUS, other_split, TrainConfig(seed=3, vocab_size=400, c_grid=(10.0,), holdout_fraction=0.25))
     with pytest.raises(CombineError, match="different held-out splits"):
         combine_model_dirs(tiny_model, other_split, 0.5, tmp_path / "out", holdout=CORPUS)
+    # Another folder holding the corpus and one new document: what the members trained on there is left out
     unseen = tmp_path / "unseen"
     shutil.copytree(CORPUS, unseen)
     (unseen / "Email" / "email_99.txt").write_text("From: a@example.com To: b@example.com Subject: lunch")
     metrics = combine_model_dirs(tiny_model, other_split, 0.5, tmp_path / "out", holdout=unseen)
-    assert metrics["n_holdout"] == len(load_corpus(unseen))
-    assert "neither model was trained on it" in metrics["holdout"]["source"]
+    trained = {text_sha256(d.text) for seed in (7, 3) for d in stratified_split(load_corpus(CORPUS), 0.25, seed)[0]}
+    expected = [d for d in load_corpus(unseen) if not d.text.strip() or text_sha256(d.text) not in trained]
+    assert metrics["n_holdout"] == len(expected) < len(load_corpus(unseen))
+    assert any(d.path.endswith("email_99.txt") for d in expected)
+    assert "a member trained on elsewhere left out" in metrics["holdout"]["source"]
+
+
+def test_a_holdout_whose_overlap_with_a_member_cannot_be_checked_is_refused(
+    tiny_model: Path, partner_model: Path, tmp_path: Path
+) -> None:
+    moved = tmp_path / "moved"
+    shutil.copytree(tiny_model, moved)
+    config = json.loads((moved / "config.json").read_text())
+    config["training_data"]["path"] = str(tmp_path / "gone")  # trained on a corpus that is not here
+    (moved / "config.json").write_text(json.dumps(config))
+    other = tmp_path / "other"
+    shutil.copytree(CORPUS, other)
+    (other / "Email" / "email_99.txt").write_text("From: a@example.com To: b@example.com Subject: lunch")
+    with pytest.raises(CombineError, match="cannot be checked"):
+        combine_model_dirs(moved, partner_model, 0.5, tmp_path / "out", holdout=other)
 
 
 def test_a_new_combination_replaces_an_earlier_one(tiny_model: Path, partner_model: Path, tmp_path: Path) -> None:

@@ -49,7 +49,9 @@ from docflow.domain.model_files import (
     TOKENIZER_FILE,
 )
 from docflow_training.data import CorpusError, Document, dataset_digest, load_corpus, stratified_split
+from docflow_training.families import CombineError
 from docflow_training.model_dir import model_dir_target_problem
+from docflow_training.registry import text_sha256
 from docflow_training.scans import Scan
 from docflow_training.train import (
     _evaluate,
@@ -68,10 +70,6 @@ POOLING_PARITY_TOLERANCE = 1e-5
 # When a member's config does not say how its review threshold was calibrated (train.py's defaults).
 DEFAULT_TARGET_PRECISION = 0.95
 DEFAULT_CONFIDENCE = 0.9
-
-
-class CombineError(ValueError):
-    """Two model directories that cannot be combined as asked; the message is one line."""
 
 
 @dataclass(frozen=True)
@@ -163,9 +161,11 @@ def _split_of(raw_config: dict[str, Any], role: str, folder: Path) -> tuple[int,
 
 
 def holdout_from_corpus(folder: Path, members: dict[str, dict[str, Any]]) -> Holdout:
-    """The documents of ``folder`` neither member was trained on: the held-out split the members trained without
-    when they were trained on this corpus (same seed and fraction, reproduced by ``stratified_split``), else the
-    whole corpus. ``members``: role -> the member's config.json."""
+    """The documents of ``folder`` neither member was trained on. A member trained on this corpus: the held-out
+    split it trained without (same seed and fraction, reproduced by ``stratified_split``). A member trained on
+    another corpus: that corpus is read where its config.json says it is, checked unchanged, its training split
+    reproduced, and every document of ``folder`` with the same text left out (a blank page never: it teaches
+    nothing, as at the gate). CombineError where that cannot be checked. ``members``: role -> its config.json."""
     folder = Path(folder)
     if not folder.is_dir():
         raise CombineError(f"No such held-out corpus folder: {folder}")
@@ -175,6 +175,7 @@ def holdout_from_corpus(folder: Path, members: dict[str, dict[str, Any]]) -> Hol
     except CorpusError as exc:
         raise CombineError(f"held-out corpus {folder}: {exc}") from None
     splits: dict[str, tuple[int, float]] = {}
+    seen_texts: set[str] = set()  # what members trained on other corpora saw
     for role, raw in members.items():
         data = raw.get("training_data") or {}
         same_content = data.get("sha256") == digest.sha256
@@ -184,26 +185,60 @@ def holdout_from_corpus(folder: Path, members: dict[str, dict[str, Any]]) -> Hol
         elif same_path:
             raise CombineError(
                 f"the {role} model was trained on {folder} as it was then (sha256 {str(data.get('sha256'))[:12]}), "
-                "which has changed since: its held-out split cannot be reproduced; give a held-out corpus "
-                "neither model was trained on"
+                "which has changed since (users' labels added, or edited): its held-out split cannot be "
+                "reproduced; give a held-out corpus neither model was trained on"
             )
-    if not splits:
-        return Holdout(docs, f"{folder} ({len(docs)} documents, neither model was trained on it)")
-    if len(set(splits.values())) > 1:
-        shown = "; ".join(f"{role}: seed {s}, fraction {f:g}" for role, (s, f) in splits.items())
-        raise CombineError(
-            f"the models were trained on {folder} with different held-out splits ({shown}): no split of it is "
-            "held out from both; give a held-out corpus neither model was trained on"
+        else:
+            seen_texts |= _trained_texts(raw, role, folder)
+    held_out, seed, fraction = docs, None, None
+    if splits:
+        if len(set(splits.values())) > 1:
+            shown = "; ".join(f"{role}: seed {s}, fraction {f:g}" for role, (s, f) in splits.items())
+            raise CombineError(
+                f"the models were trained on {folder} with different held-out splits ({shown}): no split of it is "
+                "held out from both; give a held-out corpus neither model was trained on"
+            )
+        seed, fraction = next(iter(splits.values()))
+        _, held_out = stratified_split(docs, fraction, seed)
+    kept = [doc for doc in held_out if not doc.text.strip() or text_sha256(doc.text) not in seen_texts]
+    if not kept:
+        raise CombineError(f"every document of {folder} was trained on by a member: give documents neither saw")
+    parts = []
+    if splits:
+        trained = " and ".join(splits)
+        parts.append(
+            f"its held-out split (seed {seed}, fraction {fraction:g}), which the {trained} "
+            f"model{'s were' if len(splits) > 1 else ' was'} trained without"
         )
-    seed, fraction = next(iter(splits.values()))
-    _, held_out = stratified_split(docs, fraction, seed)
-    trained = " and ".join(splits)
-    return Holdout(
-        held_out,
-        f"held-out split of {folder} ({len(held_out)} of {len(docs)} documents, seed {seed}, fraction {fraction:g}): "
-        f"the documents the {trained} model{'s were' if len(splits) > 1 else ' was'} trained without",
-        seed,
-    )
+    if len(kept) < len(held_out) or not splits:
+        parts.append(f"{len(held_out) - len(kept)} documents a member trained on elsewhere left out")
+    return Holdout(kept, f"{folder} ({len(kept)} of {len(docs)} documents: {'; '.join(parts)})", seed)
+
+
+def _trained_texts(raw_config: dict[str, Any], role: str, folder: Path) -> set[str]:
+    """The sha256 of every non-blank text a member trained on, from the corpus its config.json names, read there
+    and checked unchanged; CombineError where that cannot be done."""
+    data = raw_config.get("training_data") or {}
+    where, sha = data.get("path"), data.get("sha256")
+    if not where or not sha:
+        raise CombineError(
+            f"the {role} model's config.json does not say what it was trained on: whether it saw the documents of "
+            f"{folder} cannot be checked; combine without --holdout, or with a model trained by docflow train"
+        )
+    source = Path(str(where))
+    try:
+        unchanged = source.is_dir() and dataset_digest(source).sha256 == sha
+    except (CorpusError, OSError):
+        unchanged = False
+    if not unchanged:
+        raise CombineError(
+            f"the {role} model was trained on {where} (sha256 {str(sha)[:12]}), which is not here as it was: "
+            f"whether it saw the documents of {folder} cannot be checked; run this where that corpus is, or give "
+            "a held-out corpus the model was trained on (its held-out split is then used)"
+        )
+    seed, fraction = _split_of(raw_config, role, source)
+    train, _ = stratified_split(load_corpus(source), fraction, seed)
+    return {text_sha256(doc.text) for doc in train if doc.text.strip()}
 
 
 def _describe(member: TextClassifier) -> dict[str, Any]:
@@ -270,6 +305,9 @@ def combine_model_dirs(
         **primary_config,
         "version": version,
         "created_at": created_at,
+        # what the MLflow run and /model show: the combination, not its primary's architecture
+        "architecture": f"combined: {primary_config.get('architecture', first.config.family)} + "
+        f"{partner_config.get('architecture', second.config.family)}",
         "partner_weight": weight,
         "combined": combined,
     }
@@ -293,8 +331,7 @@ def combine_model_dirs(
             "model_version": version,
             "created_at": created_at,
             "family": first.config.family,
-            "architecture": f"combined: {primary_config.get('architecture', first.config.family)} + "
-            f"{partner_config.get('architecture', second.config.family)}",
+            "architecture": model_config["architecture"],
             "combined": {
                 **combined,
                 "primary": {**combined["primary"], "source": str(primary)},

@@ -69,7 +69,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from docflow.domain.model_files import CONFIG_FILE, METRICS_FILE, MODEL_FILES, PARTNER_CONFIG_FILE
 from docflow_training.data import Document, canonical_label, dataset_digest, load_corpus
-from docflow_training.families import FAMILIES, CombinedConfig, Family, TransformerConfig
+from docflow_training.families import FAMILIES, CombinedConfig, CombineError, Family, TransformerConfig
 from docflow_training.registry import (
     GatePolicy,
     Registry,
@@ -620,7 +620,7 @@ def check_partner(partner_dir: Path, corpus: Path, train: TrainConfig) -> dict[s
     model trained on ``corpus`` with ``train``: a single transformer model trained on this corpus (same content)
     with the same seed and held-out fraction, so that its held-out split is the linear model's; else
     ``combine.CombineError`` in one line, before the linear model is trained."""
-    from docflow_training.combine import CombineError, load_member  # the ML runtime: only the combined family
+    from docflow_training.combine import load_member  # the ML runtime: only the combined family
 
     partner = load_member(partner_dir, "partner_dir")
     if partner.config.family != "transformer":
@@ -737,6 +737,10 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         return 2
     try:
         result = run_job(config, paths, env)
+    except CombineError as exc:  # a partner_dir that does not fit this run: one line, not a traceback
+        _write_failure(paths, f"bad job configuration: {exc}")
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except Exception as exc:
         _write_failure(paths, f"{type(exc).__name__}: {exc}")
         traceback.print_exc()

@@ -64,3 +64,8 @@ class CombinedConfig(BaseModel):
     # A finished transformer model directory to combine instead of training one (a local run reusing a
     # transformer trained earlier on the same corpus with the same seed and held-out fraction).
     partner_dir: str | None = None
+
+
+class CombineError(ValueError):
+    """Two model directories that cannot be combined as asked; the message is one line. Here, beside the family
+    configs, so the job's entry point can tell it from a crash without importing the ML runtime."""

@@ -248,6 +248,8 @@ def run_local_job(
         if returncode != 0:
             failure = root / "output" / "failure"
             reason = failure.read_text(encoding="utf-8") if failure.is_file() else f"exit status {returncode}"
+            if returncode == 2 and failure.is_file():  # the job refused its configuration, in one line
+                raise JobFailedError(f"training job refused: {reason}")
             raise JobFailedError(f"training job failed: {reason}\n{''.join(tail[-15:])}")
         result = JobResult.model_validate_json((root / "output" / "data" / "result.json").read_text(encoding="utf-8"))
         result.feedback_skipped = dict(feedback.skipped)

@@ -321,7 +321,7 @@ ModelFingerprint = tuple[tuple[int, int, int], ...]
 
 
 def model_fingerprint(model_dir: Path) -> ModelFingerprint:
-    """What identifies the files in ``model_dir`` now, from five ``stat`` calls (microseconds).
+    """What identifies the files in ``model_dir`` now, from one ``stat`` call per served file (microseconds).
 
     Model directories are replaced as a whole, never edited in place: publishing a version again, a
     re-download of a champion whose files changed, ``make model``. A replaced directory has new files,
