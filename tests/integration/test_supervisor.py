@@ -5,7 +5,11 @@ cannot even start end every job after max_attempts instead of restarting forever
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -122,3 +126,82 @@ def test_stopping_interrupts_a_busy_worker_and_cancels_the_queue(docflow_home: P
 def _sleep(job: str) -> str:
     threading.Event().wait(600)
     return job
+
+
+def _nap(job: str) -> str:
+    """A job that takes a moment (long enough to be caught running), then comes back upper-cased."""
+    threading.Event().wait(1.5)
+    return job.upper()
+
+
+def test_a_stop_signal_to_the_worker_is_not_charged_to_its_job(docflow_home: Path, tmp_path: Path) -> None:
+    seen = _Seen()
+    supervisor = Supervisor(
+        settings=Settings(home=docflow_home, model_dir=DEFAULT_MODEL_DIR),
+        workers=1,
+        work=_nap,
+        key=lambda job: job,
+        handler=seen,
+        marks=tmp_path / "marks",
+        max_attempts=1,  # one charged death would end it
+    )
+    try:
+        supervisor.submit("doc")
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "marks" / "doc.started").exists():
+            assert time.monotonic() < deadline, "the worker never started"
+            time.sleep(0.05)
+        for pid in supervisor.worker_pids():
+            os.kill(pid, signal.SIGTERM)  # what a service manager stopping the whole group sends
+        assert supervisor.wait_idle(timeout=120)
+    finally:
+        supervisor.shutdown(grace=5)
+    assert seen.charges == [] and seen.gave_up_ == {}
+    assert seen.finished_ == {"doc": "DOC"}  # run again, free
+
+
+_ORPHAN_PARENT = """
+import sys, threading, time
+from pathlib import Path
+from docflow.pipeline.supervisor import JobHandler, Supervisor
+from docflow.settings import Settings
+from tests.integration.test_supervisor import _nap
+
+supervisor = Supervisor(settings=Settings(home=Path(sys.argv[1]), model_dir=Path(sys.argv[2])), workers=1, work=_nap,
+                        key=lambda job: job, handler=JobHandler(), marks=Path(sys.argv[3]))
+supervisor.submit("doc")
+while not (Path(sys.argv[3]) / "doc.started").exists():
+    time.sleep(0.05)
+print(supervisor.worker_pids()[0], flush=True)
+threading.Event().wait(600)
+"""
+
+
+def test_a_worker_whose_parent_was_killed_finishes_its_job_then_ends(docflow_home: Path, tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parents[2]
+    parent = subprocess.Popen(
+        [sys.executable, "-c", _ORPHAN_PARENT, str(docflow_home), str(DEFAULT_MODEL_DIR), str(tmp_path / "marks")],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=repo,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])},
+    )
+    try:
+        assert parent.stdout is not None
+        worker = int(parent.stdout.readline())
+    finally:
+        parent.kill()  # as kill -9 or the out-of-memory killer would
+        parent.wait(10)
+    deadline = time.monotonic() + 30
+    while _alive(worker):
+        assert time.monotonic() < deadline, "the orphaned worker is still waiting for work"
+        time.sleep(0.2)
+    assert not (tmp_path / "marks" / "doc.started").exists()  # it finished the job it had before it ended
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"

@@ -25,6 +25,7 @@ import multiprocessing
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
@@ -58,11 +59,31 @@ def init_worker(settings: Settings, orphans_before: datetime | None = None) -> N
     _warm_up(_worker_ctx)
 
 
+_parent: int | None = None  # a pool worker's parent, as it was when the worker started
+_busy = threading.Event()  # set while a pool worker runs a job
+
+
 def _init_pool_worker(settings: Settings, orphans_before: datetime | None) -> None:
+    global _parent
     # Ctrl-C on a terminal reaches the whole process group: the parent decides what stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     hold_run_lock(settings)
+    _parent = os.getppid()
+    threading.Thread(target=_end_when_orphaned, name="docflow-orphan-watch", daemon=True).start()
     init_worker(settings, orphans_before)
+
+
+def _parent_gone() -> bool:
+    return _parent is not None and os.getppid() != _parent
+
+
+def _end_when_orphaned() -> None:
+    """A worker whose parent was killed (kill -9, out of memory) would wait for work forever, holding its memory
+    and the run lock: once idle, it ends. A job it is running is finished first (``_run_marked``)."""
+    while True:
+        time.sleep(1.0)
+        if _parent_gone() and not _busy.is_set():
+            os._exit(0)
 
 
 def worker_context() -> StepContext:
@@ -83,14 +104,29 @@ def _warm_up(ctx: StepContext) -> None:
         return
 
 
+# Exit codes of a worker stopped by a signal meant for the whole process group, not by its job.
+_STOP_SIGNALS = frozenset({-signal.SIGTERM, -signal.SIGHUP, -signal.SIGINT})
+STOPPING_MARK = ".stopping"  # in the marks folder while the supervisor stops: no job starts any more
+
+
+class NotStarted(Exception):
+    """A job a worker took from the queue after its supervisor began to stop: it was not run."""
+
+
 def _run_marked(work: Callable[[J], R], job: J, mark: str) -> R:
     """In the worker: leave the start marker while the job runs (a death leaves it behind)."""
     path = Path(mark)
+    if (path.parent / STOPPING_MARK).exists():
+        raise NotStarted(path.name)
+    _busy.set()
     path.touch()
     try:
         return work(job)
     finally:
         path.unlink(missing_ok=True)
+        _busy.clear()
+        if _parent_gone():  # nobody is left to take the result: end rather than wait for work forever
+            os._exit(0)
 
 
 def worker_processes(pool: Executor) -> list[BaseProcess]:
@@ -173,6 +209,7 @@ class Supervisor(Generic[J, R]):
         self._entries: dict[str, _Entry[J]] = {}  # every job not yet ended, running, queued or being settled
         self._futures: dict[str, tuple[Future[R], _Pool]] = {}  # the current attempt of each
         self.stopping = False
+        (marks / STOPPING_MARK).unlink(missing_ok=True)  # left by an earlier supervisor's stop
         self._interrupted = self._never_started = 0  # jobs whose worker was stopped with the supervisor
 
     # submitting
@@ -244,7 +281,10 @@ class Supervisor(Generic[J, R]):
                     self._end(entry)
                     return
                 exc = future.exception()
-                if exc is None:
+                if isinstance(exc, NotStarted):  # taken from the queue as the supervisor stopped: not run
+                    self._end(entry)
+                    self._never_started += 1
+                elif exc is None:
                     self._end(entry)
                     self.handler.finished(entry.job, future.result())
                 elif not isinstance(exc, BrokenProcessPool):
@@ -282,13 +322,18 @@ class Supervisor(Generic[J, R]):
                 del self._futures[key]
                 entries.append(self._entries[key])
         log.error("a pipeline worker died; restarting its pool")
-        threading.Thread(target=self._settle, args=(pool, entries), name="docflow-settle", daemon=True).start()
+        processes = worker_processes(pool.executor)  # before the pool forgets them: how each one ended
+        args = (pool, entries, processes)
+        threading.Thread(target=self._settle, args=args, name="docflow-settle", daemon=True).start()
 
-    def _settle(self, pool: _Pool, entries: list[_Entry[J]]) -> None:
+    def _settle(self, pool: _Pool, entries: list[_Entry[J]], processes: list[BaseProcess]) -> None:
         pool.executor.shutdown(wait=True)
+        # A stop signal sent to every process (a service manager stopping the group) is no job's fault: in a pool
+        # of one, where a death is otherwise the running job's own, it is not charged.
+        signalled = pool.size == 1 and any(p.exitcode in _STOP_SIGNALS for p in processes)
         with self._lock:
             try:
-                self._judge(pool, entries)
+                self._judge(pool, entries, signalled)
             except Exception:  # never lose a job silently: each ends failed
                 log.exception("could not settle a broken pool")
                 for entry in entries:
@@ -298,7 +343,7 @@ class Supervisor(Generic[J, R]):
             finally:
                 self._idle.notify_all()
 
-    def _judge(self, pool: _Pool, entries: list[_Entry[J]]) -> None:
+    def _judge(self, pool: _Pool, entries: list[_Entry[J]], signalled: bool = False) -> None:
         started = set()
         for entry in entries:
             mark = self._mark(entry.key)
@@ -312,7 +357,9 @@ class Supervisor(Generic[J, R]):
             return
         again_alone = 0
         for entry in entries:
-            if not started or (entry.key in started and pool.size == 1):
+            if signalled:  # stopped from outside: runs again as it was, free
+                pass
+            elif not started or (entry.key in started and pool.size == 1):
                 # none started: the workers cannot start; alone: the death was this job's own
                 entry.deaths += 1
                 self.handler.charged(entry.job, entry.deaths)
@@ -356,6 +403,8 @@ class Supervisor(Generic[J, R]):
         owner brings them back. Returns how many jobs (finished, were interrupted, were queued)."""
         with self._lock:
             self.stopping = True
+            self.marks.mkdir(parents=True, exist_ok=True)
+            (self.marks / STOPPING_MARK).touch()  # a job a worker takes from its queue from now on is not run
             pools = [p for p in (self._main, self._alone) if p is not None]
             self._main = self._alone = None
             running = [f for f, _ in self._futures.values()]
@@ -366,7 +415,7 @@ class Supervisor(Generic[J, R]):
         # CANCELLED future is not done for wait(), so they are left out of it too, or the grace is spent on them.
         queued = sum(1 for f in running if f.cancel())
         done, not_done = wait_futures([f for f in running if not f.cancelled()], timeout=grace)
-        if not_done:
+        if not_done or self.pending():  # busy past the grace (or running work this supervisor lost track of)
             for process in processes:
                 process.terminate()
             wait_futures(not_done, timeout=10)
@@ -374,5 +423,7 @@ class Supervisor(Generic[J, R]):
             process.join(timeout=10)
         # A future's done-callbacks (an interrupted job's record) run after its waiters wake: wait for them too.
         self.wait_idle(timeout=10)
+        (self.marks / STOPPING_MARK).unlink(missing_ok=True)
+        finished = sum(1 for f in done if f.exception() is None)
         with self._lock:
-            return len(done), self._interrupted, queued + self._never_started
+            return finished, self._interrupted, queued + self._never_started
