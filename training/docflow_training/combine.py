@@ -35,7 +35,6 @@ from typing import Any
 import numpy as np
 
 from docflow.domain.classifier import ModelIncompatibleError, ModelNotFoundError, TextClassifier
-from docflow.domain.drift import build_baseline, write_baseline
 from docflow.domain.encoding import pool_partner
 from docflow.domain.model_files import (
     CONFIG_FILE,
@@ -58,6 +57,7 @@ from docflow_training.train import (
     _replace_dir,
     _write_json,
     calibrate_review,
+    write_holdout_baseline,
     write_scan_head,
 )
 
@@ -366,17 +366,14 @@ def combine_model_dirs(
             _write_json(staging / CONFIG_FILE, model_config)
             served = TextClassifier(staging)  # as it will be served: with its threshold
             # What drift is measured against (docflow drift): the combination's predictions on the held-out set.
-            write_baseline(
+            write_holdout_baseline(
                 staging,
-                build_baseline(
-                    [labels[i] for i in np.argmax(probabilities, axis=1)],
-                    [float(p) for p in probabilities.max(axis=1)],
-                    labels,
-                    model_name=model_config["name"],
-                    model_version=version,
-                    created_at=created_at,
-                    source=held.source,
-                ),
+                probabilities,
+                labels,
+                model_name=model_config["name"],
+                model_version=version,
+                created_at=created_at,
+                source=held.source,
             )
         metrics["combine_seconds"] = round(time.perf_counter() - started, 2)
         _write_json(staging / METRICS_FILE, metrics)

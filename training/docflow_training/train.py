@@ -348,6 +348,31 @@ def served_review_threshold(holdout: dict[str, Any], holdout_ocr_noise: dict[str
     }
 
 
+def write_holdout_baseline(
+    model_dir: Path,
+    probabilities: np.ndarray,
+    labels: Sequence[str],
+    *,
+    model_name: str,
+    model_version: str,
+    created_at: str,
+    source: str,
+) -> None:
+    """What drift is measured against (docflow drift): the served model's predictions on its held-out set."""
+    write_baseline(
+        model_dir,
+        build_baseline(
+            [labels[i] for i in np.argmax(probabilities, axis=1)],
+            [float(p) for p in probabilities.max(axis=1)],
+            list(labels),
+            model_name=model_name,
+            model_version=model_version,
+            created_at=created_at,
+            source=source,
+        ),
+    )
+
+
 def calibrate_review(
     holdout_docs: Sequence[Document],
     probabilities: np.ndarray,
@@ -529,17 +554,14 @@ def run_training(
         }
         _write_json(staging / METRICS_FILE, metrics)
         # What drift is measured against (docflow drift): the served graph's predictions on the held-out split.
-        write_baseline(
+        write_holdout_baseline(
             staging,
-            build_baseline(
-                [fitted.labels[i] for i in np.argmax(onnx_probabilities, axis=1)],
-                [float(p) for p in onnx_probabilities.max(axis=1)],
-                fitted.labels,
-                model_name=config.model_name,
-                model_version=version,
-                created_at=created_at,
-                source=f"held-out split ({len(holdout_docs)} documents, seed {config.seed})",
-            ),
+            onnx_probabilities,
+            fitted.labels,
+            model_name=config.model_name,
+            model_version=version,
+            created_at=created_at,
+            source=f"held-out split ({len(holdout_docs)} documents, seed {config.seed})",
         )
         if scans:
             metrics["real_scans"] = write_scan_head(staging, served, scans, scans_source, review["threshold"])

@@ -48,7 +48,6 @@ from docflow.domain.classifier import (
     TOKENIZER_FILE,
     TextClassifier,
 )
-from docflow.domain.drift import build_baseline, write_baseline
 from docflow.domain.encoding import ATTENTION_MASK, INPUT_IDS, PROBABILITIES, ModelConfig, encode_chunks, pad_batch
 from docflow.domain.text import NORMALIZER_VERSION
 from docflow_training import checkpoints
@@ -62,6 +61,7 @@ from docflow_training.train import (
     _replace_dir,
     _write_json,
     calibrate_review,
+    write_holdout_baseline,
 )
 
 logger = logging.getLogger(__name__)
@@ -663,17 +663,14 @@ def _write_model_dir(
     del int8  # release the session's file handle before the directory moves
     # The served threshold travels with the model, so a promoted champion brings its own calibration.
     model_config["review_threshold"] = review["threshold"]
-    write_baseline(
+    write_holdout_baseline(
         staging,
-        build_baseline(
-            [labels[i] for i in np.argmax(probabilities, axis=1)],
-            [float(p) for p in probabilities.max(axis=1)],
-            labels,
-            model_name=config.model_name,
-            model_version=version,
-            created_at=created_at,
-            source=f"held-out split ({len(holdout_docs)} documents, seed {config.seed})",
-        ),
+        probabilities,
+        labels,
+        model_name=config.model_name,
+        model_version=version,
+        created_at=created_at,
+        source=f"held-out split ({len(holdout_docs)} documents, seed {config.seed})",
     )
     metrics = {
         "model_name": config.model_name,
