@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from docflow.cli.train import TrainingRefused, TrainOptions, plan_training
+from docflow.cli.train_plan import TrainingRefused, TrainOptions, plan_training
 from docflow.settings import DEFAULT_MODEL_DIR
 
 pytestmark = pytest.mark.unit
@@ -70,7 +70,7 @@ def test_an_unknown_family_or_a_bare_hp_is_refused(corpus: Path) -> None:
 
 
 def test_the_cli_knows_the_jobs_families() -> None:
-    from docflow.cli.train import FAMILIES
+    from docflow.cli.train_plan import FAMILIES
     from docflow_training.families import FAMILIES as JOB_FAMILIES
 
     assert FAMILIES == JOB_FAMILIES

@@ -322,3 +322,26 @@ def test_every_lazy_import_says_why(scan: Scan) -> None:
     )
     stale = sorted({(path, name) for path, names in REASONS_PENDING.items() for name in names} - pending_seen)
     assert not stale, f"REASONS_PENDING entries that match no unexplained lazy import any more (remove them): {stale}"
+
+
+MAX_LINES = 400
+# What a long module's docstring says of its length: "Over 400 lines on purpose: <why>" (or "A little over ...").
+LONG_ON_PURPOSE = re.compile(r"\bover 400 lines on purpose:\s*\S", re.IGNORECASE)
+
+
+def test_long_modules_say_why() -> None:
+    """No module in functions/ over 400 lines without the reason at its top: a room that holds several rooms
+    is split, and one that is long because it is one piece says so where the reader starts."""
+    unexplained = []
+    for path in sorted(SOURCE_ROOT.rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        n_lines = len(text.splitlines())
+        if n_lines <= MAX_LINES:
+            continue
+        docstring = ast.get_docstring(ast.parse(text)) or ""
+        if not LONG_ON_PURPOSE.search(docstring):
+            unexplained.append(f"{path.relative_to(SOURCE_ROOT).as_posix()}: {n_lines} lines")
+    assert not unexplained, (
+        f"modules over {MAX_LINES} lines whose docstring does not say why ('Over 400 lines on purpose: ...'); "
+        "split them by concern or state the reason:\n" + "\n".join(unexplained)
+    )

@@ -15,7 +15,7 @@ from moto import mock_aws
 from typer.testing import CliRunner
 
 from docflow.cli import app
-from docflow.cli.train import TrainOptions, plan_training
+from docflow.cli.train_plan import TrainOptions, plan_training
 from docflow_training.data import load_corpus
 from docflow_training.entry import HOLDOUT_SOURCE_FILE, validation_source
 from docflow_training.scans import Scan, ScanCorpusError, write_scan_corpus

@@ -2,7 +2,7 @@
 
 This module is the Typer app and its command list (the console script is ``docflow.cli:main``; ``python -m
 docflow.cli`` runs __main__.py). The commands live beside it: process.py (process, eval, serve, samples),
-drift.py, train.py (the command, and ``plan_training``, which decides what it runs), model.py (the
+drift.py, train.py (the command) and train_plan.py (``plan_training``: what it runs), model.py (the
 `docflow model …` group) and combine.py (`docflow model combine`, mounted on that group here); common.py holds
 what they share (``fail``, ``load_settings``, the progress bar, the MLflow tracking store's errors).
 

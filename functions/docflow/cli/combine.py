@@ -3,11 +3,11 @@ serves, their probabilities pooled (docflow_training.combine); with --scans, a s
 combination's probabilities, as `docflow train --no-track --scans` fits one.
 
 Mounted on the `docflow model` group by docflow.cli (``model_app.command("combine")``): not from
-docflow.cli.model, which docflow.cli.train imports, while this module uses train's scan reading.
+docflow.cli.model, so that the group's module stays free of the training commands.
 
 Lazy imports: the training package (scikit-learn, onnxruntime, the scan head) is imported where it is used,
 inside the command, so that `docflow --help` and the other commands never load it. What is imported at the
-top is light (typer, docflow.cli.common, docflow.cli.train).
+top is light (typer, docflow.cli.common).
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ from typing import Annotated
 
 import typer
 
-from docflow.cli.common import HomeOption, err, fail, load_settings
-from docflow.cli.train import _read_scans
+from docflow.cli.common import HomeOption, err, fail, load_settings, read_labelled_scans
 
 DEFAULT_WEIGHT = 0.5  # docflow_training.combine.DEFAULT_WEIGHT, here so that the help needs no training import
 
@@ -86,7 +85,7 @@ def combine(
     except FileExistsError as exc:
         raise fail(f"--out: {exc}") from None
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    read = _read_scans(scans, settings, workers) if scans is not None else None
+    read = read_labelled_scans(scans, settings, workers) if scans is not None else None
     try:
         metrics = combine_model_dirs(
             primary, partner, weight, out, holdout, scans=read, scans_source=str(scans) if scans else None

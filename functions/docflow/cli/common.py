@@ -1,21 +1,22 @@
 """What every `docflow` command shares: how a command stops on an error (``fail``, ``settings_failure``), its
 settings (``load_settings``), folders it writes into (``unusable_dir``), stderr (``err``) and its progress bar,
-and the MLflow tracking store the training commands talk to (``registry_for``, ``tracking_errors``).
+the MLflow tracking store the training commands talk to (``registry_for``, ``tracking_errors``), and labelled
+scans read for them (``read_labelled_scans``: `docflow train --scans/--validation`, `docflow model combine`).
 
-Lazy imports: MLflow, SQLAlchemy and docflow_training are imported where they are used (inside
-``tracking_errors`` and ``registry_for``), not at the top: every command imports this module, and `docflow
---help`, `process` or `serve` must not pay seconds for MLflow (nor the Lambda runtime load it). Everything
-imported at the top is light (typer, rich, pydantic, docflow.settings).
+Lazy imports: MLflow, SQLAlchemy, docflow_training and docflow.evaluation are imported where they are used
+(inside ``tracking_errors``, ``registry_for`` and ``read_labelled_scans``), not at the top: every command
+imports this module, and `docflow --help`, `process` or `serve` must not pay seconds for MLflow (nor the
+Lambda runtime load it). Everything imported at the top is light (typer, rich, pydantic, docflow.settings).
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from pydantic import ValidationError
@@ -162,3 +163,35 @@ def _quick_retries() -> Iterator[None]:
         yield
     finally:
         os.environ.pop(name, None)
+
+
+def read_labelled_scans(
+    folder: Path,
+    settings: Settings,
+    workers: int | None,
+    *,
+    option: str = "--scans",
+    labels: Sequence[str] | None = None,
+) -> list[Any]:
+    """The labelled scans under ``folder`` (``labels``: of these classes only), read by the pipeline's
+    ExtractText, with a progress bar; cached in DOCFLOW_HOME/cache/scans so that fitting again does not read
+    them again."""
+    from docflow.evaluation import EvalInputError
+    from docflow_training.scans import ScanReadError, read_scans
+
+    if not folder.exists():
+        raise fail(f"No such scans folder: {folder}")
+    with progress_bar() as bar:
+        task = bar.add_task("reading scans", total=None)
+        try:
+            read = read_scans(
+                folder,
+                settings.ocr,
+                workers=workers,
+                cache_dir=settings.home / "cache" / "scans",
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+                labels=labels,
+            )
+        except (EvalInputError, ScanReadError) as exc:
+            raise fail(f"{option}: {exc}") from None
+    return read

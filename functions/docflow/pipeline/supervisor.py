@@ -16,6 +16,10 @@ it) from those still queued (which did nothing wrong), by a start marker each jo
 Each document runs with ``OMP_THREAD_LIMIT=1`` (Tesseract's threads thrash on small machines; parallelism is
 across documents), ignores Ctrl-C (the parent decides what stops), holds the run lock shared (its document in
 flight is never taken for an orphan, even if the parent is killed), and loads the model before its first job.
+
+A little over 400 lines on purpose: the pool, its workers' start-up and stop, and the rules above for who pays
+for a death are one piece of concurrency that is read and changed together; split, each rule would lean on
+state kept in another file.
 """
 
 from __future__ import annotations
