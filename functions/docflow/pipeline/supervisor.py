@@ -328,9 +328,9 @@ class Supervisor(Generic[J, R]):
         log.error("a pipeline worker died; restarting its pool")
         processes = worker_processes(pool.executor)  # before the pool forgets them: how each one ended
         args = (pool, entries, processes)
-        threading.Thread(target=self._settle, args=args, name="docflow-settle", daemon=True).start()
+        threading.Thread(target=self._judge_once_exited, args=args, name="docflow-broken-pool", daemon=True).start()
 
-    def _settle(self, pool: _Pool, entries: list[_Entry[J]], processes: list[BaseProcess]) -> None:
+    def _judge_once_exited(self, pool: _Pool, entries: list[_Entry[J]], processes: list[BaseProcess]) -> None:
         pool.executor.shutdown(wait=True)
         # A stop signal sent to every process (a service manager stopping the group) is no job's fault: in a pool
         # of one, where a death is otherwise the running job's own, it is not charged.
@@ -339,7 +339,7 @@ class Supervisor(Generic[J, R]):
             try:
                 self._judge(pool, entries, signalled)
             except Exception:  # never lose a job silently: each ends failed
-                log.exception("could not settle a broken pool")
+                log.exception("could not judge the jobs of a broken pool")
                 for entry in entries:
                     if entry.key in self._entries and entry.key not in self._futures:
                         self._end(entry)
