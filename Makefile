@@ -31,8 +31,15 @@ system-deps: ## Debian packages: Tesseract with English and Russian, a font for 
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
 
+# What a first `make test` takes on disk: .venv 2.9 GB, layers, LocalStack's runtime and the tests' temporary files.
+MIN_FREE_GB ?= 6
+
 $(BIN)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: set PYTHON=python3.x (>= 3.11)"; exit 1; }
+	@[ -x $(BIN)/python ] || free=$$(df -Pk . | awk 'NR==2 {print int($$4 / 1048576)}'); \
+	if [ -n "$$free" ] && [ "$$free" -lt $(MIN_FREE_GB) ]; then \
+		echo "Only $$free GB free on $$(df -P . | awk 'NR==2 {print $$6}'): installing needs about $(MIN_FREE_GB) GB (.venv, layers, LocalStack, test files); free some space, or set MIN_FREE_GB=0 to try anyway"; exit 1; \
+	fi
 	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0  # first: the CPU build, before anything that wants torch pulls another
