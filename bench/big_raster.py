@@ -39,11 +39,11 @@ def _page(mode: str, side: int = SIDE) -> Any:
     """A white `side` x `side` page with LINES lines of type 1/40 of its height."""
     from PIL import Image, ImageDraw
 
-    from docflow.samples import _font
+    from docflow.samples import sample_font
 
     image = Image.new(mode, (side, side), "white")
     draw = ImageDraw.Draw(image)
-    font = _font(side // 40)
+    font = sample_font(side // 40)
     for n in range(LINES):
         line = f"{WORDS[n % len(WORDS)]} NUMBER {1000 + n} DATE 2024-0{1 + n % 9}-1{n % 10}"
         draw.text((side // 12, side // 12 + n * side // 24), line, fill="black", font=font)

@@ -87,10 +87,10 @@ def outside_ocr_share(pages: list[Path], workers: int) -> dict[str, Any]:
 def tiny_scans(directory: Path, n: int) -> list[Path]:
     from PIL import Image, ImageDraw
 
-    from docflow.samples import _font
+    from docflow.samples import sample_font
 
     directory.mkdir(parents=True, exist_ok=True)
-    font = _font(36)
+    font = sample_font(36)
     words = ("MEMO", "LETTER", "INVOICE", "REPORT", "FORM", "NOTICE")
     paths = []
     for i in range(n):

@@ -97,7 +97,7 @@ Telephone: (____) __________
 Signature: _______________________   Approved by: ________"""
 
 
-def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+def sample_font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     for path in FONT_PATHS:
         if Path(path).exists():
             return ImageFont.truetype(path, size)
@@ -109,7 +109,7 @@ def render_page(text: str, width: int = 1700, height: int = 2200, font_size: int
     page = Image.new("L", (width, height), 255)
     draw = ImageDraw.Draw(page)
     margin = width // 10
-    draw.multiline_text((margin, margin), text, fill=0, font=_font(font_size), spacing=font_size // 2)
+    draw.multiline_text((margin, margin), text, fill=0, font=sample_font(font_size), spacing=font_size // 2)
     return page
 
 

@@ -54,7 +54,7 @@ def test_labels_are_scored_in_the_order_given_and_only_those() -> None:
 def test_the_same_numbers_the_three_former_copies_gave() -> None:
     """The values below are what the code before the merge printed for Y_TRUE / Y_PRED (full floats, as
     metrics.json and `docflow eval --json` carry them)."""
-    # train.py's _evaluate (scikit-learn precision_recall_fscore_support / f1_score, over the model's labels):
+    # train.py's score_probabilities (scikit-learn precision_recall_fscore_support / f1_score, over the model's labels):
     train = class_metrics(Y_TRUE, [p or "" for p in Y_PRED], MODEL_LABELS)
     assert {label: (s.precision, s.recall, s.f1, s.support) for label, s in train.per_class.items()} == {
         "memo": (0.5, 0.6666666666666666, 0.5714285714285714, 3),

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from docflow.domain.layout import FEATURE_NAMES, WordBox, ink_layout, page_layout, text_layout, words_from_tsv
-from docflow.domain.ocr import _TSV_HEADER, parse_tsv
+from docflow.domain.ocr import TSV_HEADER, parse_tsv
 
 pytestmark = pytest.mark.unit
 
@@ -20,7 +20,7 @@ def tsv_of(words: list[tuple[int, int, int, int, str]], page: tuple[int, int] = 
     for block, line, left, top, text in words:
         height = 60 if text.isupper() and len(text) > 3 else 20
         rows.append(f"5\t1\t{block}\t1\t{line}\t1\t{left}\t{top}\t{len(text) * 12}\t{height}\t{conf}\t{text}")
-    return _TSV_HEADER + "\n".join(rows) + "\n"
+    return TSV_HEADER + "\n".join(rows) + "\n"
 
 
 MEMO = [

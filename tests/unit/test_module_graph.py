@@ -345,3 +345,24 @@ def test_long_modules_say_why() -> None:
         f"modules over {MAX_LINES} lines whose docstring does not say why ('Over 400 lines on purpose: ...'); "
         "split them by concern or state the reason:\n" + "\n".join(unexplained)
     )
+
+
+PROJECT_ROOT = SOURCE_ROOT.parent
+OWN_PACKAGES = ("docflow", "docflow_training")
+
+
+def test_no_private_name_is_imported_from_another_module() -> None:
+    """A leading underscore says "only this module uses it": a name another module of the product (functions/,
+    training/, bench/) needs is made public, so that a reader of its home sees that others depend on it."""
+    found = []
+    for folder in ("functions", "training", "bench"):
+        for path in sorted((PROJECT_ROOT / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if not isinstance(node, ast.ImportFrom) or node.level or not node.module:
+                    continue
+                if node.module.split(".")[0] not in OWN_PACKAGES:
+                    continue
+                private = [a.name for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+                if private:
+                    found.append(f"{path.relative_to(PROJECT_ROOT).as_posix()}:{node.lineno}: {node.module} {private}")
+    assert not found, "private names imported from another module (make them public):\n" + "\n".join(found)

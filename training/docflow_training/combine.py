@@ -53,11 +53,11 @@ from docflow_training.model_dir import model_dir_target_problem
 from docflow_training.registry import text_sha256
 from docflow_training.scans import Scan
 from docflow_training.train import (
-    _evaluate,
-    _replace_dir,
-    _write_json,
     calibrate_review,
+    replace_dir,
+    score_probabilities,
     write_holdout_baseline,
+    write_json,
     write_scan_head,
 )
 
@@ -254,7 +254,7 @@ def _calibration(raw_config: dict[str, Any]) -> dict[str, float]:
 
 
 def _member_scores(y_true: list[str], probabilities: np.ndarray, labels: list[str]) -> dict[str, Any]:
-    scores = _evaluate(y_true, probabilities, labels)
+    scores = score_probabilities(y_true, probabilities, labels)
     return {k: scores[k] for k in ("accuracy", "macro_f1", "log_loss")}
 
 
@@ -354,16 +354,16 @@ def combine_model_dirs(
                 "reached": None,
                 "rule": "no held-out corpus: the higher of the members' calibrated thresholds, not recalibrated",
             }
-            _write_json(staging / CONFIG_FILE, model_config)
+            write_json(staging / CONFIG_FILE, model_config)
             served = TextClassifier(staging)
         else:
             model_config["review_threshold"] = None  # calibrated below, on the combination's probabilities
-            _write_json(staging / CONFIG_FILE, model_config)
+            write_json(staging / CONFIG_FILE, model_config)
             served = TextClassifier(staging)
             review, probabilities = _evaluate_holdout(served, first, second, weight, held, labels, calibration, metrics)
             # The served threshold travels with the model, so a promoted champion brings its own calibration.
             model_config["review_threshold"] = review["threshold"]
-            _write_json(staging / CONFIG_FILE, model_config)
+            write_json(staging / CONFIG_FILE, model_config)
             served = TextClassifier(staging)  # as it will be served: with its threshold
             # What drift is measured against (docflow drift): the combination's predictions on the held-out set.
             write_holdout_baseline(
@@ -376,13 +376,13 @@ def combine_model_dirs(
                 source=held.source,
             )
         metrics["combine_seconds"] = round(time.perf_counter() - started, 2)
-        _write_json(staging / METRICS_FILE, metrics)
+        write_json(staging / METRICS_FILE, metrics)
         if scans:
             threshold_for_text = served.review_threshold()
             metrics["real_scans"] = write_scan_head(staging, served, scans, scans_source, threshold_for_text)
-            _write_json(staging / METRICS_FILE, metrics)
+            write_json(staging / METRICS_FILE, metrics)
         del served  # release the sessions' file handles before the directory moves
-        _replace_dir(staging, out)
+        replace_dir(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -436,7 +436,7 @@ def _evaluate_holdout(
     )
     metrics.update(
         {
-            **_evaluate(y_true, probabilities, labels),
+            **score_probabilities(y_true, probabilities, labels),
             "n_holdout": len(texts),
             "holdout": {"source": held.source, "n_documents": len(texts), "seed": held.seed},
             "members_on_holdout": {role: _member_scores(y_true, p, labels) for role, p in members.items()},

@@ -244,14 +244,16 @@ def fit(train_docs: Sequence[Document], config: TrainConfig) -> FittedModel:
     )
 
 
-def _content_version(model_dir: Path) -> str:
+def content_version(model_dir: Path) -> str:
     digest = hashlib.sha256()
     for name in (MODEL_FILE, TOKENIZER_FILE, LABELS_FILE):
         digest.update((model_dir / name).read_bytes())
     return digest.hexdigest()[:12]
 
 
-def _evaluate(y_true: list[str], probabilities: np.ndarray, labels: list[str]) -> dict[str, Any]:
+def score_probabilities(y_true: list[str], probabilities: np.ndarray, labels: list[str]) -> dict[str, Any]:
+    """Accuracy, macro-F1, per-class figures and log loss of ``probabilities`` (a row per document, columns in
+    ``labels`` order) against ``y_true``: how every family scores a model on held-out documents."""
     y_pred = [labels[i] for i in np.argmax(probabilities, axis=1)]
     probabilities64 = probabilities.astype(np.float64)
     # Over all the model's classes, one with no held-out document included (recall and F1 0): scikit-learn's
@@ -388,7 +390,7 @@ def calibrate_review(
     noised_texts = [ocr_noise(doc.text, HEAVY, f"holdout:{doc.path}") for doc in holdout_docs]
     noised_probabilities = predict_proba(noised_texts)
     y_true = [doc.label for doc in holdout_docs]
-    noised = _evaluate(y_true, noised_probabilities, list(labels))
+    noised = score_probabilities(y_true, noised_probabilities, list(labels))
     calibration = {"target_precision": target_precision, "confidence": confidence}
     noised["review_threshold"] = review_threshold_for(y_true, noised_probabilities, labels, **calibration)
     review = served_review_threshold(
@@ -407,7 +409,7 @@ def calibrate_review(
     return noised, review
 
 
-def _replace_dir(staging: Path, target: Path) -> None:
+def replace_dir(staging: Path, target: Path) -> None:
     """Move ``staging`` to ``target``, replacing any previous model directory there.
 
     A rename is atomic, but POSIX cannot rename a directory over a non-empty one: the old directory
@@ -430,7 +432,7 @@ def _replace_dir(staging: Path, target: Path) -> None:
     shutil.rmtree(retired, ignore_errors=True)
 
 
-def _write_json(path: Path, payload: Any) -> None:
+def write_json(path: Path, payload: Any) -> None:
     path.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n", encoding="utf-8")
 
 
@@ -471,14 +473,14 @@ def run_training(
     staging.mkdir()
     try:
         fitted.tokenizer.save(str(staging / TOKENIZER_FILE), pretty=False)
-        _write_json(staging / LABELS_FILE, fitted.labels)
+        write_json(staging / LABELS_FILE, fitted.labels)
         onnx_model = build_tfidf_linear_graph(
             fitted.idf,
             *softmax_weights(fitted.classifier.coef_, fitted.classifier.intercept_),
             metadata={"name": config.model_name, "dataset_sha256": digest.sha256},
         )
         (staging / MODEL_FILE).write_bytes(onnx_model.SerializeToString())
-        version = config.version or _content_version(staging)
+        version = config.version or content_version(staging)
         created_at = datetime.now(UTC).isoformat(timespec="seconds")
         model_config: dict[str, Any] = {
             "name": config.model_name,
@@ -501,7 +503,7 @@ def run_training(
             },
             "train_config": config.model_dump(mode="json"),
         }
-        _write_json(staging / CONFIG_FILE, model_config)
+        write_json(staging / CONFIG_FILE, model_config)
 
         # Score the held-out split through the runtime that will serve these files.
         logger.info("evaluating %d held-out documents through onnxruntime", len(holdout_docs))
@@ -526,12 +528,12 @@ def run_training(
         )
         # The served threshold travels with the model, so a promoted champion brings its own calibration.
         model_config["review_threshold"] = review["threshold"]
-        _write_json(staging / CONFIG_FILE, model_config)
+        write_json(staging / CONFIG_FILE, model_config)
         metrics: dict[str, Any] = {
             "model_name": config.model_name,
             "model_version": version,
             "created_at": created_at,
-            **_evaluate(holdout_labels, onnx_probabilities, fitted.labels),
+            **score_probabilities(holdout_labels, onnx_probabilities, fitted.labels),
             "n_train": len(train_docs),
             "n_holdout": len(holdout_docs),
             "train_support": dict(sorted(Counter(doc.label for doc in train_docs).items())),
@@ -552,7 +554,7 @@ def run_training(
             "augment_copies": config.augment_copies,
             "training_seconds": round(time.perf_counter() - started, 2),
         }
-        _write_json(staging / METRICS_FILE, metrics)
+        write_json(staging / METRICS_FILE, metrics)
         # What drift is measured against (docflow drift): the served graph's predictions on the held-out split.
         write_holdout_baseline(
             staging,
@@ -565,9 +567,9 @@ def run_training(
         )
         if scans:
             metrics["real_scans"] = write_scan_head(staging, served, scans, scans_source, review["threshold"])
-            _write_json(staging / METRICS_FILE, metrics)
+            write_json(staging / METRICS_FILE, metrics)
         del served  # release the session's file handle before the directory moves
-        _replace_dir(staging, out_dir)
+        replace_dir(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -602,7 +604,7 @@ def write_scan_head(
     # The scans' SHA-256 (= their document ids): `docflow eval` names figures on them in-sample.
     documents = sorted({scan.sha256 for scan in scans})
     spec = fitted.spec.model_dump() | {"fitted_on": {**fitted_on, "documents": documents}, "cross_validated": summary}
-    _write_json(model_dir / SCAN_HEAD_FILE, spec)
+    write_json(model_dir / SCAN_HEAD_FILE, spec)
     logger.info(
         "scan head on %d real scans (%s), cross-validated: in-scope top-1 %.3f, macro-F1 %.3f, %.0f %% classified "
         "at %.1f %% precision (out-of-scope scans counted), %.0f %% of out-of-scope scans classified; review "
@@ -631,7 +633,7 @@ def add_scan_head(model_dir: Path, scans: Sequence[Scan], source: str | None) ->
     threshold = served.review_threshold()
     metrics["real_scans"] = write_scan_head(model_dir, served, scans, source, threshold)
     del served
-    _write_json(model_dir / METRICS_FILE, metrics)
+    write_json(model_dir / METRICS_FILE, metrics)
     return metrics
 
 

@@ -56,12 +56,12 @@ from docflow_training.families import TransformerConfig
 from docflow_training.model_dir import model_dir_target_problem
 from docflow_training.noise import HEAVY, ocr_noise
 from docflow_training.train import (
-    _content_version,
-    _evaluate,
-    _replace_dir,
-    _write_json,
     calibrate_review,
+    content_version,
+    replace_dir,
+    score_probabilities,
     write_holdout_baseline,
+    write_json,
 )
 
 logger = logging.getLogger(__name__)
@@ -490,8 +490,8 @@ def quantize_int8(fp32_path: Path, int8_path: Path) -> None:
 
 def _write_served_files(model_dir: Path, tokenizer: Tokenizer, labels: Sequence[str], config: dict[str, Any]) -> None:
     tokenizer.save(str(model_dir / TOKENIZER_FILE), pretty=False)
-    _write_json(model_dir / LABELS_FILE, list(labels))
-    _write_json(model_dir / CONFIG_FILE, config)
+    write_json(model_dir / LABELS_FILE, list(labels))
+    write_json(model_dir / CONFIG_FILE, config)
 
 
 def _package_version(name: str) -> str | None:
@@ -556,11 +556,11 @@ def run_transformer_training(
         dataset = {"sha256": digest.sha256, "n_documents": digest.n_documents, "n_bytes": digest.n_bytes}
         # where the corpus came from (the job's S3 URI or folder), not the job's working copy
         model_config["training_data"] = {"path": data_source or str(data_dir), **dataset}
-        _write_json(staging / CONFIG_FILE, model_config)
+        write_json(staging / CONFIG_FILE, model_config)
         metrics["dataset"] = dataset
         metrics["training_seconds"] = round(time.perf_counter() - started, 2)
-        _write_json(staging / METRICS_FILE, metrics)
-        _replace_dir(staging, out_dir)
+        write_json(staging / METRICS_FILE, metrics)
+        replace_dir(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -645,9 +645,9 @@ def _write_model_dir(
         int8_bytes = (int8_dir / MODEL_FILE).stat().st_size
 
     _write_served_files(staging, tokenizer, labels, {**model_config, "version": "unversioned"})
-    version = config.version or _content_version(staging)
+    version = config.version or content_version(staging)
     model_config["version"] = version
-    _write_json(staging / CONFIG_FILE, model_config)
+    write_json(staging / CONFIG_FILE, model_config)
 
     # From here on, the shipped graph (int8, or fp32 when int8 fell short) through the runtime that will serve it.
     int8 = TextClassifier(staging)
@@ -678,7 +678,7 @@ def _write_model_dir(
         "created_at": created_at,
         "family": "transformer",
         "architecture": ARCHITECTURE,
-        **_evaluate(holdout_labels, probabilities, labels),
+        **score_probabilities(holdout_labels, probabilities, labels),
         "n_train": len(train_docs),
         "n_holdout": len(holdout_docs),
         "train_support": dict(sorted(Counter(doc.label for doc in train_docs).items())),

@@ -21,6 +21,7 @@ from docflow.api.schemas import (
 )
 from docflow.context import StepContext
 from docflow.errors import DocflowError
+from docflow.powertools import logger
 from docflow.values import Prediction
 
 if TYPE_CHECKING:
@@ -35,8 +36,6 @@ def classifier(ctx: StepContext) -> TextClassifier:
     try:
         return ctx.classifier()
     except (OSError, ValueError, DocflowError) as exc:  # ModelNotFoundError, ModelIncompatibleError, config
-        from docflow.powertools import logger
-
         logger.error("classifier unavailable", extra={"error": f"{type(exc).__name__}: {exc}"})
         raise ApiError(503, "model_unavailable", "the classifier model is not available on this server") from exc
 
@@ -112,8 +111,6 @@ def health(ctx: StepContext) -> HealthResponse:
     try:
         model = ctx.classifier()
     except Exception:  # reported as model_loaded=false; the reason is in the log
-        from docflow.powertools import logger
-
         logger.exception("health: classifier not loadable")
     records_ok = _reachable(lambda: ctx.records.get_document("0" * 64))
     blobs_ok = _reachable(lambda: ctx.blobs.exists("health/ping"))
@@ -133,7 +130,5 @@ def _reachable(probe: Any) -> bool:
         probe()
         return True
     except Exception:
-        from docflow.powertools import logger
-
         logger.exception("health: store unreachable")
         return False

@@ -29,7 +29,7 @@ from typing import Any
 
 from PIL import Image
 
-from docflow.domain.tesseract_output import _TSV_HEADER, OcrPage, Orientation, parse_osd, parse_tsv
+from docflow.domain.tesseract_output import TSV_HEADER, OcrPage, Orientation, parse_osd, parse_tsv
 from docflow.values import OcrOptions
 
 __all__ = [
@@ -297,7 +297,7 @@ class TesserocrEngine(OcrEngine):
                 )
             tsv = api.GetTSVText(0)
             api.Clear()  # its copy of the page (4 bytes a pixel) is not kept until the next page
-        return parse_tsv(_TSV_HEADER + tsv)
+        return parse_tsv(TSV_HEADER + tsv)
 
     def detect_orientation(self, image: Image.Image, options: OcrOptions) -> Orientation | None:
         if self._osd_broken or not _osd_installed(self.available_languages, self.tessdata):

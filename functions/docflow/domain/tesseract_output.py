@@ -32,7 +32,7 @@ class Orientation:
     confidence: float  # OSD's orientation confidence (under ~2 is a guess; a clear page of text: 5-15)
 
 
-_TSV_HEADER = "level\tpage_num\tblock_num\tpar_num\tline_num\tword_num\tleft\ttop\twidth\theight\tconf\ttext\n"
+TSV_HEADER = "level\tpage_num\tblock_num\tpar_num\tline_num\tword_num\tleft\ttop\twidth\theight\tconf\ttext\n"
 
 
 _OSD_DEGREES = re.compile(r"^Orientation in degrees:\s*(\d+)", re.MULTILINE)
