@@ -132,9 +132,10 @@ def table(r: dict[str, Any]) -> list[tuple[str, str, str]]:
         if big and base:
             add(f"{big['pages']}-page scanned PDF: seconds, status", f"{big['seconds']} s, {big['status']}")
             add("  peak RSS vs a 1-page run", f"{big['peak_rss_mb']} MB vs {base['peak_rss_mb']} MB")
-        if heavy := bp.get("heaviest_text_layer_4_pages"):
+        if heavy := bp.get("heaviest_text_layer"):
             add(
-                f"heaviest text layer accepted (4 pages x {heavy['page_content_bytes'] / 2**20:.2f} MiB): peak RSS",
+                f"heaviest text layer accepted ({heavy['pages']} pages x {heavy['page_content_bytes'] / 2**20:.2f} "
+                "MiB): peak RSS",
                 f"{heavy['peak_rss_mb']} MB",
                 "<= 512",
             )

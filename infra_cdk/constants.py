@@ -118,4 +118,3 @@ DRIFT_PSI_THRESHOLD = 0.2
 DRIFT_WINDOW_HOURS = 24  # DOCFLOW_DRIFT_WINDOW_HOURS of the drift job: the predictions each run compares
 DRIFT_SIGNALS = ("class_distribution", "prediction_confidence")
 TERMINAL_STATUSES = ("CLASSIFIED", "NEEDS_REVIEW", "REJECTED", "DUPLICATE", "FAILED")
-PIPELINE_STEPS = ("Validate", "ExtractText", "ExtractPages", "MergeText", "Classify", "RecordOutcome", "RecordFailure")

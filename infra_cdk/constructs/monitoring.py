@@ -8,7 +8,7 @@ Metrics whose dimension values are open-ended (document_class, model_version) ar
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from aws_cdk import Aws, Duration, RemovalPolicy
 from aws_cdk import aws_cloudwatch as cw
@@ -24,6 +24,7 @@ from aws_cdk import aws_sqs as sqs
 from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 
+from docflow.pipeline import flow
 from infra_cdk import constants as c
 
 PERIOD = Duration.minutes(c.ALARM_PERIOD_MINUTES)
@@ -241,7 +242,7 @@ class Monitoring(Construct):
         def graph(title: str, metrics: list[cw.IMetric], width: int = 8, **kwargs: object) -> cw.GraphWidget:
             return cw.GraphWidget(title=title, left=metrics, width=width, height=6, **kwargs)  # type: ignore[arg-type]
 
-        def percentiles(name: str, dimension: str, values: tuple[str, ...]) -> list[cw.IMetric]:
+        def percentiles(name: str, dimension: str, values: Sequence[str]) -> list[cw.IMetric]:
             return [
                 docflow_metric(name, stat, dimensions={dimension: value}).with_(label=f"{value} {stat}")
                 for value in values
@@ -264,8 +265,9 @@ class Monitoring(Construct):
                 ],
             ),
         )
+        steps = [task.step for task in flow.tasks()]  # every step of the pipeline's flow
         dashboard.add_widgets(
-            graph("Step latency p50 / p95 (s)", percentiles("StepSeconds", "step", c.PIPELINE_STEPS), width=12),
+            graph("Step latency p50 / p95 (s)", percentiles("StepSeconds", "step", steps), width=12),
             graph(
                 "Pipeline latency p50 / p95 (s), upload to terminal status",
                 percentiles("PipelineSeconds", "status", c.TERMINAL_STATUSES),

@@ -9,6 +9,7 @@ import aws_cdk as cdk
 import pytest
 from aws_cdk.assertions import Match, Template
 
+from docflow.pipeline import flow
 from infra_cdk import constants as c
 
 pytestmark = pytest.mark.infra
@@ -296,7 +297,7 @@ def test_dashboard_shows_every_signal_with_its_emitted_dimensions(dashboard: dic
 def test_dashboard_latency_percentiles_per_step_and_pipeline(dashboard: dict[str, Any]) -> None:
     steps = _metric_rows(_widget(dashboard, "Step latency"))
     got = {(row[row.index("step") + 1], row[-1]["stat"]) for row in steps}
-    assert got == {(step, stat) for step in c.PIPELINE_STEPS for stat in ("p50", "p95")}
+    assert got == {(step, stat) for step in (t.step for t in flow.tasks()) for stat in ("p50", "p95")}
     pipeline = _metric_rows(_widget(dashboard, "Pipeline latency"))
     got = {(row[row.index("status") + 1], row[-1]["stat"]) for row in pipeline}
     assert got == {(status, stat) for status in c.TERMINAL_STATUSES for stat in ("p50", "p95")}

@@ -79,13 +79,17 @@ def test_embedded_runner_300_pages_with_bounded_memory() -> None:
 
 def test_the_heaviest_text_layer_accepted_stays_under_512_mib() -> None:
     """Extracting a page's text costs PDFium ~100 bytes per byte of the page's content: validation caps what
-    a page draws (max_page_content_bytes), so the heaviest pages it accepts, four of them in a row, peak under
-    512 MiB in one fresh embedded run (models, imports and Tesseract included); a page over it is refused."""
+    a page draws (max_page_content_bytes) and what the whole PDF draws (max_content_bytes), so the heaviest
+    PDF it accepts, as many pages at the per-page limit as the total allows (16), peaks under 512 MiB in one
+    fresh embedded run (models, imports and Tesseract included); a page over the limit is refused."""
     from docflow.values import ValidationLimits
 
-    limit = ValidationLimits().max_page_content_bytes
-    heavy = measure_pdf(text_layer_pdf(4, limit - 64 * 1024))
-    assert heavy["status"] in ("CLASSIFIED", "NEEDS_REVIEW") and heavy["pages"] == 4, heavy
+    limits = ValidationLimits()
+    limit = limits.max_page_content_bytes
+    n_pages = limits.max_content_bytes // limit
+    assert n_pages == 16
+    heavy = measure_pdf(text_layer_pdf(n_pages, limit - 64 * 1024))
+    assert heavy["status"] in ("CLASSIFIED", "NEEDS_REVIEW") and heavy["pages"] == n_pages, heavy
     assert heavy["peak_rss_mb"] < 512, heavy
     over = measure_pdf(text_layer_pdf(1, limit + 256 * 1024))
     assert over["status"] == "REJECTED" and "limit per page" in over["reason"], over

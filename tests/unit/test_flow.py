@@ -16,6 +16,7 @@ from docflow.adapters.files import LocalBlobStore
 from docflow.adapters.sqlite import SqliteRecordStore
 from docflow.context import StepContext
 from docflow.errors import PermanentError
+from docflow.handlers._step import STEP_NAMES
 from docflow.pipeline import flow, runner
 from docflow.pipeline.state import DocumentRef, PagePart, PageRange, PageRangeTask, PipelineState
 from docflow.settings import Settings
@@ -54,7 +55,13 @@ def test_every_task_has_a_step_function_in_the_runner_and_a_lambda() -> None:
     assert len(steps) == len(flow.tasks()), "one task per step"
     assert set(runner.steps()) == steps
     assert steps <= set(c.FUNCTIONS)
-    assert set(c.PIPELINE_STEPS) == steps
+
+
+def test_each_step_function_is_named_after_its_step() -> None:
+    # ExtractText -> extract_text_step: a newcomer finds a step's function by its name (docs/development.md)
+    named = {re.sub(r"(?<!^)(?=[A-Z])", "_", step).lower() + "_step": step for step in runner.steps()}
+    assert {fn.__name__: step for step, fn in runner.steps().items()} == named
+    assert named == STEP_NAMES  # the StepSeconds dimension of each function
 
 
 def _handler_source(step: str) -> str:

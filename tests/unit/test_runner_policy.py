@@ -50,7 +50,7 @@ def _flaky(times: int, exc: type[Exception]):  # type: ignore[no-untyped-def]
 
 def _patch(monkeypatch: pytest.MonkeyPatch, **steps: object) -> None:
     monkeypatch.setattr(runner, "validate_step", steps.get("validate", _accept))
-    monkeypatch.setattr(runner, "extract_step", steps.get("extract", lambda s, c: s))
+    monkeypatch.setattr(runner, "extract_text_step", steps.get("extract", lambda s, c: s))
     monkeypatch.setattr(runner, "classify_step", steps.get("classify", _classified))
 
 

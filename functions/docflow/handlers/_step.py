@@ -19,7 +19,7 @@ from docflow.powertools import logger
 # The state machine's name of each step function: the StepSeconds dimension.
 STEP_NAMES = {
     "validate_step": "Validate",
-    "extract_step": "ExtractText",
+    "extract_text_step": "ExtractText",
     "extract_pages_step": "ExtractPages",
     "merge_text_step": "MergeText",
     "classify_step": "Classify",

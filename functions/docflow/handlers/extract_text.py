@@ -7,7 +7,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from docflow.handlers._step import run_step
 from docflow.pipeline.state import PipelineState
-from docflow.pipeline.steps import extract_step
+from docflow.pipeline.steps import extract_text_step
 from docflow.powertools import logger, metrics, tracer
 
 
@@ -16,4 +16,4 @@ from docflow.powertools import logger, metrics, tracer
 @tracer.capture_lambda_handler
 @event_parser(model=PipelineState)
 def handler(event: PipelineState, context: LambdaContext) -> dict[str, Any]:
-    return run_step(extract_step, event)
+    return run_step(extract_text_step, event)

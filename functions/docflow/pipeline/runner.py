@@ -20,7 +20,7 @@ from docflow.pipeline.state import DocumentRef, PageRangeTask, PipelineState, St
 from docflow.pipeline.steps import (
     classify_step,
     extract_pages_step,
-    extract_step,
+    extract_text_step,
     merge_text_step,
     record_failure_step,
     record_outcome_step,
@@ -39,7 +39,7 @@ def steps() -> dict[str, Callable[[Any, StepContext], Any]]:
     return {
         "Validate": validate_step,
         "RecordOutcome": record_outcome_step,
-        "ExtractText": extract_step,
+        "ExtractText": extract_text_step,
         "ExtractPages": extract_pages_step,
         "MergeText": merge_text_step,
         "Classify": classify_step,

@@ -314,7 +314,7 @@ def _with_text(state: PipelineState, ctx: StepContext, result: ExtractionResult,
 
 
 @fault_point("ExtractText")
-def extract_step(state: PipelineState, ctx: StepContext) -> PipelineState:
+def extract_text_step(state: PipelineState, ctx: StepContext) -> PipelineState:
     """Text per page: the PDF's own text layer where it has one, Tesseract otherwise."""
     started = time.perf_counter()
     return _with_text(state, ctx, _extract(state, ctx), started)
