@@ -8,11 +8,12 @@ import io
 import os
 import signal
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from docflow.api.worker import LocalWorkers, PendingUpload, WorkResult, _work
+from docflow.api.worker import LocalWorkers, PendingUpload, WorkersUnavailableError, WorkResult, _work
 from docflow.context import StepContext, build_context
 from docflow.records import UploadRecord
 from docflow.samples import EMAIL, LETTER, MEMO, render_page, text_pdf
@@ -167,3 +168,23 @@ def test_shutdown_does_not_spend_the_grace_period_on_queued_uploads(
     queued = int(caplog.text.split(" queued for the next start")[0].rsplit(" ", 1)[-1])
     assert queued >= 3 and len(workers.journaled()) >= queued
     assert {job.upload_id for job in workers.journaled()} <= {job.upload_id for job in jobs}
+
+
+def test_an_upload_no_worker_can_start_for_is_refused_and_not_journaled(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.integration.test_supervisor import _no_process
+
+    workers = LocalWorkers(settings, workers=1, max_attempts=2)
+    try:
+        with monkeypatch.context() as patched:
+            patched.setattr(ProcessPoolExecutor, "_adjust_process_count", _no_process)
+            with pytest.raises(WorkersUnavailableError, match=r"no worker process could be started.*memory"):
+                _accept_scan(settings, workers)
+        # refused, so the client retries: nothing left for the next start to run behind its back
+        assert workers.journaled() == [] and workers.pending() == 0
+        job, ctx = _accept_scan(settings, workers)  # workers can start again: the same upload is taken
+        assert workers.wait_idle(timeout=120)
+        assert ctx.records.get_document(job.document_id).status in (Status.CLASSIFIED, Status.NEEDS_REVIEW)
+    finally:
+        workers.shutdown(grace=5)

@@ -4,12 +4,14 @@ cannot even start end every job after max_attempts instead of restarting forever
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -21,11 +23,14 @@ pytestmark = pytest.mark.integration
 
 
 def _work(job: str) -> str:
-    """In the worker: "boom" raises (its own error), "die" kills its worker, anything else comes back upper-cased."""
+    """In the worker: "boom" raises (its own error), "die" kills its worker, "touch:PATH" creates PATH; anything
+    comes back upper-cased."""
     if job == "boom":
         raise ValueError("bad input")
     if job.startswith("die"):
         os._exit(70)
+    if job.startswith("touch:"):  # leaves a trace that it ran ("|" for "/": a job is also its marker's name)
+        Path(job.removeprefix("touch:").replace("|", "/")).touch()
     return job.upper()
 
 
@@ -205,3 +210,33 @@ def _alive(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError):
         return False
     return state != "Z"
+
+
+def _no_process(self: ProcessPoolExecutor) -> None:
+    """What starting a worker process raises when the machine is out of memory. A process pool queues the job
+    first, then starts a worker for it: the job is in the queue, and the caller gets the error."""
+    raise OSError(errno.ENOMEM, "Cannot allocate memory")
+
+
+def test_a_job_no_worker_can_start_for_is_refused_and_never_runs_unseen(
+    docflow_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = _Seen()
+    supervisor = _supervisor(Settings(home=docflow_home, model_dir=DEFAULT_MODEL_DIR), tmp_path, seen)
+    refused = "touch:" + str(tmp_path / "ran").replace("/", "|")
+    try:
+        supervisor.submit("a")
+        assert supervisor.wait_idle(timeout=120)  # a worker is up, idle: it would take what is queued
+        with monkeypatch.context() as patched:
+            patched.setattr(ProcessPoolExecutor, "_adjust_process_count", _no_process)
+            with pytest.raises(OSError, match="Cannot allocate memory"):
+                supervisor.submit(refused)
+        assert refused not in supervisor and supervisor.pending() == 0  # the caller still owns it
+        supervisor.submit("b")
+        assert supervisor.wait_idle(timeout=120)
+        time.sleep(1)  # the refused job was queued before "b": a worker took it before "b" started
+    finally:
+        supervisor.shutdown(grace=5)
+    assert not (tmp_path / "ran").exists(), "a job refused to its caller ran anyway"
+    assert seen.finished_ == {"a": "A", "b": "B"} and not seen.failed_ and not seen.charges
+    assert not list((tmp_path / "marks").iterdir()), "a start marker or a withdrawal is left"

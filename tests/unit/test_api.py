@@ -723,3 +723,26 @@ def test_model_describes_its_scan_head(
         "cross_validated": {"top1": 0.9},
     }
     assert make_client(DOCFLOW_MODEL_DIR=str(tiny_model)).get("/model").json()["scan_head"] is None
+
+
+def test_an_upload_no_worker_can_start_for_is_a_503_not_a_document_left_waiting(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch, docflow_home: Path
+) -> None:
+    from docflow.pipeline.supervisor import Supervisor
+
+    def no_worker(*_: object) -> None:  # starting a worker failed (out of memory, a process limit)
+        raise OSError(12, "Cannot allocate memory")
+
+    pdf = text_pdf([f"{MEMO}\nno worker"])
+    with monkeypatch.context() as patched:
+        patched.setattr(Supervisor, "_hand_to", no_worker)
+        refused = _upload(client, pdf)
+    body = _assert_error(refused, 503, "busy")
+    assert refused.headers["retry-after"] == "10" and "no worker process could be started" in body["detail"]
+    document_id = hashlib.sha256(pdf).hexdigest()
+    polled = client.get(f"/documents/{document_id}").json()  # never left RECEIVED with nobody to process it
+    assert (polled["status"], polled["terminal"]) == ("FAILED", True), polled
+    assert not list((docflow_home / "api" / "queue").glob("*.json")), "refused, yet journaled for the next start"
+    accepted = _upload(client, pdf)  # the client's retry, once workers start again
+    assert accepted.status_code == 202, accepted.text
+    assert _wait_terminal(client, document_id)["status"] in ("CLASSIFIED", "NEEDS_REVIEW")

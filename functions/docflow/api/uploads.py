@@ -26,7 +26,7 @@ from docflow.api.schemas import (
     UploadUrlRequest,
     UploadUrlResponse,
 )
-from docflow.api.worker import PendingUpload, QueueFullError, StoppingError, Submitter
+from docflow.api.worker import PendingUpload, QueueFullError, StoppingError, Submitter, WorkersUnavailableError
 from docflow.context import StepContext
 from docflow.records import UploadRecord
 from docflow.settings import Settings
@@ -143,7 +143,8 @@ def _record_and_submit(ctx: StepContext, submitter: Submitter, job: PendingUploa
     try:
         store()
         submitter.accept(job)
-    except (StoppingError, QueueFullError) as exc:  # filled up in between: the upload is FAILED, never RECEIVED
+    # filled up in between, or no worker could start: the upload is FAILED, never left RECEIVED
+    except (StoppingError, QueueFullError, WorkersUnavailableError) as exc:
         ctx.records.put_upload(UploadRecord(document_id=job.document_id, source=job.source, status=Status.FAILED))
         raise _busy(exc) from exc
     except Exception:

@@ -57,6 +57,11 @@ class StoppingError(Exception):
     """The server is shutting down and takes no new work."""
 
 
+class WorkersUnavailableError(Exception):
+    """No worker process could be started to take an upload (out of memory, a process limit): refused, so
+    that the client retries, rather than accepted and left to nobody."""
+
+
 class Submitter(Protocol):
     def check_room(self) -> None:
         """Raise StoppingError or QueueFullError if an upload would be refused now (before anything is stored)."""
@@ -243,7 +248,12 @@ class LocalWorkers(JobHandler[PendingUpload, WorkResult]):
         with self._lock:
             self._refuse_if_full()
             self._write_journal(job)
-            self._submit(job)
+            try:
+                self._submit(job)
+            except Exception as exc:  # the supervisor did not take it: neither does the journal
+                self._forget(job)
+                log.error("no worker could take upload %s: %s", job.upload_id, exc)
+                raise WorkersUnavailableError(f"no worker process could be started: {exc}") from exc
 
     def _submit(self, job: PendingUpload) -> None:
         self._supervisor.submit(job, deaths=job.attempts)

@@ -30,6 +30,7 @@ import os
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
@@ -111,16 +112,18 @@ def _warm_up(ctx: StepContext) -> None:
 # Exit codes of a worker stopped by a signal meant for the whole process group, not by its job.
 _STOP_SIGNALS = frozenset({-signal.SIGTERM, -signal.SIGHUP, -signal.SIGINT})
 STOPPING_MARK = ".stopping"  # in the marks folder while the supervisor stops: no job starts any more
+WITHDRAWN_PREFIX = ".withdrawn-"  # + a hand-over's id: a job queued by a submit that failed, never to run
 
 
 class NotStarted(Exception):
     """A job a worker took from the queue after its supervisor began to stop: it was not run."""
 
 
-def _run_marked(work: Callable[[J], R], job: J, mark: str) -> R:
-    """In the worker: leave the start marker while the job runs (a death leaves it behind)."""
+def _run_marked(work: Callable[[J], R], job: J, mark: str, withdrawn: str) -> R:
+    """In the worker: leave the start marker while the job runs (a death leaves it behind). Not run once the
+    supervisor stops, nor when this hand-over was withdrawn (``withdrawn`` exists: see ``Supervisor._hand_to``)."""
     path = Path(mark)
-    if (path.parent / STOPPING_MARK).exists():
+    if (path.parent / STOPPING_MARK).exists() or Path(withdrawn).exists():
         raise NotStarted(path.name)
     _busy.set()
     path.touch()
@@ -219,10 +222,17 @@ class Supervisor(Generic[J, R]):
     # submitting
 
     def submit(self, job: J, deaths: int = 0) -> None:
+        """Run ``job``; its end reaches the handler. Raises what handing it to a pool raised (a worker process
+        that could not be started: out of memory, a process limit): the job is then not this supervisor's, and
+        its caller still owns it."""
         with self._lock:
             entry = _Entry(self.key(job), job, deaths)
             self._entries[entry.key] = entry
-            self._submit(entry)
+            try:
+                self._submit(entry)
+            except BaseException:
+                self._entries.pop(entry.key, None)
+                raise
 
     def _mark(self, key: str) -> Path:
         return self.marks / f"{key}{self.mark_suffix}"
@@ -258,13 +268,24 @@ class Supervisor(Generic[J, R]):
         mark.unlink(missing_ok=True)
         pool = self._pool(entry.alone and self.workers > 0)
         try:
-            future = pool.executor.submit(_run_marked, self.work, entry.job, str(mark.absolute()))
+            future = self._hand_to(pool, entry.job, mark)
         except (BrokenProcessPool, RuntimeError):  # broke (or was shut down for it) before this job went in
             self._forget_pool(pool)
             pool = self._pool(entry.alone and self.workers > 0)
-            future = pool.executor.submit(_run_marked, self.work, entry.job, str(mark.absolute()))
+            future = self._hand_to(pool, entry.job, mark)
         self._futures[entry.key] = (future, pool)
         future.add_done_callback(lambda f: self._done(entry, f, pool))
+
+    def _hand_to(self, pool: _Pool, job: J, mark: Path) -> Future[R]:
+        """``job`` into ``pool``'s queue. A process pool queues the job, then starts a worker for it: when that
+        start fails (out of memory, a process limit) the job may still be in the queue, with no future anyone
+        holds. Its hand-over is then withdrawn (a file the worker checks first), so that it never runs unseen."""
+        withdrawn = self.marks / f"{WITHDRAWN_PREFIX}{uuid.uuid4().hex}"
+        try:
+            return pool.executor.submit(_run_marked, self.work, job, str(mark.absolute()), str(withdrawn.absolute()))
+        except BaseException:
+            withdrawn.touch()
+            raise
 
     def _forget_pool(self, pool: _Pool) -> None:
         if pool is self._main:
@@ -428,6 +449,8 @@ class Supervisor(Generic[J, R]):
         # A future's done-callbacks (an interrupted job's record) run after its waiters wake: wait for them too.
         self.wait_idle(timeout=10)
         (self.marks / STOPPING_MARK).unlink(missing_ok=True)
+        for withdrawn in self.marks.glob(f"{WITHDRAWN_PREFIX}*"):  # their pools are gone: nothing runs them now
+            withdrawn.unlink(missing_ok=True)
         finished = sum(1 for f in done if f.exception() is None)
         with self._lock:
             return finished, self._interrupted, queued + self._never_started
