@@ -103,7 +103,8 @@ def _raise_extraction_error(exc: Exception) -> None:
     if isinstance(exc, OcrLanguageError):
         raise ApiError(422, "unsupported_language", str(exc)) from exc
     if isinstance(exc, OcrTimeoutError):
-        raise ApiError(504, "timeout", f"{exc}; use POST /documents") from exc
+        # its message names the server's own settings: no use to the client
+        raise ApiError(504, "timeout", "a page took too long to read synchronously; use POST /documents") from exc
     if isinstance(exc, DocumentReadError):
         raise ApiError(422, "corrupt", str(exc)) from exc
     if isinstance(exc, OcrError):  # Tesseract missing or broken here: the deployment's fault, not the request's

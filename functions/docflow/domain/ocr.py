@@ -166,7 +166,7 @@ class TesseractEngine(OcrEngine):
         except subprocess.TimeoutExpired as exc:  # subprocess.run has killed the child already
             raise OcrTimeoutError(
                 f"Tesseract took more than {options.timeout_seconds:g} s on one page "
-                f"({image.width}x{image.height} px); raise OcrOptions.timeout_seconds or lower the resolution"
+                f"({image.width}x{image.height} px); raise DOCFLOW_OCR_PAGE_TIMEOUT or lower DOCFLOW_OCR_RENDER_DPI"
             ) from exc
         except FileNotFoundError as exc:
             raise TesseractNotFoundError(f"tesseract binary {self.tesseract_cmd!r} not found: {_INSTALL_HINT}") from exc
@@ -293,7 +293,7 @@ class TesserocrEngine(OcrEngine):
             if not api.Recognize(timeout=int(options.timeout_seconds * 1000)):
                 raise OcrTimeoutError(
                     f"Tesseract took more than {options.timeout_seconds:g} s on one page "
-                    f"({image.width}x{image.height} px); raise the OCR page timeout or lower the resolution"
+                    f"({image.width}x{image.height} px); raise DOCFLOW_OCR_PAGE_TIMEOUT or lower DOCFLOW_OCR_RENDER_DPI"
                 )
             tsv = api.GetTSVText(0)
             api.Clear()  # its copy of the page (4 bytes a pixel) is not kept until the next page
