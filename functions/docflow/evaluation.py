@@ -27,33 +27,15 @@ from pathlib import Path
 from typing import Any
 
 from docflow.domain.class_metrics import ClassScore, class_metrics
+from docflow.domain.class_names import canonical_class
 
 logger = logging.getLogger(__name__)
 
-# Folder or CSV label names used elsewhere for Docflow's classes (Tobacco-3482's folder names,
-# RVL-CDIP's spellings); anything else is lower-cased and used as is.
-CLASS_ALIASES: dict[str, str] = {
-    "news": "news_article",
-    "report": "scientific_report",
-    "scientific": "scientific_publication",
-    "ad": "advertisement",
-    "advert": "advertisement",
-    "e-mail": "email",
-    "e_mail": "email",
-    "cv": "resume",
-}
 
 NO_PREDICTION = "(none)"  # the confusion-matrix column for rejected / failed documents
 ABSTAINED = "NEEDS_REVIEW"
 CLASSIFIED = "CLASSIFIED"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".pdf"}
-
-
-def canonical_class(name: str) -> str:
-    """Canonical class name for a folder or CSV label ("news" → "news_article", "Memo" → "memo")."""
-    key = name.strip().lower()
-    key = CLASS_ALIASES.get(key, key).replace("-", "_").replace(" ", "_")
-    return CLASS_ALIASES.get(key, key)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from docflow.domain.class_names import canonical_class
 from docflow.domain.classifier import (
     REQUIRED_FILES,
     ModelIncompatibleError,
@@ -24,7 +25,6 @@ from docflow.domain.text import normalize_text
 from docflow.values import Prediction
 from docflow_training.data import (
     CorpusError,
-    canonical_label,
     dataset_digest,
     load_corpus,
     stratified_split,
@@ -235,11 +235,11 @@ def test_a_directory_replaced_as_a_whole_is_loaded_again(trained: TrainingResult
 
 
 def test_folder_names_map_to_canonical_classes() -> None:
-    assert canonical_label("Report") == "scientific_report"
-    assert canonical_label("Scientific") == "scientific_publication"
-    assert canonical_label("News") == "news_article"
-    assert canonical_label("Memo") == "memo"
-    assert canonical_label("invoice") == "invoice"  # feedback corpora may add classes
+    assert canonical_class("Report") == "scientific_report"
+    assert canonical_class("Scientific") == "scientific_publication"
+    assert canonical_class("News") == "news_article"
+    assert canonical_class("Memo") == "memo"
+    assert canonical_class("invoice") == "invoice"  # feedback corpora may add classes
 
 
 def test_corpus_decodes_invalid_utf8_and_digest_tracks_content(tmp_path: Path) -> None:

@@ -9,11 +9,11 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
+from docflow.domain.class_names import canonical_class
 from docflow.evaluation import (
     NO_PREDICTION,
     EvalInputError,
     EvalRow,
-    canonical_class,
     confusion_matrix,
     evaluate,
     format_report,

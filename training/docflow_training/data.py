@@ -1,7 +1,7 @@
 """Labelled text corpora: a folder per class of ``.txt`` files, read by path (never copied in).
 
-The Tobacco-3482 OCR corpus uses its own folder names; ``CANONICAL_CLASSES`` maps them onto the
-class names the rest of Docflow uses. A folder that is already a canonical name maps to itself, so
+The Tobacco-3482 OCR corpus uses its own folder names; ``docflow.domain.class_names.canonical_class`` maps them
+onto the class names the rest of Docflow uses. A folder that is already a canonical name maps to itself, so
 a corpus assembled from user feedback can be laid out with canonical names directly.
 """
 
@@ -14,20 +14,9 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-logger = logging.getLogger(__name__)
+from docflow.domain.class_names import canonical_class
 
-CANONICAL_CLASSES: dict[str, str] = {
-    "advertisement": "advertisement",
-    "email": "email",
-    "form": "form",
-    "letter": "letter",
-    "memo": "memo",
-    "news": "news_article",
-    "note": "note",
-    "report": "scientific_report",
-    "resume": "resume",
-    "scientific": "scientific_publication",
-}
+logger = logging.getLogger(__name__)
 
 
 class CorpusError(ValueError):
@@ -48,13 +37,6 @@ class DatasetDigest:
     n_bytes: int
 
 
-def canonical_label(folder_name: str) -> str:
-    """Canonical class for a corpus folder: the Tobacco-3482 names are mapped, anything else is
-    lower-cased and used as is (so new classes from labelled feedback need no code change)."""
-    key = folder_name.strip().lower()
-    return CANONICAL_CLASSES.get(key, key)
-
-
 def _corpus_files(data_dir: Path) -> list[tuple[str, Path]]:
     if not data_dir.is_dir():
         raise CorpusError(f"corpus directory not found: {data_dir}")
@@ -73,7 +55,7 @@ def _corpus_files(data_dir: Path) -> list[tuple[str, Path]]:
 def corpus_classes(data_dir: Path) -> dict[str, int]:
     """Files per class folder (canonical label), from the layout alone: nothing is read. CorpusError when
     the folder is missing or holds no ``<class>/*.txt``."""
-    counts: Counter[str] = Counter(canonical_label(rel.split("/", 1)[0]) for rel, _ in _corpus_files(Path(data_dir)))
+    counts: Counter[str] = Counter(canonical_class(rel.split("/", 1)[0]) for rel, _ in _corpus_files(Path(data_dir)))
     return dict(sorted(counts.items()))
 
 
@@ -85,7 +67,7 @@ def load_corpus(data_dir: Path) -> list[Document]:
     featurizer so that training and inference share it.
     """
     docs = [
-        Document(rel, canonical_label(rel.split("/", 1)[0]), path.read_bytes().decode("utf-8", "replace"))
+        Document(rel, canonical_class(rel.split("/", 1)[0]), path.read_bytes().decode("utf-8", "replace"))
         for rel, path in _corpus_files(data_dir)
     ]
     labels = {d.label for d in docs}

@@ -67,8 +67,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from docflow.domain.class_names import canonical_class
 from docflow.domain.model_files import CONFIG_FILE, METRICS_FILE, MODEL_FILES, PARTNER_CONFIG_FILE
-from docflow_training.data import Document, canonical_label, dataset_digest, load_corpus
+from docflow_training.data import Document, dataset_digest, load_corpus
 from docflow_training.families import FAMILIES, CombinedConfig, CombineError, Family, TransformerConfig
 from docflow_training.registry import (
     GatePolicy,
@@ -388,12 +389,12 @@ def assemble_corpus(train: Path, feedback: Path | None, work: Path) -> tuple[Pat
     merged.mkdir(parents=True)
     folder_for: dict[str, str] = {}
     for folder in _class_folders(train):
-        folder_for[canonical_label(folder.name)] = folder.name
+        folder_for[canonical_class(folder.name)] = folder.name
         (merged / folder.name).mkdir()
         for path in folder.glob("*.txt"):
             (merged / folder.name / path.name).symlink_to(path.resolve())
     for folder, path in feedback_files:
-        name = folder_for.setdefault(canonical_label(folder.name), folder.name)
+        name = folder_for.setdefault(canonical_class(folder.name), folder.name)
         (merged / name).mkdir(exist_ok=True)
         (merged / name / f"feedback-{path.name}").symlink_to(path.resolve())
     logger.info("corpus: %s plus %d feedback documents", train, len(feedback_files))

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import ValidationError
 
+from docflow.domain.class_names import canonical_class
 from docflow.settings import DEFAULT_MODEL_DIR
 
 if TYPE_CHECKING:
@@ -215,7 +216,7 @@ def _validation_scans(options: TrainOptions) -> ValidationScans | None:
 
 def _training_classes(data: str) -> set[str]:
     """The canonical classes of the training corpus ``data``: its class folders (local, or listed in S3)."""
-    from docflow_training.data import CorpusError, canonical_label, corpus_classes
+    from docflow_training.data import CorpusError, corpus_classes
 
     if not data.startswith("s3://"):
         try:
@@ -235,7 +236,7 @@ def _training_classes(data: str) -> set[str]:
         folders = [p["Prefix"][len(prefix) :].strip("/") for page in pages for p in page.get("CommonPrefixes", [])]
     except (BotoCoreError, ClientError) as exc:
         raise TrainingRefused(f"--data {data}: its class folders could not be listed: {exc}") from None
-    return {canonical_label(name) for name in folders if name and not name.startswith(".")}
+    return {canonical_class(name) for name in folders if name and not name.startswith(".")}
 
 
 def _hyperparameters(pairs: Sequence[str], seed: int, family: str) -> tuple[dict[str, object], JobConfig]:
