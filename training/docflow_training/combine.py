@@ -25,7 +25,6 @@ import logging
 import math
 import shutil
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -49,12 +48,11 @@ from docflow.domain.model_files import (
 )
 from docflow_training.data import CorpusError, Document, dataset_digest, load_corpus, stratified_split
 from docflow_training.families import CombineError
-from docflow_training.model_dir import model_dir_target_problem
+from docflow_training.model_dir import model_dir_target_problem, staged_model_dir
 from docflow_training.registry import text_sha256
 from docflow_training.scans import Scan
 from docflow_training.train import (
     calibrate_review,
-    replace_dir,
     score_probabilities,
     write_holdout_baseline,
     write_json,
@@ -313,10 +311,7 @@ def combine_model_dirs(
     }
     calibration = _calibration(primary_config)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
-    staging.mkdir()
-    try:
+    with staged_model_dir(out) as staging:
         for source, name in (
             (primary / MODEL_FILE, MODEL_FILE),
             (primary / TOKENIZER_FILE, TOKENIZER_FILE),
@@ -382,10 +377,6 @@ def combine_model_dirs(
             metrics["real_scans"] = write_scan_head(staging, served, scans, scans_source, threshold_for_text)
             write_json(staging / METRICS_FILE, metrics)
         del served  # release the sessions' file handles before the directory moves
-        replace_dir(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     logger.info(
         "wrote %s: %s v%s + %s v%s, partner weight %g%s",
         out,

@@ -26,7 +26,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import uuid
 from collections.abc import Callable, Mapping
 from importlib import metadata
 from pathlib import Path
@@ -37,7 +36,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from docflow.settings import Settings
 from docflow_training.feedback import FeedbackSet, collect_feedback, write_feedback_corpus
-from docflow_training.model_dir import model_dir_target_problem
+from docflow_training.model_dir import model_dir_target_problem, staged_model_dir
 from docflow_training.tracking import Tracking, redact_uri, resolve_tracking, tracking_env
 
 if TYPE_CHECKING:
@@ -137,14 +136,8 @@ def _copy_model_dir(source: Path, target: Path) -> None:
     problem = model_dir_target_problem(target)
     if problem:
         raise FileExistsError(problem)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
-    shutil.copytree(source, staging)
-    retired = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-    if target.exists():
-        os.replace(target, retired)
-    os.replace(staging, target)
-    shutil.rmtree(retired, ignore_errors=True)
+    with staged_model_dir(target) as staging:
+        shutil.copytree(source, staging, dirs_exist_ok=True)
 
 
 def run_local_job(

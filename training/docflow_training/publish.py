@@ -16,13 +16,13 @@ import logging
 import os
 import shutil
 import tempfile
-import uuid
 from abc import ABC, abstractmethod
 from datetime import UTC, datetime
 from pathlib import Path
 
 from docflow.model_source import BUCKET_PREFIX, POINTER_FILE, ChampionPointer, sha256_file
 from docflow.ports import BlobStore
+from docflow_training.model_dir import staged_model_dir
 from docflow_training.registry import Registry, RegistryError
 
 logger = logging.getLogger(__name__)
@@ -44,23 +44,11 @@ class LocalPublishTarget(PublishTarget):
         self.root = Path(root)
 
     def write(self, model_dir: Path, pointer: ChampionPointer) -> None:
-        target = self.root / pointer.model_dir
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
-        shutil.copytree(model_dir, staging)
-        try:
-            if target.exists():
-                # Republishing a version (the same files, or another model under that number when the
-                # registry started afresh): rename the old copy aside, never delete in place (a process may
-                # be reading it). Readers see new files, so load_classifier loads them.
-                retired = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-                os.replace(target, retired)
-                os.replace(staging, target)
-                shutil.rmtree(retired, ignore_errors=True)
-            else:
-                os.replace(staging, target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        # Republishing a version (the same files, or another model under that number when the registry started
+        # afresh) puts the old copy aside, never deletes it in place (a process may be reading it); readers see
+        # new files, so load_classifier loads them.
+        with staged_model_dir(self.root / pointer.model_dir) as staging:
+            shutil.copytree(model_dir, staging, dirs_exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".champion-")
         os.fchmod(fd, 0o644)  # readable like the model files beside it (mkstemp makes it 0600)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:

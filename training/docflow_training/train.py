@@ -13,10 +13,7 @@ import functools
 import hashlib
 import json
 import logging
-import os
-import shutil
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -50,7 +47,7 @@ from docflow.domain.text import NORMALIZER_VERSION, normalize_text
 from docflow_training.data import DatasetDigest, Document, dataset_digest, load_corpus, stratified_split
 from docflow_training.export import build_tfidf_linear_graph, softmax_weights
 from docflow_training.features import count_matrix, fit_idf, tfidf, train_char_ngram_tokenizer, train_tokenizer
-from docflow_training.model_dir import model_dir_target_problem
+from docflow_training.model_dir import model_dir_target_problem, staged_model_dir
 from docflow_training.noise import HEAVY, ocr_noise
 from docflow_training.scan_head import fit_scan_head, text_only
 from docflow_training.scans import Scan, fingerprint, scan_set
@@ -409,29 +406,6 @@ def calibrate_review(
     return noised, review
 
 
-def replace_dir(staging: Path, target: Path) -> None:
-    """Move ``staging`` to ``target``, replacing any previous model directory there.
-
-    A rename is atomic, but POSIX cannot rename a directory over a non-empty one: the old directory
-    is first renamed aside, so a reader sees the old model, briefly nothing, then the new one —
-    never a half-written mix.
-    """
-    if not target.exists():
-        os.replace(staging, target)
-        return
-    problem = model_dir_target_problem(target)
-    if problem:
-        raise FileExistsError(problem)
-    retired = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-    os.replace(target, retired)
-    try:
-        os.replace(staging, target)
-    except OSError:
-        os.replace(retired, target)
-        raise
-    shutil.rmtree(retired, ignore_errors=True)
-
-
 def write_json(path: Path, payload: Any) -> None:
     path.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n", encoding="utf-8")
 
@@ -468,10 +442,7 @@ def run_training(
     )
     fitted = fit(train_docs, config)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
-    staging.mkdir()
-    try:
+    with staged_model_dir(out_dir) as staging:
         fitted.tokenizer.save(str(staging / TOKENIZER_FILE), pretty=False)
         write_json(staging / LABELS_FILE, fitted.labels)
         onnx_model = build_tfidf_linear_graph(
@@ -569,10 +540,6 @@ def run_training(
             metrics["real_scans"] = write_scan_head(staging, served, scans, scans_source, review["threshold"])
             write_json(staging / METRICS_FILE, metrics)
         del served  # release the session's file handle before the directory moves
-        replace_dir(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     logger.info(
         "wrote %s: held-out accuracy %.4f, macro-F1 %.4f (%d documents) in %.1fs",
         out_dir,

@@ -23,7 +23,6 @@ import random
 import shutil
 import tempfile
 import time
-import uuid
 import warnings
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
@@ -53,12 +52,11 @@ from docflow.domain.text import NORMALIZER_VERSION
 from docflow_training import checkpoints
 from docflow_training.data import Document, dataset_digest, load_corpus, stratified_split
 from docflow_training.families import TransformerConfig
-from docflow_training.model_dir import model_dir_target_problem
+from docflow_training.model_dir import model_dir_target_problem, staged_model_dir
 from docflow_training.noise import HEAVY, ocr_noise
 from docflow_training.train import (
     calibrate_review,
     content_version,
-    replace_dir,
     score_probabilities,
     write_holdout_baseline,
     write_json,
@@ -546,10 +544,7 @@ def run_transformer_training(
             train_docs, holdout_docs, labels, tokenizer, served, config, device, on_epoch, checkpoint_dir
         )
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
-    staging.mkdir()
-    try:
+    with staged_model_dir(out_dir) as staging:
         metrics, model_config = _write_model_dir(
             staging, model, tokenizer, served, labels, train_docs, holdout_docs, config, history, device
         )
@@ -560,10 +555,6 @@ def run_transformer_training(
         metrics["dataset"] = dataset
         metrics["training_seconds"] = round(time.perf_counter() - started, 2)
         write_json(staging / METRICS_FILE, metrics)
-        replace_dir(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     logger.info(
         "wrote %s: held-out accuracy %.4f, macro-F1 %.4f (%d documents), int8 top-1 agreement %.4f, in %.0fs",
         out_dir,
