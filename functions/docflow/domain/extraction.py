@@ -203,6 +203,24 @@ def layout_of(image: Image.Image, page: OcrPage, rotated: int) -> dict[str, floa
         return None
 
 
+def _ocr_page(page: int, image: Image.Image, options: OcrOptions, engine: OcrEngine | None, started: float) -> PageText:
+    """A page image prepared for OCR, read upright (turned when it was scanned sideways) with its layout: what
+    a scanned PDF page and an image frame both become."""
+    ocr, rotated = recognize_upright(engine or default_engine(), image, options)
+    layout = layout_of(image, ocr, rotated)
+    return PageText(
+        page=page,
+        text=ocr.text,
+        source="ocr",
+        confidence=ocr.confidence,
+        words=ocr.words,
+        seconds=time.perf_counter() - started,
+        rotated=rotated,
+        layout=layout,
+        layout_version=LAYOUT_VERSION if layout is not None else None,
+    )
+
+
 def _until(deadline: float, options: OcrOptions) -> OcrOptions:
     """The options with the page's time limit cut to what is left before ``deadline``."""
     return options.model_copy(update={"timeout_seconds": max(0.1, deadline - time.monotonic())})
@@ -239,21 +257,10 @@ def _pdf_pages(
             try:
                 # Rendered at a known resolution: no upscale (page height says nothing about dpi here).
                 image = prepare_for_ocr(rendered, options, allow_upscale=False)
-                ocr, rotated = recognize_upright(engine or default_engine(), image, options)
-                layout = layout_of(image, ocr, rotated)
+                page = _ocr_page(index + 1, image, options, engine, started)
             finally:
                 rendered.close()
-            yield PageText(
-                page=index + 1,
-                text=ocr.text,
-                source="ocr",
-                confidence=ocr.confidence,
-                words=ocr.words,
-                seconds=time.perf_counter() - started,
-                rotated=rotated,
-                layout=layout,
-                layout_version=LAYOUT_VERSION if layout is not None else None,
-            )
+            yield page
     finally:
         with PDFIUM_LOCK:
             pdf.close()
@@ -322,18 +329,7 @@ def _image_pages(
             except _PIL_ERRORS as exc:
                 raise DocumentReadError(f"cannot decode frame {index + 1}: {exc}") from exc
             try:
-                ocr, rotated = recognize_upright(engine or default_engine(), image, options)
-                layout = layout_of(image, ocr, rotated)
+                page = _ocr_page(index + 1, image, options, engine, started)
             finally:
                 image.close()
-            yield PageText(
-                page=index + 1,
-                text=ocr.text,
-                source="ocr",
-                confidence=ocr.confidence,
-                words=ocr.words,
-                seconds=time.perf_counter() - started,
-                rotated=rotated,
-                layout=layout,
-                layout_version=LAYOUT_VERSION if layout is not None else None,
-            )
+            yield page
