@@ -6,7 +6,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
-from docflow.values import Status, utcnow
+from docflow.values import Prediction, Status, utcnow
 
 
 class DocumentRecord(BaseModel):
@@ -69,6 +69,18 @@ class PredictionRecord(BaseModel):
     model_name: str
     model_version: str
     created_at: datetime = Field(default_factory=utcnow)
+
+    @classmethod
+    def of(cls, document_id: str, prediction: Prediction) -> PredictionRecord:
+        """The history entry of ``prediction``, made now."""
+        return cls(
+            document_id=document_id,
+            predicted_class=prediction.predicted_class,
+            confidence=prediction.confidence,
+            scores=prediction.scores,
+            model_name=prediction.model_name,
+            model_version=prediction.model_version,
+        )
 
 
 # A person's "none of these" in the review queue: the document is none of the model's classes. Kept as the

@@ -133,16 +133,7 @@ def score_again(ctx: StepContext, record: DocumentRecord) -> Rescored | None:
     # result first): a decision made meanwhile must not find its document's result file overwritten.
     if not ctx.records.put_document(updated, keep_label=True, if_status=record.status.value):
         return None
-    ctx.records.add_prediction(
-        PredictionRecord(
-            document_id=record.document_id,
-            predicted_class=prediction.predicted_class,
-            confidence=prediction.confidence,
-            scores=prediction.scores,
-            model_name=prediction.model_name,
-            model_version=prediction.model_version,
-        )
-    )
+    ctx.records.add_prediction(PredictionRecord.of(record.document_id, prediction))
     ctx.blobs.put(
         result_key(record.document_id),
         json.dumps(

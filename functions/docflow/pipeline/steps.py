@@ -397,16 +397,7 @@ def _record_classification(state: PipelineState, ctx: StepContext) -> DocumentRe
         ).encode(),
         content_type="application/json",
     )
-    ctx.records.add_prediction(
-        PredictionRecord(
-            document_id=state.document_id,
-            predicted_class=prediction.predicted_class,
-            confidence=prediction.confidence,
-            scores=prediction.scores,
-            model_name=prediction.model_name,
-            model_version=prediction.model_version,
-        )
-    )
+    ctx.records.add_prediction(PredictionRecord.of(state.document_id, prediction))
     # keep_label: a label set through the API since the read above (this step takes seconds) is kept by
     # the write itself; the record's label only fills in where none is on file.
     ctx.records.put_document(record, keep_label=True)
