@@ -47,7 +47,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
 SOURCE_LAYERS: dict[str, tuple[str, ...]] = {
     "training": tuple(
         f"training/docflow_training/{name}.py"
-        for name in ("__init__", "feedback", "loop", "publish", "registry", "tracking")
+        for name in ("__init__", "feedback", "loop", "model_dir", "publish", "registry", "tracking")
     ),
 }
 # The python3.12 Lambda runtime already ships the AWS SDK; shipping it again only costs size.

@@ -188,3 +188,28 @@ def test_an_upload_no_worker_can_start_for_is_refused_and_not_journaled(
         assert ctx.records.get_document(job.document_id).status in (Status.CLASSIFIED, Status.NEEDS_REVIEW)
     finally:
         workers.shutdown(grace=5)
+
+
+def test_a_start_that_cannot_start_workers_keeps_the_journal_for_the_next(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.integration.test_supervisor import _no_process
+
+    ctx = build_context(settings)
+    data = text_pdf([f"{MEMO}\nkept"])
+    job = PendingUpload(
+        upload_id="kept", document_id=hashlib.sha256(data).hexdigest(), key="incoming/kept/memo.pdf", source="kept"
+    )
+    ctx.blobs.put(job.key, data)
+    workers = LocalWorkers(settings, workers=1, max_attempts=2)
+    workers._write_journal(job)  # accepted before the last stop
+    try:
+        with monkeypatch.context() as patched:
+            patched.setattr(ProcessPoolExecutor, "_adjust_process_count", _no_process)
+            assert workers.start() == 0  # the server still starts; the upload is not lost
+        assert [j.upload_id for j in workers.journaled()] == ["kept"]
+        assert workers.start() == 1
+        assert workers.wait_idle(timeout=120)
+        assert ctx.records.get_document(job.document_id).status in (Status.CLASSIFIED, Status.NEEDS_REVIEW)
+    finally:
+        workers.shutdown(grace=5)

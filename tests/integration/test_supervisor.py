@@ -213,8 +213,10 @@ def _alive(pid: int) -> bool:
 
 
 def _no_process(self: ProcessPoolExecutor) -> None:
-    """What starting a worker process raises when the machine is out of memory. A process pool queues the job
-    first, then starts a worker for it: the job is in the queue, and the caller gets the error."""
+    """What starting a worker process raises when the machine is out of memory, after the while a failing
+    start takes. A process pool queues the job first, then starts a worker for it: meanwhile a worker already
+    there may take the job from the queue, and then the caller gets the error."""
+    time.sleep(0.5)
     raise OSError(errno.ENOMEM, "Cannot allocate memory")
 
 
@@ -234,7 +236,7 @@ def test_a_job_no_worker_can_start_for_is_refused_and_never_runs_unseen(
         assert refused not in supervisor and supervisor.pending() == 0  # the caller still owns it
         supervisor.submit("b")
         assert supervisor.wait_idle(timeout=120)
-        time.sleep(1)  # the refused job was queued before "b": a worker took it before "b" started
+        time.sleep(1)  # the refused job was queued before "b": a worker took it (during the failing submit)
     finally:
         supervisor.shutdown(grace=5)
     assert not (tmp_path / "ran").exists(), "a job refused to its caller ran anyway"

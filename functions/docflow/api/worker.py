@@ -228,11 +228,16 @@ class LocalWorkers(JobHandler[PendingUpload, WorkResult]):
                 self._stopping = False
                 self._supervisor = self._new_supervisor()
             pending = [j for j in self.journaled() if j.upload_id not in self._supervisor]
+            queued = 0
             for job in pending:
-                self._submit(job)
-        if pending:
-            log.warning("re-queued %d upload(s) accepted before the last stop", len(pending))
-        return len(pending)
+                try:
+                    self._submit(job)
+                    queued += 1
+                except Exception as exc:  # no worker could start for it: it stays journaled for the next start
+                    log.error("could not re-queue upload %s (kept for the next start): %s", job.upload_id, exc)
+        if queued:
+            log.warning("re-queued %d upload(s) accepted before the last stop", queued)
+        return queued
 
     def check_room(self) -> None:
         with self._lock:

@@ -112,18 +112,28 @@ def _warm_up(ctx: StepContext) -> None:
 # Exit codes of a worker stopped by a signal meant for the whole process group, not by its job.
 _STOP_SIGNALS = frozenset({-signal.SIGTERM, -signal.SIGHUP, -signal.SIGINT})
 STOPPING_MARK = ".stopping"  # in the marks folder while the supervisor stops: no job starts any more
-WITHDRAWN_PREFIX = ".withdrawn-"  # + a hand-over's id: a job queued by a submit that failed, never to run
+# A hand-over (one submit of a job to a pool) is ".handing-<id>" while the submit runs; a worker that takes the
+# job meanwhile waits. A submit that returns removes it; one that raises renames it ".withdrawn-<id>" (a job
+# queued by a submit that failed, never to run). The rename is atomic: a worker sees one or the other.
+HANDING_PREFIX = ".handing-"
+WITHDRAWN_PREFIX = ".withdrawn-"
 
 
 class NotStarted(Exception):
     """A job a worker took from the queue after its supervisor began to stop: it was not run."""
 
 
-def _run_marked(work: Callable[[J], R], job: J, mark: str, withdrawn: str) -> R:
+def _run_marked(work: Callable[[J], R], job: J, mark: str, handover: str) -> R:
     """In the worker: leave the start marker while the job runs (a death leaves it behind). Not run once the
-    supervisor stops, nor when this hand-over was withdrawn (``withdrawn`` exists: see ``Supervisor._hand_to``)."""
+    supervisor stops, nor when its hand-over was withdrawn (see ``Supervisor._hand_to``)."""
     path = Path(mark)
-    if (path.parent / STOPPING_MARK).exists() or Path(withdrawn).exists():
+    handing = Path(handover)
+    while handing.exists():  # the submit that queued this job has not returned yet: it may still fail
+        if _parent_gone():
+            raise NotStarted(path.name)
+        time.sleep(0.002)
+    withdrawn = handing.with_name(WITHDRAWN_PREFIX + handing.name.removeprefix(HANDING_PREFIX))
+    if (path.parent / STOPPING_MARK).exists() or withdrawn.exists():
         raise NotStarted(path.name)
     _busy.set()
     path.touch()
@@ -278,14 +288,19 @@ class Supervisor(Generic[J, R]):
 
     def _hand_to(self, pool: _Pool, job: J, mark: Path) -> Future[R]:
         """``job`` into ``pool``'s queue. A process pool queues the job, then starts a worker for it: when that
-        start fails (out of memory, a process limit) the job may still be in the queue, with no future anyone
-        holds. Its hand-over is then withdrawn (a file the worker checks first), so that it never runs unseen."""
-        withdrawn = self.marks / f"{WITHDRAWN_PREFIX}{uuid.uuid4().hex}"
+        start fails (out of memory, a process limit) the job may already be in the queue, with no future anyone
+        holds, and a worker that was there may take it. So a worker waits while the submit runs, and a submit
+        that raises withdraws its hand-over: the job never runs unseen (the files: HANDING_PREFIX)."""
+        handover = uuid.uuid4().hex
+        handing = self.marks / f"{HANDING_PREFIX}{handover}"
+        handing.touch()
         try:
-            return pool.executor.submit(_run_marked, self.work, job, str(mark.absolute()), str(withdrawn.absolute()))
+            future = pool.executor.submit(_run_marked, self.work, job, str(mark.absolute()), str(handing.absolute()))
         except BaseException:
-            withdrawn.touch()
+            os.replace(handing, self.marks / f"{WITHDRAWN_PREFIX}{handover}")
             raise
+        handing.unlink()
+        return future
 
     def _forget_pool(self, pool: _Pool) -> None:
         if pool is self._main:
