@@ -131,14 +131,17 @@ class Settings(BaseSettings):
 _SECRET_WORDS = ("key", "secret", "password", "token")
 
 
-def describe_errors(exc: ValidationError, given_as: Mapping[str, str] | None = None) -> list[str]:
+def describe_errors(
+    exc: ValidationError, given_as: Mapping[str, str] | None = None, prefix: str = ENV_PREFIX
+) -> list[str]:
     """One line per bad setting of a DOCFLOW_-prefixed settings model (Settings, ApiSettings): the variable
-    (or, for a field in ``given_as``, the command-line option it came from), the value, what is expected.
+    (``prefix`` + the field's name; or, for a field in ``given_as``, the command-line option it came from), the
+    value, what is expected.
     Values of secret-looking fields are not shown."""
     lines = []
     for error in exc.errors(include_url=False):
         field = str(error["loc"][0]) if error["loc"] else ""
-        name = (given_as or {}).get(field) or f"{ENV_PREFIX}{field.upper()}"
+        name = (given_as or {}).get(field) or f"{prefix}{field.upper()}"
         value = "(hidden)" if any(word in field for word in _SECRET_WORDS) else repr(error.get("input"))
         message = str(error["msg"]).removeprefix("Value error, ")
         lines.append(f"{name}={value}: {message}")

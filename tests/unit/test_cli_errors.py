@@ -332,6 +332,24 @@ def test_sagemaker_without_aws_credentials_is_one_line(tmp_path: Path, monkeypat
     assert "credentials" in one_error_line(result.output).lower()
 
 
+def test_a_bad_sagemaker_setting_is_one_line_naming_the_variable() -> None:
+    result = invoke("train", "--data", "s3://bucket/corpus", "--sagemaker", env={"DOCFLOW_SAGEMAKER_VOLUME_GB": "0"})
+    assert result.exit_code == 2, result.output
+    line = one_error_line(result.output)
+    assert line.startswith("Invalid configuration: DOCFLOW_SAGEMAKER_VOLUME_GB='0': ") and "greater than" in line
+
+
+def test_an_empty_sagemaker_variable_is_unset() -> None:
+    from docflow_training.launch import SageMakerJobConfig
+
+    env = {"DOCFLOW_SAGEMAKER_ROLE_ARN": "", "DOCFLOW_SAGEMAKER_VOLUME_GB": ""}
+    with pytest.MonkeyPatch.context() as patched:
+        for name, value in env.items():
+            patched.setenv(name, value)
+        config = SageMakerJobConfig()
+    assert (config.role_arn, config.volume_gb) == (None, 30)
+
+
 def test_a_bad_hyperparameter_is_one_line_naming_it(tmp_path: Path) -> None:
     result = invoke("train", "--data", str(_corpus(tmp_path)), "--hp", "max_iter=-1", "--hp", "c_grid=abc")
     assert result.exit_code == 2

@@ -37,6 +37,8 @@ from docflow_training.registry import GatePolicy, Scores, decide
 
 pytestmark = pytest.mark.unit
 
+FIXTURE_CORPUS = Path(__file__).resolve().parents[1] / "fixtures" / "corpus"
+
 CORPUS = Path(__file__).resolve().parents[1] / "fixtures" / "corpus"
 
 
@@ -413,3 +415,23 @@ def test_the_gate_leaves_out_what_the_champion_trained_on_but_never_a_blank_page
     decision = compare_on_holdout(2, never, 1, never, docs, trained_on, GatePolicy())
     assert decision.n_excluded == 1  # "memo 0"; the blank page stays
     assert "3 held-out documents the champion did not train on (of 4;" in decision.summary
+
+
+def test_a_model_is_scored_on_its_classes_as_the_held_out_labels_name_them(tiny_model: Path, tmp_path: Path) -> None:
+    """A champion trained on folders spelled otherwise ("News Article" kept as "news article") is scored on what
+    it predicts, not zero on that class: both sides of the gate read labels through canonical_class."""
+    import shutil
+
+    from docflow_training.registry import HeldOutDoc, score_model
+
+    docs = [
+        HeldOutDoc(path.as_posix(), canonical, "0" * 64, path.read_text())
+        for folder, canonical in (("News", "news_article"), ("Email", "email"), ("Resume", "resume"))
+        for path in sorted((FIXTURE_CORPUS / folder).glob("*.txt"))
+    ]
+    spelled = tmp_path / "spelled"
+    shutil.copytree(tiny_model, spelled)
+    labels = json.loads((tiny_model / "labels.json").read_text())
+    (spelled / "labels.json").write_text(json.dumps([label.replace("_", " ") for label in labels]))
+    assert "news article" in json.loads((spelled / "labels.json").read_text())
+    assert score_model(spelled, docs) == score_model(tiny_model, docs)

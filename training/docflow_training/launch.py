@@ -285,7 +285,9 @@ SM_ENTRY_SCRIPT = "sm_entry.py"
 class SageMakerJobConfig(BaseSettings):
     """How to run the job on SageMaker; each field also reads DOCFLOW_SAGEMAKER_<NAME>."""
 
-    model_config = SettingsConfigDict(env_prefix="DOCFLOW_SAGEMAKER_", frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="DOCFLOW_SAGEMAKER_", frozen=True, extra="ignore", env_ignore_empty=True
+    )
 
     role_arn: str | None = None  # the training job's execution role
     instance_type: str = "ml.g5.xlarge"

@@ -56,7 +56,9 @@ class LoopSettings(BaseSettings):
     """Where the loop's data lives in the model bucket, and the gate's policy; each field also reads
     DOCFLOW_TRAINING_<NAME> (the training functions' environment, set by the CDK construct)."""
 
-    model_config = SettingsConfigDict(env_prefix="DOCFLOW_TRAINING_", frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="DOCFLOW_TRAINING_", frozen=True, extra="ignore", env_ignore_empty=True
+    )
 
     corpus_prefix: str = "training/corpus/"
     validation_prefix: str = "training/validation/"

@@ -31,6 +31,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from docflow.domain.class_metrics import class_metrics
+from docflow.domain.class_names import canonical_class
 from docflow.domain.model_files import MODEL_FILES
 from docflow_training.tracking import (
     GATE_ARTIFACTS,
@@ -136,7 +137,10 @@ def score_model(model_dir: Path, docs: Sequence[HeldOutDoc], batch_size: int = 3
     classifier = TextClassifier(model_dir)
     y_true = [doc.label for doc in docs]
     probabilities = classifier.predict_proba([doc.text for doc in docs], batch_size=batch_size)
-    y_pred = [classifier.labels[i] for i in np.argmax(probabilities, axis=1)] if len(docs) else []
+    # Its classes as the held-out labels are named (canonical_class): a champion trained on folders spelled
+    # otherwise ("scientific report") is still scored on what it predicts.
+    labels = [canonical_class(label) for label in classifier.labels]
+    y_pred = [labels[i] for i in np.argmax(probabilities, axis=1)] if len(docs) else []
     # numpy, not scikit-learn: the gate also runs in a Lambda whose layers have no room for scikit-learn.
     metrics = class_metrics(y_true, y_pred, sorted(set(y_true)))
     return Scores(
@@ -146,7 +150,7 @@ def score_model(model_dir: Path, docs: Sequence[HeldOutDoc], batch_size: int = 3
         recall={label: s.recall for label, s in metrics.per_class.items()},
         support={label: s.support for label, s in metrics.per_class.items()},
         review_calibrated=review_calibrated(model_dir),
-        classes=list(classifier.labels),
+        classes=labels,
     )
 
 

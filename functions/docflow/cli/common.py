@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from docflow.settings import Settings, describe_errors
+from docflow.settings import ENV_PREFIX, Settings, describe_errors
 
 if TYPE_CHECKING:
     from docflow_training.registry import Registry
@@ -53,9 +53,11 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
-def settings_failure(exc: ValidationError, given_as: Mapping[str, str] | None = None) -> typer.Exit:
+def settings_failure(
+    exc: ValidationError, given_as: Mapping[str, str] | None = None, prefix: str = ENV_PREFIX
+) -> typer.Exit:
     """``fail`` for invalid settings: one line per bad variable (or option), its value and what is expected."""
-    return fail("\n".join(f"Invalid configuration: {line}" for line in describe_errors(exc, given_as)))
+    return fail("\n".join(f"Invalid configuration: {line}" for line in describe_errors(exc, given_as, prefix)))
 
 
 def unusable_dir(path: Path) -> str | None:

@@ -25,7 +25,15 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
-from docflow.cli.common import HomeOption, err, fail, load_settings, read_labelled_scans, registry_for
+from docflow.cli.common import (
+    HomeOption,
+    err,
+    fail,
+    load_settings,
+    read_labelled_scans,
+    registry_for,
+    settings_failure,
+)
 from docflow.cli.model import rescore_review_queue
 from docflow.cli.train_plan import TrainingPlan, TrainingRefused, TrainOptions, plan_training
 from docflow.settings import Settings
@@ -193,11 +201,17 @@ def _run_sagemaker(plan: TrainingPlan, settings: Settings) -> None:
 
     assert plan.validation_scans is None, "prepare_validation first: the scans are not the job's channel yet"
 
+    options = {"instance_type": "--instance-type", "spot": "--spot"}
+    try:
+        job = SageMakerJobConfig(**plan.sagemaker_job)
+    except ValidationError as exc:  # one line per bad DOCFLOW_SAGEMAKER_* variable (or option)
+        given_as = {field: options[field] for field in plan.sagemaker_job if field in options}
+        raise settings_failure(exc, given_as, prefix="DOCFLOW_SAGEMAKER_") from None
     try:
         launch = launch_sagemaker(
             plan.data,
             settings,
-            SageMakerJobConfig(**plan.sagemaker_job),
+            job,
             hyperparameters=plan.hyperparameters,
             validation=plan.validation,
             include_feedback=plan.feedback,
