@@ -615,10 +615,11 @@ def test_uploads_accepted_before_a_crash_run_at_the_next_start(api_env: Path) ->
 def test_shutdown_keeps_queued_uploads_for_the_next_start(api_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from docflow.api import worker
 
-    release = threading.Event()
+    release, running = threading.Event(), threading.Event()
     real_work = worker._work
 
     def slow_work(job: PendingUpload) -> Status:
+        running.set()
         release.wait(30)
         return real_work(job)
 
@@ -639,6 +640,7 @@ def test_shutdown_keeps_queued_uploads_for_the_next_start(api_env: Path, monkeyp
         workers.accept(job)
         jobs.append(job)
     # When the server stops while the first upload runs and the second waits
+    assert running.wait(10)
     stopper = threading.Thread(target=workers.shutdown, args=(0.2,))
     stopper.start()
     time.sleep(0.3)
