@@ -150,3 +150,46 @@ def test_a_rescoring_write_never_overwrites_a_decision_made_meanwhile(records: R
     # Nothing is inserted under a condition
     assert records.put_document(_queued("new", 1), if_status=Status.NEEDS_REVIEW.value) is False
     assert records.get_document("new") is None
+
+
+def test_a_document_labelled_while_it_is_classified_is_settled_not_queued(
+    records: RecordStore, tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A person's label set while the pipeline runs (through the API) is their decision: a document the model
+    leaves NEEDS_REVIEW ends REVIEWED with that label, out of the queue. Unlabelled, it waits as before."""
+    from docflow.adapters.files import LocalBlobStore
+    from docflow.context import StepContext
+    from docflow.pipeline.runner import Runner
+    from docflow.pipeline.state import DocumentRef
+    from docflow.samples import MEMO, text_pdf
+    from docflow.settings import Settings
+    from tests.decisions import decide
+
+    settings = Settings(home=tmp_path, model_dir=tiny_model, review_threshold=1.0)  # the model is never sure
+    ctx = StepContext(settings=settings, blobs=LocalBlobStore(tmp_path / "blobs"), records=records)
+
+    def run(name: str, label_meanwhile: str | None) -> DocumentRecord:
+        key = f"incoming/{name}.pdf"
+        ctx.blobs.put(key, text_pdf([f"{MEMO}\n{name}"]))
+        original = type(records).add_prediction
+
+        def add_prediction(self: RecordStore, prediction: object) -> None:  # Classify, before its record write
+            if label_meanwhile:
+                assert decide(self, prediction.document_id, label_meanwhile) is not None  # type: ignore[attr-defined]
+            original(self, prediction)  # type: ignore[arg-type]
+
+        with monkeypatch.context() as patched:
+            patched.setattr(type(records), "add_prediction", add_prediction)
+            state = Runner(ctx).run(DocumentRef(key=key, source=key))
+        assert state.status is Status.NEEDS_REVIEW and state.document_id
+        record = records.get_document(state.document_id)
+        assert record is not None
+        return record
+
+    labelled = run("labelled", "letter")
+    assert (labelled.status, labelled.label) == (Status.REVIEWED, "letter")
+    assert labelled.predicted_class is not None  # the model's suggestion is kept beside the decision
+    waiting = run("waiting", None)
+    assert (waiting.status, waiting.label) == (Status.NEEDS_REVIEW, None)
+    assert [r.document_id for r in records.list_review_queue(limit=10)[0]] == [waiting.document_id]
+    assert records.count_review_queue() == 1

@@ -401,8 +401,24 @@ def _record_classification(state: PipelineState, ctx: StepContext) -> DocumentRe
     # keep_label: a label set through the API since the read above (this step takes seconds) is kept by
     # the write itself; the record's label only fills in where none is on file.
     ctx.records.put_document(record, keep_label=True)
+    if record.status is Status.NEEDS_REVIEW:
+        record = _settled_by_label(record, ctx)
     ctx.records.put_upload(_upload(state, state.document_id, state.status))
     return record
+
+
+def _settled_by_label(record: DocumentRecord, ctx: StepContext) -> DocumentRecord:
+    """A document that ends NEEDS_REVIEW although a person has labelled it (while it was being processed, or
+    before a retry of it) is REVIEWED: the label is their decision, and it must not wait in the review queue
+    for a second one. Written only if it is still NEEDS_REVIEW, so a decision made in the queue meanwhile
+    stands."""
+    stored = ctx.records.get_document(record.document_id)
+    if stored is None or stored.status is not Status.NEEDS_REVIEW or stored.label is None:
+        return record
+    settled = stored.model_copy(update={"status": Status.REVIEWED, "updated_at": utcnow()})
+    if ctx.records.put_document(settled, keep_label=True, if_status=Status.NEEDS_REVIEW.value):
+        return settled
+    return ctx.records.get_document(record.document_id) or record
 
 
 def _content_hash(state: PipelineState, ctx: StepContext) -> str | None:
